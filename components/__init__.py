@@ -1,0 +1,1 @@
+"""interestflow components: plain, testable functions and classes (no Prefect imports)."""

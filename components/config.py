@@ -1,0 +1,58 @@
+"""Configuration shared by the stages: where things live and how training runs.
+
+Override order: dataclass default -> flow parameter -> deployment parameters in
+prefect.yaml. Locations come from the environment, never from code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def home() -> Path:
+    """The project's state folder (MLflow DB and artifacts, default lake): ``INTERESTFLOW_HOME``."""
+    p = Path(os.environ.get("INTERESTFLOW_HOME", "var")).resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def default_lake() -> str:
+    return os.environ.get("INTERESTFLOW_LAKE") or str(home() / "lake")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_epochs: int = 30
+    """Epoch budget for each cross-validation fold (early stopping may end sooner)."""
+    patience: int = 5
+    """Early stopping: epochs without a better validation NDCG@10."""
+    batch_size: int = 512
+    """Users (or sequences) per training batch."""
+    lr: float = 1e-2
+    """Learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    seed: int = 0
+    """Seed for weights, shuffling and folds; logged with every run."""
+    accelerator: str = "auto"
+    """Lightning accelerator: auto, cpu, gpu."""
+    devices: int = 1
+    """Devices per node; more than one means DDP."""
+    num_nodes: int = 1
+    """Nodes; more than one means multi-node DDP."""
+    strategy: str = "auto"
+    """Lightning strategy: auto (ddp when devices*num_nodes > 1), ddp, ddp_spawn."""
+    precision: str = "auto"
+    """auto: bf16-mixed on GPU, 32-true on CPU."""
+    num_threads: int = 0
+    """torch CPU threads per process (0: all cores)."""
+    model: dict = field(default_factory=dict)
+    """Family-specific overrides of its config dataclass (e.g. {"dim": 128})."""
+
+    def __post_init__(self):
+        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ValueError("TrainConfig: max_epochs, patience and batch_size must be >= 1")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ValueError("TrainConfig: devices and num_nodes must be >= 1")

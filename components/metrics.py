@@ -1,0 +1,78 @@
+"""Full-ranking metrics for leave-one-out (one target per user).
+
+Rank rule (exact, deterministic): the target's 0-based rank is the number of items with
+a strictly higher score plus the number of items with an equal score and a lower item
+index. Top-K lists use the same order (a stable descending sort), so the metrics can be
+recomputed from the written top-K. Items in the user's history are excluded (score -inf)
+before ranking; the target is never excluded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+KS = (5, 10, 20)
+
+
+def exclude_seen(
+    scores: torch.Tensor, seen_rows: torch.Tensor, seen_cols: torch.Tensor, targets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Set the scores of already-seen items to -inf, in place; (B, N) -> (B, N).
+
+    The target keeps its score even when the user had it before: a repeat purchase
+    is still a correct prediction.
+    """
+    if targets is not None:
+        rows = torch.arange(len(targets))
+        kept = scores[rows, targets.clamp(min=0)].clone()
+    scores[seen_rows, seen_cols] = -math.inf
+    if targets is not None:
+        ok = targets >= 0
+        scores[rows[ok], targets[ok]] = kept[ok]
+    return scores
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target under the rule above; (B, N), (B,) -> (B,)."""
+    t = scores.gather(1, targets[:, None])  # (B, 1)
+    higher = (scores > t).sum(1)
+    cols = torch.arange(scores.shape[1])[None, :]
+    ties_before = ((scores == t) & (cols < targets[:, None])).sum(1)
+    return higher + ties_before
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, indices) with ties broken by lower index; (B, N) -> (B, k), (B, k)."""
+    # torch.topk does not promise an order among equal scores; a stable sort does.
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, order), order
+
+
+def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """HR@K, NDCG@K and MRR from 0-based target ranks (one target per user)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out = {}
+    for k in ks:
+        hit = ranks < k
+        out[f"hr{k}"] = float(hit.mean()) if len(ranks) else 0.0
+        out[f"ndcg{k}"] = float((hit / np.log2(ranks + 2)).mean()) if len(ranks) else 0.0
+    out["mrr"] = float((1.0 / (ranks + 1)).mean()) if len(ranks) else 0.0
+    return out
+
+
+def coverage(topk_items: np.ndarray, n_items: int) -> float:
+    """Share of the catalogue that appears in anybody's top-K; (U, K) -> float."""
+    return float(len(np.unique(topk_items)) / n_items) if n_items else 0.0
+
+
+def mean_std(values: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric mean and (population) std over folds: {name_mean, name_std}."""
+    out = {}
+    for name in values[0]:
+        arr = np.array([v[name] for v in values], dtype=np.float64)
+        out[f"{name}_mean"] = float(arr.mean())
+        out[f"{name}_std"] = float(arr.std())
+    return out

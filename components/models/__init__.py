@@ -1,0 +1,7 @@
+"""The model families: an explicit registry, so a reader can grep where each is wired in."""
+
+from components.models.mf import MF
+
+MODELS = {
+    "mf": MF,
+}

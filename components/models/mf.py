@@ -1,0 +1,83 @@
+"""Matrix factorisation: a user vector and an item vector per id, score = their dot product.
+
+Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009
+(the MF model); objective ``ials``: Hu, Koren & Volinsky, "Collaborative Filtering for
+Implicit Feedback Datasets", ICDM 2008, as revisited by Rendle et al., "Revisiting the
+Performance of iALS on Item Recommendation Benchmarks", RecSys 2022.
+
+``ials`` (default) is the weighted squared loss over *all* items, computed with the
+Gramian trick so that a batch costs O(B·d² + n·d²) instead of O(B·n·d):
+
+    L = Σ_(u,i) observed (1+α)(1 - s_ui)² + Σ_(u,i) unobserved s_ui² + λ(|U|² + |V|²)
+    Σ_i s_ui² = u (VᵀV) uᵀ
+
+``softmax`` is the full-catalogue multinomial likelihood (Mult-VAE style) with an item
+bias; on Beauty it reached NDCG@10 0.019 against 0.029+ for ``ials`` (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    dim: int = 128
+    """Embedding size of users and items."""
+    loss: str = "ials"
+    """``ials`` (weighted squared loss over all items) or ``softmax`` (full cross-entropy)."""
+    alpha: float = 20.0
+    """iALS: extra weight of observed pairs (weight 1 + alpha)."""
+    reg: float = 0.2
+    """L2 on the batch's user vectors and (scaled to the batch's share of users) on item vectors."""
+    init_std: float = 0.01
+    """Std of the normal initialisation of the embeddings."""
+    max_len: int = 512
+    """How many of the user's most recent items the training batch carries."""
+
+    def __post_init__(self):
+        if self.loss not in ("ials", "softmax"):
+            raise ValueError(f"MFConfig.loss must be 'ials' or 'softmax', got {self.loss!r}")
+        if self.dim <= 0 or self.alpha < 0 or self.reg < 0:
+            raise ValueError("MFConfig: dim must be > 0, alpha and reg >= 0")
+
+
+class MF(nn.Module):
+    Config = MFConfig
+
+    def __init__(self, config: MFConfig, n_items: int, n_users: int):
+        super().__init__()
+        self.config, self.n_items, self.n_users = config, n_items, n_users
+        # Row n_users is the unknown user: zeros, never trained, so it scores by the item bias.
+        self.users = nn.Embedding(n_users + 1, config.dim, padding_idx=n_users)
+        self.items = nn.Embedding(n_items, config.dim)
+        self.bias = nn.Parameter(torch.zeros(n_items))
+        nn.init.normal_(self.users.weight, std=config.init_std)
+        nn.init.normal_(self.items.weight, std=config.init_std)
+        with torch.no_grad():
+            self.users.weight[n_users].zero_()
+
+    def score(self, batch: dict) -> torch.Tensor:
+        u = self.users(batch["users"])  # (B, d)
+        s = u @ self.items.weight.T  # (B, N)
+        return s + self.bias if self.config.loss == "softmax" else s
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        seq = batch["seq"]  # (B, L), padded with n_items
+        y = torch.zeros(len(seq), self.n_items + 1, device=seq.device)
+        y.scatter_(1, seq, 1.0)
+        y = y[:, : self.n_items]  # (B, N) multi-hot of the training items
+        u = self.users(batch["users"])  # (B, d)
+        s = self.score(batch)  # (B, N)
+        cfg, batch_share = self.config, len(seq) / self.n_users
+        if cfg.loss == "softmax":
+            nll = -(torch.log_softmax(s, dim=1) * y).sum(1) / y.sum(1).clamp(min=1)
+            return nll.mean() + cfg.reg * (u.pow(2).sum(1).mean())
+        gram = self.items.weight.T @ self.items.weight  # (d, d)
+        all_sq = ((u @ gram) * u).sum()  # Σ_u Σ_i s_ui²
+        observed = ((1 + cfg.alpha) * (1 - s).pow(2) - s.pow(2)) * y  # replace s² by (1+α)(1-s)² there
+        l2 = u.pow(2).sum() + batch_share * self.items.weight.pow(2).sum()
+        return (all_sq + observed.sum() + cfg.reg * l2) / len(seq)

@@ -1,0 +1,167 @@
+"""The lake: one URI scheme for local folders and S3, and the only boto3 code.
+
+A lake root is either a local path (``lake``, ``/abs/lake``, ``file:///abs/lake``) or
+``s3://bucket/prefix``. S3 endpoint and credentials come from the environment
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``INTERESTFLOW_S3_ENDPOINT_URL`` or
+``AWS_ENDPOINT_URL``), never from code.
+
+Writes are atomic: a local file is written to a temporary name and renamed; an S3 PUT
+is atomic per object. A *layer* (a folder of files) is complete only when its
+``_SUCCESS`` marker exists, and the marker is written last, so a run that dies half-way
+never leaves a layer that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MARKER = "_SUCCESS"
+
+
+def join(root: str, *parts: str) -> str:
+    """Join URI parts with '/' (works for both local paths and s3:// URIs)."""
+    out = root.rstrip("/")
+    for p in parts:
+        out += "/" + str(p).strip("/")
+    return out
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def local_path(uri: str) -> Path:
+    if uri.startswith("file://"):
+        return Path(urlparse(uri).path)
+    return Path(uri)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@lru_cache(maxsize=4)
+def _s3_client(endpoint_url: str | None):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
+    )
+
+
+def s3_client():
+    """A boto3 S3 client for the configured endpoint (path-style addressing)."""
+    endpoint = os.environ.get("INTERESTFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    return _s3_client(endpoint)
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3_client().exceptions.NoSuchKey as e:
+            raise FileNotFoundError(uri) from e
+    return local_path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write atomically: nobody ever sees a half-written file."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception as e:  # botocore ClientError 404
+            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return local_path(uri).exists()
+
+
+def upload_file(path: str | Path, uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().upload_file(str(path), bucket, key)
+    else:
+        write_bytes(uri, Path(path).read_bytes())
+
+
+def download_file(uri: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().download_file(bucket, key, str(path))
+    else:
+        path.write_bytes(local_path(uri).read_bytes())
+    return path
+
+
+def read_parquet(uri: str) -> pd.DataFrame:
+    if is_s3(uri):
+        return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
+    return pq.read_table(local_path(uri)).to_pandas()
+
+
+def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = None) -> None:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes(uri, buf.getvalue())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(obj: Any, uri: str) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def layer_done(layer_uri: str) -> bool:
+    """True when the layer folder was completed (its marker exists)."""
+    return exists(join(layer_uri, MARKER))
+
+
+def mark_done(layer_uri: str, info: dict | None = None) -> None:
+    """Write the layer's marker last: only now does the layer count as complete."""
+    write_json(info or {}, join(layer_uri, MARKER))

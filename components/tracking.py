@@ -1,0 +1,166 @@
+"""The only MLflow code: runs, model logging, the registry and its aliases.
+
+Embedded default: SQLite tracking and registry plus local artifacts under the project's
+home folder (``INTERESTFLOW_HOME``, default ``./var``). Any tracking server works by
+setting ``MLFLOW_TRACKING_URI``. Nothing connects at import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from components.config import home
+
+EXPERIMENT = os.environ.get("INTERESTFLOW_EXPERIMENT", "interestflow")
+CHAMPION, CHALLENGER = "champion", "challenger"
+PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow>=3,<4", "pandas", "numpy"]
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def _mlflow():
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def client():
+    from mlflow import MlflowClient
+
+    _mlflow()
+    return MlflowClient(tracking_uri())
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri().startswith("sqlite:"):  # embedded: keep artifacts beside the DB, not in ./mlruns
+        artifacts = (home() / "mlartifacts").resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # created concurrently by another task
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def create_run(name: str, params: dict, tags: dict, parent_run_id: str | None = None) -> str:
+    c = client()
+    tags = {k: str(v) for k, v in tags.items()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(), run_name=name, tags=tags)
+    log_params(run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client().log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(run_id: str, values: dict[str, float], step: int | None = None) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
+    for i in range(0, len(items), 500):
+        client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status)
+
+
+def log_text(run_id: str, text: str, path: str) -> None:
+    client().log_text(run_id, text, path)
+
+
+def log_table(run_id: str, frame: pd.DataFrame, path: str) -> None:
+    client().log_table(run_id, frame, path)
+
+
+def log_model(run_id: str, model_bytes: bytes, input_example: pd.DataFrame) -> str:
+    """Log a Recommender as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI."""
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    from components.pyfunc import RecommenderModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recommender.pt"
+        path.write_bytes(model_bytes)
+        py = RecommenderModel()
+        output = py.predict_with(model_bytes, input_example)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=py,
+                artifacts={"recommender": str(path)},
+                signature=infer_signature(input_example, output),
+                input_example=input_example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+    return info.model_uri if hasattr(info, "model_uri") else f"runs:/{run_id}/model"
+
+
+def load_recommender(model_uri: str):
+    """Load a logged or registered model (``runs:/…``, ``models:/name@champion``) as a Recommender."""
+    mlflow = _mlflow()
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().recommender
+
+
+def register(model_uri: str, name: str, tags: dict) -> str:
+    """Register ``model_uri`` as a new version of ``name``; returns the version."""
+    mlflow = _mlflow()
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return str(mv.version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version holding ``alias`` on registered model ``name``, or None."""
+    c = client()
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except Exception as e:  # RESOURCE_DOES_NOT_EXIST: no such model or alias
+        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+            return None
+        raise
+
+
+def version_run_id(name: str, version: str) -> str:
+    return client().get_model_version(name, version).run_id
+
+
+def set_version_tags(name: str, version: str, tags: dict) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+
+
+def model_name(family: str) -> str:
+    return f"{os.environ.get('INTERESTFLOW_MODEL_PREFIX', 'interestflow')}-{family}"

@@ -1,0 +1,345 @@
+"""Training of any family with lightning.Trainer, as its own process.
+
+Run as ``python -m components.training --request req.json --result res.json`` (or under
+``torchrun`` for several devices/nodes): Lightning's DDP re-executes the entry point in
+each process, which must therefore be this module, not the Prefect flow (DESIGN.md §4).
+The request carries URIs and configs; the result reports the best epoch, the metrics,
+the checkpoint URI and, for the final fit, the logged model's URI.
+
+Stages: ``fold`` trains on all but one fold's validation targets with early stopping on
+their NDCG@10; ``final`` trains on everything but the test targets for a fixed number
+of epochs (chosen by the folds) and logs the model to MLflow. Checkpoints go to the
+lake after every epoch; a killed training restarts from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from components import evaluation, storage, tracking
+from components.config import TrainConfig
+from components.datasets import Dataset, View
+from components.models import MODELS
+from components.models.base import OptimConfig, RecSystem, pad_left
+from components.recommender import Recommender
+
+
+class _Users(torch.utils.data.Dataset):
+    def __init__(self, users: np.ndarray):
+        self.users = users
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+
+def train_loader(view: View, n_items: int, max_len: int, batch_size: int, seed: int) -> DataLoader:
+    """Batches of users with a non-empty training sequence: {users, seq}."""
+    users = np.array([u for u, s in enumerate(view.train_seqs) if len(s)], dtype=np.int64)
+
+    def collate(pos: list[int]) -> dict:
+        us = users[pos]
+        return {"users": torch.as_tensor(us), "seq": pad_left([view.train_seqs[u] for u in us], max_len, n_items)}
+
+    return DataLoader(
+        _Users(users),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def val_loader(view: View, n_items: int, max_len: int, batch_size: int = 1024) -> DataLoader:
+    batches = [b for _, b in evaluation.eval_batches(view, n_items, max_len, batch_size)]
+    return DataLoader(batches, batch_size=None, shuffle=False)
+
+
+class LakeCheckpoint(Callback):
+    """Copies the last checkpoint to the lake after every epoch (rank 0)."""
+
+    def __init__(self, local_dir: Path, uri: str):
+        self.local, self.uri = local_dir / "last.ckpt", storage.join(uri, "last.ckpt")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.local)
+        if trainer.is_global_zero:
+            storage.upload_file(self.local, self.uri)
+
+
+class EpochLog(Callback):
+    """Per-epoch metrics to MLflow on rank 0 (the learning curve)."""
+
+    def __init__(self, run_id: str | None):
+        self.run_id, self.history = run_id, []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        row = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_ndcg10", "val_hr10")
+        }
+        self.history.append({"epoch": trainer.current_epoch + 1, **row})
+        if self.run_id:
+            tracking.log_metrics(self.run_id, row, step=trainer.current_epoch + 1)
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda") else "32-true"
+
+
+def resolve_strategy(cfg: TrainConfig) -> str:
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    return "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
+
+
+def fit(request: dict) -> dict:
+    """Train one model as the request says; returns the result dict (rank 0 is authoritative)."""
+    cfg = TrainConfig(**request["train_config"])
+    family, stage, fold = request["family"], request["stage"], request.get("fold")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    L.seed_everything(cfg.seed + (fold or 0), workers=True, verbose=False)
+    data = Dataset.load(request["dataset"])
+    view = data.view(stage, fold)
+    cls = MODELS[family]
+    model_cfg = cls.Config(**cfg.model)
+    system = RecSystem(
+        cls(model_cfg, data.n_items, data.n_users), OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    )
+    max_len = int(getattr(model_cfg, "max_len", 512))
+    ckpt_uri = request["checkpoint_uri"]
+    epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])
+    tmp = Path(tempfile.mkdtemp(prefix="interestflow-train-"))
+    epoch_log = EpochLog(request.get("run_id"))
+    callbacks: list[Callback] = [LakeCheckpoint(tmp, ckpt_uri), epoch_log]
+    best = None
+    if stage == "fold":
+        best = ModelCheckpoint(dirpath=tmp, filename="best", monitor="val_ndcg10", mode="max", save_top_k=1)
+        callbacks += [best, EarlyStopping(monitor="val_ndcg10", mode="max", patience=cfg.patience)]
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=resolve_strategy(cfg),
+        precision=resolve_precision(cfg),
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=stage == "fold",
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if stage == "fold" else 0,
+        deterministic=False,
+    )
+    resume = None
+    if storage.exists(storage.join(ckpt_uri, "last.ckpt")) and not storage.layer_done(ckpt_uri):
+        resume = storage.download_file(storage.join(ckpt_uri, "last.ckpt"), tmp / "resume.ckpt")
+    t0 = time.perf_counter()
+    trainer.fit(
+        system,
+        train_dataloaders=train_loader(view, data.n_items, max_len, cfg.batch_size, cfg.seed),
+        val_dataloaders=val_loader(view, data.n_items, max_len) if stage == "fold" else None,
+        ckpt_path=resume,
+    )
+    train_s = time.perf_counter() - t0
+    result = {
+        "family": family,
+        "stage": stage,
+        "fold": fold,
+        "train_s": train_s,
+        "epochs_run": trainer.current_epoch,
+        "history": epoch_log.history,
+        "checkpoint_uri": ckpt_uri,
+        "run_id": request.get("run_id"),
+        "resumed_from_epoch": torch.load(resume, weights_only=False)["epoch"] if resume else None,
+    }
+    if not trainer.is_global_zero:
+        return result
+    if stage == "fold":
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+        system.load_state_dict(state["state_dict"])
+        result["best_epoch"] = int(state["epoch"]) + 1
+        storage.upload_file(best.best_model_path, storage.join(ckpt_uri, "best.ckpt"))
+        system.eval()
+        ranks, top, _ = evaluation.rank_view(torch.no_grad()(system.model.score), view, data.n_items, max_len=max_len)
+        result["metrics"] = evaluation.report(ranks, top, data.n_items)
+    else:
+        system.eval()
+        rec = Recommender(
+            family,
+            model_cfg.__dict__,
+            {k: v.cpu() for k, v in system.model.state_dict().items()},
+            data.item_ids,
+            data.user_ids,
+        )
+        model_bytes = rec.to_bytes()
+        storage.write_bytes(storage.join(ckpt_uri, "recommender.pt"), model_bytes)
+        if request.get("run_id"):
+            example = _input_example(data, view)
+            result["model_uri"] = tracking.log_model(request["run_id"], model_bytes, example)
+        result["model_bytes_uri"] = storage.join(ckpt_uri, "recommender.pt")
+    storage.mark_done(ckpt_uri, {"stage": stage, "fold": fold})
+    return result
+
+
+def _input_example(data: Dataset, view: View, n: int = 2):
+    import pandas as pd
+
+    users = [u for u in view.eval_users[:n]] or [0]
+    return pd.DataFrame(
+        {
+            "user_id": [str(data.user_ids[u]) for u in users],
+            "history": [[str(data.item_ids[i]) for i in data.seqs[u][-5:]] for u in users],
+        }
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train one interestflow model (one fold or the final fit).")
+    parser.add_argument("--request", required=True, help="JSON file: dataset, family, stage, configs, URIs")
+    parser.add_argument("--result", required=True, help="where rank 0 writes the result JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    result = fit(json.loads(Path(args.request).read_text()))
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and "run_id" in result:
+        Path(args.result).write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def launch(request: dict, workdir: str | Path | None = None, timeout: float | None = None) -> dict:
+    """Run :func:`fit` in its own process (``torchrun`` across nodes) and return its result.
+
+    A separate process is what lets Lightning's DDP re-execute the entry point, isolates
+    memory, and lets a killed training be retried from its last lake checkpoint.
+    """
+    import subprocess
+
+    cfg = TrainConfig(**request["train_config"])
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="interestflow-req-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    req, res = workdir / "request.json", workdir / "result.json"
+    req.write_text(json.dumps(request, default=str))
+    res.unlink(missing_ok=True)
+    if cfg.num_nodes > 1:  # one torchrun per node; rendezvous settings come from the environment
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={cfg.num_nodes}",
+            f"--nproc-per-node={cfg.devices}",
+            "-m",
+            "components.training",
+        ]
+    else:  # Lightning launches the other local processes itself
+        cmd = [sys.executable, "-m", "components.training"]
+    proc = subprocess.run(
+        [*cmd, "--request", str(req), "--result", str(res)], timeout=timeout, capture_output=True, text=True
+    )
+    if proc.returncode != 0 or not res.exists():
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-30:])
+        raise RuntimeError(
+            f"training {request['family']}/{request['stage']}"
+            f"{'' if request.get('fold') is None else ' fold ' + str(request['fold'])} "
+            f"failed (exit {proc.returncode}):\n{tail}"
+        )
+    return json.loads(res.read_text())
+
+
+def summarize_folds(results: list[dict]) -> dict:
+    """CV summary: per-metric mean and std over folds, and the final fit's epoch budget
+    (the median of the folds' best epochs)."""
+    from components.metrics import mean_std
+
+    summary = mean_std([r["metrics"] for r in results])
+    summary["epochs"] = int(np.median([r["best_epoch"] for r in results]))
+    return summary
+
+
+def checkpoint_uri(lake: str, dataset: dict, family: str, train_config: dict, stage: str, fold: int | None) -> str:
+    """05_models/<dataset>/<family>-<config hash>/<stage>: one place per distinct training."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(train_config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    name = f"fold{fold}" if stage == "fold" else stage
+    return storage.join(lake, "05_models", dataset["dataset_uri"].rstrip("/").split("/")[-1], f"{family}-{key}", name)
+
+
+def run_stage(
+    dataset: dict,
+    family: str,
+    stage: str,
+    train_config: dict,
+    lake: str,
+    parent_run_id: str | None,
+    fold: int | None = None,
+    epochs: int | None = None,
+    extra_tags: dict | None = None,
+) -> dict:
+    """One training (a fold or the final fit) as one MLflow run: params, curve, metrics, model."""
+    from components.datasets import PROTOCOL
+
+    cfg = TrainConfig(**train_config)
+    model_cfg = MODELS[family].Config(**cfg.model)
+    params = {
+        **{f"train.{k}": v for k, v in cfg.__dict__.items() if k != "model"},
+        **{f"model.{k}": v for k, v in model_cfg.__dict__.items()},
+        **{f"protocol.{k}": v for k, v in PROTOCOL.items()},
+        "family": family,
+        "stage": stage,
+        "fold": fold if fold is not None else "",
+        "epochs": epochs or "",
+        "data_hash": dataset["data_hash"],
+        "dataset_uri": dataset["dataset_uri"],
+        "folds": dataset["folds"],
+    }
+    tags = {
+        "interestflow.family": family,
+        "interestflow.stage": stage,
+        "interestflow.data_hash": dataset["data_hash"],
+        **(extra_tags or {}),
+    }
+    name = f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
+    run_id = tracking.create_run(name, params, tags, parent_run_id)
+    request = {
+        "dataset": dataset,
+        "family": family,
+        "stage": stage,
+        "fold": fold,
+        "epochs": epochs,
+        "train_config": train_config,
+        "run_id": run_id,
+        "checkpoint_uri": checkpoint_uri(lake, dataset, family, train_config, stage, fold),
+    }
+    try:
+        result = launch(request)
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
+    if stage == "fold":
+        summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})
+    tracking.log_metrics(run_id, summary)
+    tracking.end_run(run_id)
+    return result
