@@ -75,3 +75,22 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     tracking.set_version_tags(name, version, tags)
     if decision.promote:
         tracking.set_alias(name, tracking.CHAMPION, version)
+
+
+def run_gate(registered: dict, report: dict, dataset: dict, gate: GateConfig = GateConfig()) -> Decision:
+    """Re-score the current champion on today's holdout, decide, and carry the decision out."""
+    from components.datasets import Dataset
+    from components.evaluation import test_report
+
+    name, version = registered["name"], registered["version"]
+    champion_version = tracking.alias_version(name, tracking.CHAMPION)
+    champion, error = None, None
+    if champion_version is not None and champion_version != version:
+        try:
+            rec = tracking.load_recommender(f"models:/{name}@{tracking.CHAMPION}")
+            champion, _ = test_report(rec, Dataset.load(dataset))
+        except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
+            error = f"{type(e).__name__}: {e}"
+    decision = decide(report["test"], champion, gate, error)
+    apply(name, version, decision, report["run_id"])
+    return decision

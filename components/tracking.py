@@ -164,3 +164,18 @@ def set_version_tags(name: str, version: str, tags: dict) -> None:
 
 def model_name(family: str) -> str:
     return f"{os.environ.get('INTERESTFLOW_MODEL_PREFIX', 'interestflow')}-{family}"
+
+
+def register_challenger(report: dict, data_hash: str) -> dict:
+    """Register the final run's model as a new version with alias ``challenger``."""
+    name = model_name(report["family"])
+    tags = {
+        "data_hash": data_hash,
+        "test_ndcg10": report["test"]["ndcg10"],
+        "test_hr10": report["test"]["hr10"],
+        "cv_ndcg10_mean": report["cv"]["ndcg10_mean"],
+        "cv_ndcg10_std": report["cv"]["ndcg10_std"],
+    }
+    version = register(report["model_uri"], name, tags)
+    set_alias(name, CHALLENGER, version)
+    return {"name": name, "version": version}

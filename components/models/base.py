@@ -30,7 +30,7 @@ def pad_left(seqs: list[np.ndarray], max_len: int, pad: int) -> torch.Tensor:
     for i, s in enumerate(seqs):
         s = s[-length:]
         if len(s):
-            out[i, length - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            out[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
     return out
 
 

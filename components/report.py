@@ -1,0 +1,52 @@
+"""The run summary: per family CV mean ± std, test figures, popularity, promotion decision."""
+
+from __future__ import annotations
+
+METRICS = ("hr5", "hr10", "hr20", "ndcg5", "ndcg10", "ndcg20", "mrr", "coverage10")
+
+
+def leaderboard(results: list[dict]) -> list[dict]:
+    """One row per family (plus popularity): the figures people compare."""
+    rows = []
+    for r in results:
+        row = {"family": r["family"]}
+        for m in METRICS:
+            row[f"cv_{m}"] = f"{r['cv'][m + '_mean']:.4f} ± {r['cv'][m + '_std']:.4f}"
+            row[f"test_{m}"] = round(r["test"][m], 4)
+        row["decision"] = r.get("decision", {}).get("reason", "dry run: not registered")
+        row["version"] = r.get("registered", {}).get("version", "")
+        rows.append(row)
+    if results:
+        pop = results[0]["popularity"]
+        rows.append({"family": "popularity", **{f"test_{m}": round(pop[m], 4) for m in METRICS}})
+    return rows
+
+
+def markdown(results: list[dict], recommendations: dict | None, data_hash: str) -> str:
+    lines = [
+        f"# interestflow nightly run (data {data_hash})",
+        "",
+        "| family | metric | CV mean ± std | test | popularity (test) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        for m in METRICS:
+            lines.append(
+                f"| {r['family']} | {m} | {r['cv'][m + '_mean']:.4f} ± {r['cv'][m + '_std']:.4f} | "
+                f"{r['test'][m]:.4f} | {r['popularity'][m]:.4f} |"
+            )
+    lines += ["", "## Promotion", "", "| family | version | decision | reason |", "|---|---|---|---|"]
+    for r in results:
+        d = r.get("decision")
+        verdict = ("promoted to champion" if d["promote"] else "not promoted") if d else "dry run"
+        lines.append(
+            f"| {r['family']} | {r.get('registered', {}).get('version', '-')} | {verdict} | "
+            f"{d['reason'] if d else 'nothing registered'} |"
+        )
+    if recommendations:
+        lines += [
+            "",
+            f"Recommendations: {recommendations['rows']} rows for {recommendations['users']} users from "
+            f"{recommendations['family']} v{recommendations['version']} -> `{recommendations['uri']}`",
+        ]
+    return "\n".join(lines) + "\n"

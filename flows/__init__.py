@@ -1,0 +1,1 @@
+"""Prefect flows: the data path, one line per stage."""

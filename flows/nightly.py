@@ -1,0 +1,108 @@
+"""The nightly retrain: raw events -> validated -> features -> datasets -> CV training ->
+test -> registry -> promotion -> recommendations (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
+
+from components.config import TrainConfig, default_lake
+from tasks.datasets import build_datasets
+from tasks.evaluate import evaluate
+from tasks.features import build_features
+from tasks.ingest import ingest
+from tasks.promote import promote
+from tasks.recommend import recommend
+from tasks.register import register
+from tasks.report import publish
+from tasks.train import train_final, train_fold
+from tasks.validate import validate
+
+Family = Literal["mf"]
+# Fold trainings run concurrently up to this many at a time (each is its own process).
+FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
+
+
+@flow(name="nightly-retrain", task_runner=ThreadPoolTaskRunner(max_workers=FOLD_WORKERS), log_prints=True)
+def nightly(
+    spec: str = "specs/beauty_sample.yaml",
+    lake: str | None = None,
+    families: list[Family] = ["mf"],  # noqa: B006 - Prefect renders the default in the UI
+    folds: int = 3,
+    max_epochs: int = 30,
+    patience: int = 5,
+    batch_size: int = 512,
+    lr: float = 1e-2,
+    seed: int = 0,
+    accelerator: str = "auto",
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str = "auto",
+    model: dict[str, dict] | None = None,
+    min_gain: float = 0.0,
+    tolerance: float = 0.05,
+    k: int = 10,
+    serve_family: Family | None = None,
+    dry_run: bool = False,
+) -> dict:
+    """Retrain, evaluate, register and (maybe) promote each family, then recommend.
+
+    Args:
+        spec: Dataset spec (YAML) mapping the event log and catalogue onto the data contract.
+        lake: Lake root: a local folder or s3://bucket/prefix (default: $INTERESTFLOW_LAKE or var/lake).
+        families: Model families to train.
+        folds: Cross-validation folds (users split into this many groups).
+        max_epochs: Epoch budget per fold; early stopping on validation NDCG@10 may end sooner.
+        patience: Early-stopping patience in epochs.
+        batch_size: Users per training batch.
+        lr: Learning rate.
+        seed: Seed for folds, weights and shuffling (logged).
+        accelerator: Lightning accelerator: auto, cpu or gpu.
+        devices: Devices per node; more than one trains with DDP.
+        num_nodes: Nodes for multi-node DDP.
+        strategy: Lightning strategy (auto: ddp when devices x nodes > 1).
+        precision: auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision.
+        model: Per-family config overrides, e.g. {"mf": {"dim": 64}}.
+        min_gain: Relative NDCG@10 gain a challenger needs over the champion.
+        tolerance: Allowed relative regression of guarded metrics (HR@10, MRR).
+        k: Recommendations per user.
+        serve_family: Family whose champion serves recommendations (default: best test NDCG@10).
+        dry_run: Train and evaluate, but register, promote and recommend nothing.
+    """
+    lake = lake or default_lake()
+    cfg = TrainConfig(
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+    ).__dict__
+    raw = ingest(spec, lake)
+    validated = validate(raw, lake)
+    features = build_features(validated, lake)
+    dataset = build_datasets(features, lake, folds, seed)
+    tags = {"interestflow.spec": raw["spec"], "interestflow.dry_run": dry_run}
+    results = []
+    for family in families:
+        family_cfg = {**cfg, "model": (model or {}).get(family, {})}
+        fold_runs = [train_fold.submit(quote(dataset), family, f, family_cfg, lake, tags) for f in range(folds)]
+        final = train_final(dataset, family, [r.result() for r in fold_runs], family_cfg, lake, tags)
+        report = evaluate(dataset, final, lake)
+        if not dry_run:
+            report["registered"] = register(report, dataset)
+            report["decision"] = promote(report["registered"], report, dataset, min_gain, tolerance)
+        results.append(report)
+    recs = None if dry_run else recommend(dataset, list(families), lake, k, serve_family)
+    summary = publish(results, recs, raw["data_hash"])
+    print(summary)
+    return {"data_hash": raw["data_hash"], "results": results, "recommendations": recs, "summary": summary}

@@ -1,0 +1,17 @@
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from components import promotion
+from tasks._retry import IO_RETRIES
+
+
+@task(name="promote", **IO_RETRIES, task_run_name="promote-{registered[name]}")
+def promote(registered: dict, report: dict, dataset: dict, min_gain: float, tolerance: float) -> dict:
+    """The promotion gate: re-score the champion on today's holdout, move the alias or not."""
+    d = promotion.run_gate(registered, report, dataset, promotion.GateConfig(min_gain=min_gain, tolerance=tolerance))
+    create_markdown_artifact(
+        f"**{registered['name']} v{registered['version']}**: {'promoted' if d.promote else 'not promoted'} — {d.reason}",
+        key=f"promotion-{report['family']}",
+        description="Promotion decision",
+    )
+    return d.as_dict()

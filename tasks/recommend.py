@@ -1,0 +1,10 @@
+from prefect import task
+
+from components import recommend as rec
+from tasks._retry import IO_RETRIES
+
+
+@task(name="recommend", **IO_RETRIES)
+def recommend(dataset: dict, families: list[str], lake: str, k: int, family: str | None) -> dict:
+    """06_recommendations: top-k per user from the serving champion."""
+    return rec.batch_recommendations(dataset, families, lake, k, family)
