@@ -17,6 +17,7 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       k_core: 0             # optional k-core filter on users and items
 
 Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, value, seq``
+(and ``ts_source``, the timestamp as written in the source, for validation reports)
 and ``items.parquet`` with ``item_id, title, categories, brand, price``. Types are only
 *mapped* here (ids to strings, ts parsed, unparseable ts -> NaT); whether the data obeys
 the contract is decided by the expectation suites in validation, which need to see the
@@ -205,6 +206,7 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     out = _select(df, src, EVENT_COLUMNS)
     out["user_id"] = out["user_id"].astype("string")
     out["item_id"] = out["item_id"].astype("string")
+    out["ts_source"] = out["ts"].astype("string")  # kept until validation, to show bad values
     out["ts"] = parse_ts(out["ts"], src.ts_unit, src.ts_format)
     if src.event_type is not None:
         out["event_type"] = src.event_type
@@ -218,7 +220,7 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     else:
         out["seq"] = range(len(out))
         out["seq"] = out["seq"].astype("float64")
-    return out[[*EVENT_COLUMNS, "seq"]]
+    return out[[*EVENT_COLUMNS, "seq", "ts_source"]]
 
 
 def read_items(src: SourceSpec) -> pd.DataFrame:

@@ -86,7 +86,13 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
             continue
         cfg = r.expectation_config
         exc = (r.exception_info or {}).get("exception_message")
-        examples = [_short(v) for v in (r.result.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]]
+        raw_examples = (r.result.get("partial_unexpected_list") or [])[:MAX_EXAMPLES]
+        examples = [_short(v) for v in raw_examples]
+        rows = (r.result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
+        if rows and all(pd.isna(v) for v in raw_examples if not isinstance(v, dict | list)):
+            # A null says little: show the rows it sits in, as the source wrote them.
+            cols = [c for c in ("user_id", "item_id", "ts_source", "title") if c in df.columns]
+            examples = [f"data row {i}: " + ", ".join(f"{c}={_short(df.at[i, c])!r}" for c in cols) for i in rows]
         if exc and not examples:
             examples = [exc.splitlines()[0][:200]]
         findings.append(
@@ -176,6 +182,7 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
             f"{len(critical)} critical expectation(s) failed; nothing was trained or promoted. "
             f"Rejected batch and report: {q}/report.md\n" + "\n".join(f.message() for f in critical)
         )
+    events = events.drop(columns=["ts_source"])
     events["value"] = events["value"].astype("float64")
     items["price"] = items["price"].astype("float64")
     storage.write_parquet(events, storage.join(layer, "events.parquet"))

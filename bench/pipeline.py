@@ -1,0 +1,125 @@
+"""The nightly path on the full Amazon Beauty data: figures for issue 2.
+
+Runs the same stages twice on fresh state, once called directly (no Prefect) and once
+through the nightly flow, and prints per-stage wall time, total, peak RSS, test HR@10 and
+NDCG@10 of each family and of popularity, and the orchestration overhead. The flow run's
+lake is --lake, so DIR/06_recommendations/test_recommendations_<family>.parquet holds the
+exact test-time top-10 its metrics came from.
+
+    .venv/bin/python bench/pipeline.py --lake bench/out/pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_gib() -> float:
+    """Peak RSS of this process or any finished child (the training processes), GiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 2**20
+
+
+def use_home(path: Path) -> None:
+    os.environ["INTERESTFLOW_HOME"] = str(path)
+    os.environ["INTERESTFLOW_LAKE"] = str(path)
+    os.environ["PREFECT_HOME"] = str(path / "prefect")
+    (path / "prefect").mkdir(parents=True, exist_ok=True)
+
+
+def direct(spec: str, lake: str, families: list[str], cfg: dict, folds: int) -> tuple[dict, dict]:
+    """The flow's stages as plain calls, timed one by one."""
+    from components import datasets, events, evaluation, features, promotion, recommend, tracking, training, validation
+
+    t: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t0 = time.perf_counter()
+        out = fn(*a, **kw)
+        t[name] = t.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    raw = timed("ingest", events.ingest, spec, lake)
+    val = timed("validate", validation.validate, raw, lake)
+    feat = timed("features", features.build_features, val, lake)
+    ds = timed("datasets", datasets.build_datasets, feat, lake, folds, cfg["seed"])
+    reports = {}
+    for fam in families:
+        fold_res = [timed(f"train_folds_{fam}", training.run_stage, ds, fam, "fold", cfg, lake, None, fold=k)
+                    for k in range(folds)]
+        cv = training.summarize_folds(fold_res)
+        final = timed(f"train_final_{fam}", training.run_stage, ds, fam, "final", cfg, lake, None, epochs=cv["epochs"])
+        rep = timed(f"evaluate_{fam}", evaluation.evaluate_final, ds, {**final, "cv": cv}, lake, cv)
+        reg = timed(f"register_{fam}", tracking.register_challenger, rep, ds["data_hash"])
+        timed(f"promote_{fam}", promotion.run_gate, reg, rep, ds)
+        reports[fam] = rep
+    timed("recommend", recommend.batch_recommendations, ds, families, lake, 10)
+    return t, reports
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lake", required=True, help="folder for the flow run's lake, MLflow and Prefect state")
+    ap.add_argument("--spec", default=str(ROOT / "specs" / "amazon_beauty.yaml"))
+    ap.add_argument("--families", nargs="+", default=["mf"])
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per training process")
+    args = ap.parse_args()
+    os.environ.setdefault("INTERESTFLOW_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
+    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "GX_ANALYTICS_ENABLED": "false", "OMP_WAIT_POLICY": "PASSIVE"}.items():
+        os.environ.setdefault(k, v)
+    flow_dir = Path(args.lake).resolve()
+    direct_dir = flow_dir.with_name(flow_dir.name + "-direct")
+    for d in (flow_dir, direct_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "num_threads": args.threads, "seed": 0}
+
+    use_home(direct_dir)
+    t0 = time.perf_counter()
+    stages, _ = direct(args.spec, str(direct_dir), args.families, {**cfg, "model": {}}, args.folds)
+    direct_s = time.perf_counter() - t0
+
+    use_home(flow_dir)
+    from flows.nightly import nightly
+
+    t0 = time.perf_counter()
+    out = nightly(spec=args.spec, lake=str(flow_dir), families=args.families, folds=args.folds,
+                  max_epochs=args.max_epochs, patience=args.patience, seed=0)
+    flow_s = time.perf_counter() - t0
+    # The flow passes num_threads=0 (all cores); on this 2-core machine that equals --threads 2.
+
+    figures = {"total_s": round(flow_s, 1), "direct_s": round(direct_s, 1),
+               "overhead_ratio": round((flow_s - direct_s) / flow_s, 4), "peak_rss_gib": round(peak_rss_gib(), 2)}
+    pop = out["results"][0]["popularity"]
+    figures.update({"pop_hr10": round(pop["hr10"], 4), "pop_ndcg10": round(pop["ndcg10"], 4)})
+    for r in out["results"]:
+        f = r["family"]
+        figures.update({f"{f}_hr10": round(r["test"]["hr10"], 4), f"{f}_ndcg10": round(r["test"]["ndcg10"], 4),
+                        f"{f}_cv_ndcg10_mean": round(r["cv"]["ndcg10_mean"], 4),
+                        f"{f}_cv_ndcg10_std": round(r["cv"]["ndcg10_std"], 4), f"{f}_epochs": r["cv"]["epochs"]})
+    print("\nStage wall times (direct calls, no Prefect), seconds")
+    for name, s in stages.items():
+        print(f"  {name:<24}{s:9.1f}")
+    print(f"  {'total (direct)':<24}{direct_s:9.1f}\n  {'total (Prefect flow)':<24}{flow_s:9.1f}")
+    print("\nTest figures (full ranking, history excluded; popularity ties broken by item id)")
+    for k, v in figures.items():
+        print(f"  {k:<24}{v}")
+    print(json.dumps({**figures, **{f"stage_{k}_s": round(v, 1) for k, v in stages.items()}}))
+
+
+if __name__ == "__main__":
+    main()
