@@ -56,8 +56,10 @@ def direct(spec: str, lake: str, families: list[str], cfg: dict, folds: int) -> 
     ds = timed("datasets", datasets.build_datasets, feat, lake, folds, cfg["seed"])
     reports = {}
     for fam in families:
-        fold_res = [timed(f"train_folds_{fam}", training.run_stage, ds, fam, "fold", cfg, lake, None, fold=k)
-                    for k in range(folds)]
+        fold_res = [
+            timed(f"train_folds_{fam}", training.run_stage, ds, fam, "fold", cfg, lake, None, fold=k)
+            for k in range(folds)
+        ]
         cv = training.summarize_folds(fold_res)
         final = timed(f"train_final_{fam}", training.run_stage, ds, fam, "final", cfg, lake, None, epochs=cv["epochs"])
         rep = timed(f"evaluate_{fam}", evaluation.evaluate_final, ds, {**final, "cv": cv}, lake, cv)
@@ -79,8 +81,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     args = ap.parse_args()
     os.environ.setdefault("INTERESTFLOW_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
-    for k, v in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "GX_ANALYTICS_ENABLED": "false", "OMP_WAIT_POLICY": "PASSIVE"}.items():
+    for k, v in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }.items():
         os.environ.setdefault(k, v)
     flow_dir = Path(args.lake).resolve()
     direct_dir = flow_dir.with_name(flow_dir.name + "-direct")
@@ -97,20 +104,37 @@ def main() -> None:
     from flows.nightly import nightly
 
     t0 = time.perf_counter()
-    out = nightly(spec=args.spec, lake=str(flow_dir), families=args.families, folds=args.folds,
-                  max_epochs=args.max_epochs, patience=args.patience, seed=0)
+    out = nightly(
+        spec=args.spec,
+        lake=str(flow_dir),
+        families=args.families,
+        folds=args.folds,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        seed=0,
+    )
     flow_s = time.perf_counter() - t0
     # The flow passes num_threads=0 (all cores); on this 2-core machine that equals --threads 2.
 
-    figures = {"total_s": round(flow_s, 1), "direct_s": round(direct_s, 1),
-               "overhead_ratio": round((flow_s - direct_s) / flow_s, 4), "peak_rss_gib": round(peak_rss_gib(), 2)}
+    figures = {
+        "total_s": round(flow_s, 1),
+        "direct_s": round(direct_s, 1),
+        "overhead_ratio": round((flow_s - direct_s) / flow_s, 4),
+        "peak_rss_gib": round(peak_rss_gib(), 2),
+    }
     pop = out["results"][0]["popularity"]
     figures.update({"pop_hr10": round(pop["hr10"], 4), "pop_ndcg10": round(pop["ndcg10"], 4)})
     for r in out["results"]:
         f = r["family"]
-        figures.update({f"{f}_hr10": round(r["test"]["hr10"], 4), f"{f}_ndcg10": round(r["test"]["ndcg10"], 4),
-                        f"{f}_cv_ndcg10_mean": round(r["cv"]["ndcg10_mean"], 4),
-                        f"{f}_cv_ndcg10_std": round(r["cv"]["ndcg10_std"], 4), f"{f}_epochs": r["cv"]["epochs"]})
+        figures.update(
+            {
+                f"{f}_hr10": round(r["test"]["hr10"], 4),
+                f"{f}_ndcg10": round(r["test"]["ndcg10"], 4),
+                f"{f}_cv_ndcg10_mean": round(r["cv"]["ndcg10_mean"], 4),
+                f"{f}_cv_ndcg10_std": round(r["cv"]["ndcg10_std"], 4),
+                f"{f}_epochs": r["cv"]["epochs"],
+            }
+        )
     print("\nStage wall times (direct calls, no Prefect), seconds")
     for name, s in stages.items():
         print(f"  {name:<24}{s:9.1f}")

@@ -16,10 +16,17 @@ SAMPLE = ROOT / "data" / "sample"
 def isolated_state(tmp_path_factory):
     """Every test session gets its own MLflow DB, Prefect home and lake: nothing in ./var is touched."""
     home = tmp_path_factory.mktemp("home")
-    env = {"INTERESTFLOW_HOME": str(home), "PREFECT_HOME": str(home / "prefect"), "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "GX_ANALYTICS_ENABLED": "false", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-           "MPLCONFIGDIR": str(home / "mpl")}
+    env = {
+        "INTERESTFLOW_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "HF_HUB_OFFLINE": "1",
+        "MPLCONFIGDIR": str(home / "mpl"),
+    }
     (home / "prefect").mkdir()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -83,8 +83,7 @@ CASES = {
     "unparseable timestamp": (_set("timestamp", "yesterday"), "ts", "expect_column_values_to_not_be_null", "yesterday"),
     "future timestamp": (_set("timestamp", 4102444800), "ts", "expect_column_values_to_be_between", "2100-01-01"),
     "timestamp before 1990": (_set("timestamp", 315532800), "ts", "expect_column_values_to_be_between", "1980-01-01"),
-    "duplicate events": (_duplicate, "user_id,item_id,ts,event_type,seq", "expect_compound_columns_to_be_unique",
-                         None),
+    "duplicate events": (_duplicate, "user_id,item_id,ts,event_type,seq", "expect_compound_columns_to_be_unique", None),
     "item missing from catalogue": (_orphan, "item_id", "expect_column_values_to_be_in_set", None),
     "duplicate catalogue item": (_dup_item, "item_id", "expect_column_values_to_be_unique", None),
     "negative price": (_neg_price, "price", "expect_column_values_to_be_between", "-4.5"),
@@ -114,8 +113,11 @@ def test_unknown_event_type_is_rejected(tmp_path, small_slice):
     ev = ev.assign(kind="review")
     ev.loc[7, "kind"] = "wishlist"
     spec = write_slice(tmp_path / "src", ev, items)
-    spec.write_text(spec.read_text().replace("  event_type: review\n", "").replace(
-        "ts: timestamp}", "ts: timestamp, event_type: kind}"))
+    spec.write_text(
+        spec.read_text()
+        .replace("  event_type: review\n", "")
+        .replace("ts: timestamp}", "ts: timestamp, event_type: kind}")
+    )
     lake = str(tmp_path / "lake")
     with pytest.raises(DataValidationError, match=r"column 'event_type'.*expect_column_values_to_be_in_set.*wishlist"):
         validation.validate(events.ingest(spec, lake), lake)

@@ -1,0 +1,97 @@
+"""Flow tests: the nightly flow under prefect_test_harness on a slice of the shipped sample.
+
+Real Prefect (a temporary local API), a real MLflow registry (SQLite in a temp folder),
+real Lightning training in subprocesses. Slow-ish (~2 minutes together).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import sample_frames, write_slice
+
+from components import metrics, storage, tracking
+from components.validation import DataValidationError
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def flow_env(tmp_path_factory, harness):
+    root = tmp_path_factory.mktemp("flow")
+    ev, items = sample_frames(600)
+    spec = write_slice(root / "src", ev, items, name="flowslice")
+    return {"root": root, "spec": str(spec), "lake": str(root / "lake"), "events": ev, "items": items}
+
+
+def run_nightly(env, **kw):
+    from flows.nightly import nightly
+
+    args = dict(spec=env["spec"], lake=env["lake"], folds=2, max_epochs=8, patience=3, seed=0)
+    return nightly(**{**args, **kw})
+
+
+@pytest.mark.slow
+def test_nightly_produces_a_champion_and_recommendations(flow_env):
+    out = run_nightly(flow_env)
+    r = out["results"][0]
+    assert r["decision"]["promote"] and r["registered"]["version"] == "1"
+    assert tracking.alias_version("interestflow-mf", "champion") == "1"
+    assert r["test"]["ndcg10"] > r["popularity"]["ndcg10"]  # a trained model beats popularity here
+    recs = storage.read_parquet(out["recommendations"]["uri"])
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score"]
+    assert recs["user_id"].nunique() == flow_env["events"]["user_id"].nunique()
+    assert (recs.groupby("user_id").size() == 10).all()
+    seen = set(zip(flow_env["events"].user_id, flow_env["events"].item_id, strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs.user_id, recs.item_id, strict=True))
+
+    # The test-time top-10 reproduces the logged HR@10 / NDCG@10 independently of our code.
+    top = storage.read_parquet(r["test_recommendations_uri"])
+    ev = flow_env["events"].sort_values(["user_id", "timestamp", "seq_pos"], kind="stable")
+    last = ev.groupby("user_id")["item_id"].last()
+    hit_rank = top.merge(last.rename("target"), left_on="user_id", right_index=True)
+    hit_rank = hit_rank[hit_rank.item_id == hit_rank.target].set_index("user_id")["rank"]
+    ranks = np.array([hit_rank.get(u, 10_000) - 1 for u in last.index])
+    m = metrics.rank_metrics(ranks, ks=(10,))
+    assert m["hr10"] == pytest.approx(r["test"]["hr10"]) and m["ndcg10"] == pytest.approx(r["test"]["ndcg10"])
+
+
+@pytest.mark.slow
+def test_a_worse_model_does_not_take_the_champion_alias(flow_env):
+    before = tracking.alias_version("interestflow-mf", "champion")
+    out = run_nightly(flow_env, max_epochs=1, patience=1)
+    r = out["results"][0]
+    assert not r["decision"]["promote"], r["decision"]
+    assert tracking.alias_version("interestflow-mf", "champion") == before
+    assert tracking.alias_version("interestflow-mf", "challenger") == r["registered"]["version"]
+    tags = tracking.client().get_run(r["run_id"]).data.tags
+    assert tags["promotion.decision"] == "rejected" and "champion" in tags["promotion.reason"]
+
+
+@pytest.mark.slow
+def test_bad_data_stops_the_flow_before_training_and_changes_nothing(flow_env):
+    versions = {v.version for v in tracking.client().search_model_versions("name='interestflow-mf'")}
+    champion = tracking.alias_version("interestflow-mf", "champion")
+    recs_uri = storage.join(flow_env["lake"], "06_recommendations", "recommendations.parquet")
+    recs_before = storage.read_bytes(recs_uri)
+    ev = flow_env["events"].copy()
+    ev.loc[10, "item_id"] = "NOT-IN-CATALOGUE"
+    spec = write_slice(flow_env["root"] / "bad", ev, flow_env["items"], name="flowslice")
+    with pytest.raises(DataValidationError, match="NOT-IN-CATALOGUE"):
+        run_nightly(flow_env, spec=str(spec))
+    assert {v.version for v in tracking.client().search_model_versions("name='interestflow-mf'")} == versions
+    assert tracking.alias_version("interestflow-mf", "champion") == champion
+    assert storage.read_bytes(recs_uri) == recs_before
+    report = list((flow_env["root"] / "lake" / "quarantine").glob("*/report.md"))
+    assert report and "expect_column_values_to_be_in_set" in report[0].read_text()
+    bad_key = report[0].parent.name  # nothing downstream of validation exists for the bad input
+    for layer in ("02_validated", "03_features", "04_datasets", "05_models"):
+        assert not list((flow_env["root"] / "lake" / layer).glob(f"{bad_key}*")), layer
+    assert isinstance(pd.read_parquet(report[0].parent / "events.parquet"), pd.DataFrame)
