@@ -40,7 +40,7 @@ def use_home(path: Path) -> None:
 
 def direct(spec: str, lake: str, families: list[str], cfg: dict, folds: int) -> tuple[dict, dict]:
     """The flow's stages as plain calls, timed one by one."""
-    from components import datasets, events, evaluation, features, promotion, recommend, tracking, training, validation
+    from components import datasets, evaluation, events, features, promotion, recommend, tracking, training, validation
 
     t: dict[str, float] = {}
 

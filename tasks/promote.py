@@ -9,8 +9,9 @@ from tasks._retry import IO_RETRIES
 def promote(registered: dict, report: dict, dataset: dict, min_gain: float, tolerance: float) -> dict:
     """The promotion gate: re-score the champion on today's holdout, move the alias or not."""
     d = promotion.run_gate(registered, report, dataset, promotion.GateConfig(min_gain=min_gain, tolerance=tolerance))
+    verdict = "promoted" if d.promote else "not promoted"
     create_markdown_artifact(
-        f"**{registered['name']} v{registered['version']}**: {'promoted' if d.promote else 'not promoted'} — {d.reason}",
+        f"**{registered['name']} v{registered['version']}**: {verdict} — {d.reason}",
         key=f"promotion-{report['family']}",
         description="Promotion decision",
     )

@@ -171,4 +171,4 @@ def test_suites_on_disk_match_their_builder():
     gx.get_context(mode="ephemeral")
     for name, build in SUITES.items():
         on_disk = json.loads((validation.SUITES_DIR / f"{name}.json").read_text())
-        assert on_disk == json.loads(json.dumps(build().to_json_dict())), f"run python -m expectations.build_suites"
+        assert on_disk == json.loads(json.dumps(build().to_json_dict())), "run python -m expectations.build_suites"
