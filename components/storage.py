@@ -53,11 +53,12 @@ def _split_s3(uri: str) -> tuple[str, str]:
 
 
 @lru_cache(maxsize=4)
-def _s3_client(endpoint_url: str | None):
+def _s3_client(endpoint_url: str | None, credentials_key: int):
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A session of its own: boto3's default session would keep the first credentials it saw.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -71,7 +72,9 @@ def _s3_client(endpoint_url: str | None):
 def s3_client():
     """A boto3 S3 client for the configured endpoint (path-style addressing)."""
     endpoint = os.environ.get("INTERESTFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    return _s3_client(endpoint)
+    # Cached per endpoint and credentials (by hash, so the secret is not a cache key).
+    creds = hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")))
+    return _s3_client(endpoint, creds)
 
 
 def read_bytes(uri: str) -> bytes:
