@@ -54,7 +54,8 @@ class MF(nn.Module):
         # Row n_users is the unknown user: zeros, never trained, so it scores by the item bias.
         self.users = nn.Embedding(n_users + 1, config.dim, padding_idx=n_users)
         self.items = nn.Embedding(n_items, config.dim)
-        self.bias = nn.Parameter(torch.zeros(n_items))
+        # Item bias: softmax only (frozen otherwise, so DDP finds no unused trainable parameter).
+        self.bias = nn.Parameter(torch.zeros(n_items), requires_grad=config.loss == "softmax")
         nn.init.normal_(self.users.weight, std=config.init_std)
         nn.init.normal_(self.items.weight, std=config.init_std)
         with torch.no_grad():

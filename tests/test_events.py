@@ -1,0 +1,108 @@
+"""Ingest: dataset specs map CSV and Parquet sources onto the data contract without code."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from components import events, storage
+
+
+def test_parquet_source_with_text_timestamps_and_an_event_type_column(tmp_path):
+    pd.DataFrame(
+        {
+            "customer": [1, 2],
+            "sku": ["a", "b"],
+            "when": ["2024-01-02 10:00:00", "2024-01-03 11:30:00"],
+            "action": ["view", "purchase"],
+            "paid": [0.0, 9.5],
+        }
+    ).to_parquet(tmp_path / "ev.parquet")
+    pd.DataFrame({"sku": ["a", "b"], "name": ["A", "B"]}).to_parquet(tmp_path / "it.parquet")
+    spec = tmp_path / "s.yaml"
+    spec.write_text("""name: shop
+events:
+  uri: ev.parquet
+  columns: {user_id: customer, item_id: sku, ts: when, event_type: action, value: paid}
+  ts_format: "%Y-%m-%d %H:%M:%S"
+items:
+  uri: it.parquet
+  columns: {item_id: sku, title: name}
+""")
+    raw = events.ingest(spec, str(tmp_path / "lake"))
+    ev = storage.read_parquet(storage.join(raw["uri"], "events.parquet"))
+    assert ev["user_id"].tolist() == ["1", "2"]  # ids become strings
+    assert ev["ts"].iloc[1] == pd.Timestamp("2024-01-03 11:30", tz="UTC")
+    assert ev["event_type"].tolist() == ["view", "purchase"] and ev["value"].tolist() == [0.0, 9.5]
+    items = storage.read_parquet(storage.join(raw["uri"], "items.parquet"))
+    assert list(items.columns) == list(events.ITEM_COLUMNS) and items["categories"].isna().all()
+
+
+def test_same_input_same_key_and_a_changed_event_changes_it(tmp_path):
+    (tmp_path / "e.csv").write_text("u,i,t\nx,a,1700000000\ny,a,1700000001\n")
+    (tmp_path / "i.csv").write_text("i\na\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: t}, ts_unit: s, "
+        "event_type: view}\nitems: {uri: i.csv, columns: {item_id: i}}\n"
+    )
+    lake = str(tmp_path / "lake")
+    first, again = events.ingest(spec, lake), events.ingest(spec, lake)
+    assert first == again
+    (tmp_path / "e.csv").write_text("u,i,t\nx,a,1700000000\ny,a,1700000002\n")
+    assert events.ingest(spec, lake)["data_hash"] != first["data_hash"]
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (
+            "name: t\nevents: {uri: nope.csv, columns: {user_id: u, item_id: i, ts: t}, event_type: view}\n"
+            "items: {uri: i.csv, columns: {item_id: i}}\n",
+            r"nope.csv does not exist",
+        ),
+        (
+            "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i}, event_type: view}\n"
+            "items: {uri: i.csv, columns: {item_id: i}}\n",
+            r"must map \['ts'\]",
+        ),
+        (
+            "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: t}}\n"
+            "items: {uri: i.csv, columns: {item_id: i}}\n",
+            r"event_type",
+        ),
+        (
+            "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: t}, event_type: wish}\n"
+            "items: {uri: i.csv, columns: {item_id: i}}\n",
+            r"'wish' is not one of",
+        ),
+        (
+            "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: when}, event_type: view}\n"
+            "items: {uri: i.csv, columns: {item_id: i}}\n",
+            r"e.csv: column\(s\) \['when'\]",
+        ),
+    ],
+)
+def test_spec_errors_name_what_is_wrong(tmp_path, text, match):
+    (tmp_path / "e.csv").write_text("u,i,t\nx,a,1700000000\n")
+    (tmp_path / "i.csv").write_text("i\na\n")
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(events.SpecError, match=match):
+        events.ingest(tmp_path / "s.yaml", str(tmp_path / "lake"))
+
+
+def test_empty_and_truncated_files_are_spec_errors(tmp_path):
+    (tmp_path / "e.csv.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    (tmp_path / "i.csv").write_text("")
+    (tmp_path / "s.yaml").write_text(
+        "name: t\nevents: {uri: e.csv.gz, columns: {user_id: u, item_id: i, ts: t}, "
+        "event_type: view}\nitems: {uri: i.csv, columns: {item_id: i}}\n"
+    )
+    with pytest.raises(events.SpecError, match=r"(e.csv.gz cannot be read|i.csv is empty)"):
+        events.ingest(tmp_path / "s.yaml", str(tmp_path / "lake"))
+
+
+def test_k_core_filter():
+    ev = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "y", "x"]})
+    out = events.k_core(ev, 2)
+    assert sorted(out["user_id"].unique()) == ["a", "b"]
