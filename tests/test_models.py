@@ -108,3 +108,22 @@ def test_pyfunc_predict_returns_top_k_without_history(family):
     assert list(out.columns) == ["user_id", "rank", "item_id", "score"] and len(out) == 10
     assert not set(out[out.user_id == "u001"].item_id) & {"i001", "i002"}
     assert out.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+
+
+
+@pytest.mark.parametrize("family", [f for f in MODELS if "sampled" in MODELS[f].Config.__dataclass_fields__])
+def test_sampled_softmax_option_also_learns(family):
+    _, batch = tiny_batch()
+    model = build(family, sampled=10, dropout=0.0)
+
+    def loss_with_fixed_negatives():
+        torch.manual_seed(1)
+        return model.loss(batch)
+
+    first = loss_with_fixed_negatives().item()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert loss_with_fixed_negatives().item() < 0.8 * first

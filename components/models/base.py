@@ -13,12 +13,13 @@ evaluation, registration and recommendation only ever call ``loss`` and ``score`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from components import metrics
 
@@ -84,5 +85,17 @@ class RecSystem(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
 
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
+def sampled_or_full_ce(model: nn.Module, q: torch.Tensor, target: torch.Tensor, sampled: int) -> torch.Tensor:
+    """Full cross-entropy over the catalogue, or a sampled softmax with shared uniform negatives.
+
+    ``model.logits(q)`` gives (N, n_items); the sampled path scores the batch's targets plus
+    ``sampled`` uniform negatives with ``model.items`` / ``model.bias`` (in-batch softmax).
+    """
+    if not sampled:
+        return F.cross_entropy(model.logits(q), target)
+    neg = torch.randint(0, model.n_items, (sampled,), device=q.device)
+    cand = torch.cat([target, neg])  # (N + S,) candidates; each row's positive sits on the diagonal
+    w = model.items.weight[cand]
+    logits = q @ w.T + model.bias[cand]  # (N, N + S)
+    return F.cross_entropy(logits, torch.arange(len(target), device=q.device))
+

@@ -1,0 +1,84 @@
+"""Caser: horizontal and vertical convolutions over the last L items, plus a user embedding.
+
+Tang & Wang, "Personalized Top-N Sequential Recommendation via Convolutional Sequence
+Embedding", WSDM 2018. Trained here with next-item full cross-entropy over the catalogue
+(the paper used sampled negatives with BCE), a sampled softmax being the option for
+large catalogues.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from components.models.base import sampled_or_full_ce
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    dim: int = 64
+    """Item and user embedding size."""
+    window: int = 5
+    """L: how many recent items the convolutions see."""
+    n_h: int = 16
+    """Horizontal filters per height (heights 1..L)."""
+    n_v: int = 4
+    """Vertical filters."""
+    dropout: float = 0.5
+    """Dropout before the output layer."""
+    sampled: int = 0
+    """0: full cross-entropy; N > 0: sampled softmax with N shared uniform negatives."""
+    max_len: int = 50
+    """How many recent items a training batch carries (each position is one training window)."""
+
+    def __post_init__(self):
+        if min(self.dim, self.window, self.n_h, self.n_v, self.max_len) < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("CNNConfig: sizes must be >= 1 and 0 <= dropout < 1")
+
+
+class CNN(nn.Module):
+    Config = CNNConfig
+
+    def __init__(self, config: CNNConfig, n_items: int, n_users: int):
+        super().__init__()
+        c, self.config, self.n_items, self.n_users = config, config, n_items, n_users
+        self.embed = nn.Embedding(n_items + 1, c.dim, padding_idx=n_items)
+        self.user = nn.Embedding(n_users + 1, c.dim, padding_idx=n_users)  # row n_users = unknown user
+        self.vertical = nn.Conv2d(1, c.n_v, (c.window, 1))
+        self.horizontal = nn.ModuleList(nn.Conv2d(1, c.n_h, (h, c.dim)) for h in range(1, c.window + 1))
+        self.fc = nn.Linear(c.n_v * c.dim + c.n_h * c.window, c.dim)
+        self.drop = nn.Dropout(c.dropout)
+        self.items = nn.Embedding(n_items, 2 * c.dim)  # output item vectors, against [z; P_u]
+        self.bias = nn.Parameter(torch.zeros(n_items))
+        nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
+
+    def forward(self, window: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """(N, L) last-L item indices and (N,) users -> (N, 2·dim) query."""
+        e = self.embed(window).unsqueeze(1)  # (N, 1, L, d)
+        v = self.vertical(e).flatten(1)  # (N, n_v·d)
+        h = [F.relu(conv(e).squeeze(3)).amax(dim=2) for conv in self.horizontal]  # L × (N, n_h)
+        z = F.relu(self.fc(self.drop(torch.cat([v, *h], dim=1))))  # (N, d)
+        return torch.cat([z, self.user(users)], dim=1)
+
+    def logits(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self.items.weight.T + self.bias
+
+    def score(self, batch: dict) -> torch.Tensor:
+        return self.logits(self(self._windows(batch["seq"])[:, -1], batch["users"]))
+
+    def _windows(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, L): for each position t the L items before it (padded on the left)."""
+        L = self.config.window
+        padded = F.pad(seq, (L, 0), value=self.n_items)  # (B, T+L)
+        return padded.unfold(1, L, 1)[:, 1:]  # window ending at t (inclusive) predicts t+1
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        seq, users = batch["seq"], batch["users"]
+        windows = self._windows(seq[:, :-1])  # (B, T-1, L)
+        target = seq[:, 1:]
+        valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
+        q = self(windows[valid], users[:, None].expand_as(target)[valid])
+        return sampled_or_full_ce(self, q, target[valid], self.config.sampled)
