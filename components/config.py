@@ -30,8 +30,8 @@ class TrainConfig:
     """Early stopping: epochs without a better validation NDCG@10."""
     batch_size: int = 512
     """Users (or sequences) per training batch."""
-    lr: float = 1e-2
-    """Learning rate (AdamW)."""
+    lr: float | None = None
+    """Learning rate (AdamW); None: the family's own default (its config's ``lr``)."""
     weight_decay: float = 0.0
     """Decoupled weight decay."""
     seed: int = 0
@@ -52,6 +52,8 @@ class TrainConfig:
     """Family-specific overrides of its config dataclass (e.g. {"dim": 128})."""
 
     def __post_init__(self):
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
         if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
             raise ValueError("TrainConfig: max_epochs, patience and batch_size must be >= 1")
         if self.devices < 1 or self.num_nodes < 1:

@@ -144,6 +144,8 @@ def evaluate_final(dataset: dict, final: dict, lake: str, cv: dict) -> dict:
         "family": final["family"],
         "test": test,
         "popularity": pop,
+        "final_train_s": final["train_s"],
+        "epochs": cv["epochs"],
         "cv": cv,
         "run_id": final["run_id"],
         "model_uri": final["model_uri"],

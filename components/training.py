@@ -122,7 +122,7 @@ def fit(request: dict) -> dict:
     cls = MODELS[family]
     model_cfg = cls.Config(**cfg.model)
     system = RecSystem(
-        cls(model_cfg, data.n_items, data.n_users), OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        cls(model_cfg, data.n_items, data.n_users), OptimConfig(lr=cfg.lr or model_cfg.lr, weight_decay=cfg.weight_decay)
     )
     max_len = int(getattr(model_cfg, "max_len", 512))
     ckpt_uri = request["checkpoint_uri"]
@@ -274,6 +274,7 @@ def summarize_folds(results: list[dict]) -> dict:
 
     summary = mean_std([r["metrics"] for r in results])
     summary["epochs"] = int(np.median([r["best_epoch"] for r in results]))
+    summary["folds_train_s"] = float(sum(r["train_s"] for r in results))
     return summary
 
 

@@ -22,7 +22,7 @@ from tasks.report import publish
 from tasks.train import train_final, train_fold
 from tasks.validate import validate
 
-Family = Literal["mf"]
+Family = Literal["mf", "lstm", "cnn"]  # the keys of components.models.MODELS (a test checks)
 # Fold trainings run concurrently up to this many at a time (each is its own process).
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
@@ -36,7 +36,7 @@ def nightly(
     max_epochs: int = 30,
     patience: int = 5,
     batch_size: int = 512,
-    lr: float = 1e-2,
+    lr: float | None = None,
     seed: int = 0,
     accelerator: str = "auto",
     devices: int = 1,
@@ -60,7 +60,7 @@ def nightly(
         max_epochs: Epoch budget per fold; early stopping on validation NDCG@10 may end sooner.
         patience: Early-stopping patience in epochs.
         batch_size: Users per training batch.
-        lr: Learning rate.
+        lr: Learning rate (default: each family's own).
         seed: Seed for folds, weights and shuffling (logged).
         accelerator: Lightning accelerator: auto, cpu or gpu.
         devices: Devices per node; more than one trains with DDP.

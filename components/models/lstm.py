@@ -29,6 +29,8 @@ class LSTMConfig:
     """Dropout on the input embeddings and the LSTM output."""
     max_len: int = 50
     """How many of the most recent items the model reads."""
+    lr: float = 1e-3
+    """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N shared uniform negatives."""
 

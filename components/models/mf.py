@@ -37,6 +37,8 @@ class MFConfig:
     """Std of the normal initialisation of the embeddings."""
     max_len: int = 512
     """How many of the user's most recent items the training batch carries."""
+    lr: float = 1e-2
+    """Default learning rate for this family (the flow's ``lr`` overrides it)."""
 
     def __post_init__(self):
         if self.loss not in ("ials", "softmax"):
