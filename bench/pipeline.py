@@ -13,29 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_gib() -> float:
-    """Peak RSS of this process or any finished child (the training processes), GiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 2**20
-
-
-def use_home(path: Path) -> None:
-    os.environ["INTERESTFLOW_HOME"] = str(path)
-    os.environ["INTERESTFLOW_LAKE"] = str(path)
-    os.environ["PREFECT_HOME"] = str(path / "prefect")
-    (path / "prefect").mkdir(parents=True, exist_ok=True)
+from _common import ROOT, fresh_home, peak_rss_gib, quiet_env
 
 
 def direct(spec: str, lake: str, families: list[str], cfg: dict, folds: int) -> tuple[dict, dict]:
@@ -78,29 +59,19 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per training process")
     args = ap.parse_args()
-    os.environ.setdefault("INTERESTFLOW_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
-    for k, v in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GX_ANALYTICS_ENABLED": "false",
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }.items():
-        os.environ.setdefault(k, v)
+    quiet_env()
     flow_dir = Path(args.lake).resolve()
     direct_dir = flow_dir.with_name(flow_dir.name + "-direct")
-    for d in (flow_dir, direct_dir):
-        shutil.rmtree(d, ignore_errors=True)
-    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "num_threads": args.threads, "seed": 0}
+    # The same training config as the flow's defaults (all cores, seed 0).
+    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "seed": 0}
 
-    use_home(direct_dir)
+    fresh_home(direct_dir)
     t0 = time.perf_counter()
     stages, _ = direct(args.spec, str(direct_dir), args.families, {**cfg, "model": {}}, args.folds)
     direct_s = time.perf_counter() - t0
 
-    use_home(flow_dir)
+    fresh_home(flow_dir)
     from flows.nightly import nightly
 
     t0 = time.perf_counter()
@@ -114,7 +85,6 @@ def main() -> None:
         seed=0,
     )
     flow_s = time.perf_counter() - t0
-    # The flow passes num_threads=0 (all cores); on this 2-core machine that equals --threads 2.
 
     figures = {
         "total_s": round(flow_s, 1),

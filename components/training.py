@@ -82,20 +82,47 @@ class LakeCheckpoint(Callback):
 
 
 class EpochLog(Callback):
-    """Per-epoch metrics to MLflow on rank 0 (the learning curve)."""
+    """Per-epoch metrics to MLflow on rank 0 (the learning curve), with each epoch's training time."""
 
     def __init__(self, run_id: str | None):
-        self.run_id, self.history = run_id, []
+        self.run_id, self.history, self._t0, self._last = run_id, [], 0.0, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._last = time.perf_counter()  # validation runs before on_train_epoch_end: stop the clock here
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        row = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_ndcg10", "val_hr10")
-        }
+        keep = ("train_loss", "val_ndcg10", "val_hr10")
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if k in keep}
+        row["train_epoch_s"] = self._last - self._t0
         self.history.append({"epoch": trainer.current_epoch + 1, **row})
         if self.run_id:
             tracking.log_metrics(self.run_id, row, step=trainer.current_epoch + 1)
+
+
+class SamplerAudit(Callback):
+    """Records which users each rank trained on in the first epoch (the DDP sampler's split)."""
+
+    def __init__(self, n_users: int):
+        self.seen, self.summary = torch.zeros(n_users + 1, dtype=torch.int32), None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0:
+            self.seen[batch["users"].cpu()] += 1
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != 0:
+            return
+        per_rank = trainer.strategy.all_gather(self.seen.to(pl_module.device)).reshape(-1, len(self.seen)).cpu()
+        self.summary = {
+            "users_per_rank": (per_rank > 0).sum(1).tolist(),
+            "users_on_several_ranks": int(((per_rank > 0).sum(0) > 1).sum()),
+            "users_total": int((per_rank.sum(0) > 0).sum()),
+        }
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -121,15 +148,15 @@ def fit(request: dict) -> dict:
     view = data.view(stage, fold)
     cls = MODELS[family]
     model_cfg = cls.Config(**cfg.model)
-    system = RecSystem(
-        cls(model_cfg, data.n_items, data.n_users), OptimConfig(lr=cfg.lr or model_cfg.lr, weight_decay=cfg.weight_decay)
-    )
+    optim = OptimConfig(lr=cfg.lr or model_cfg.lr, weight_decay=cfg.weight_decay)
+    system = RecSystem(cls(model_cfg, data.n_items, data.n_users), optim)
     max_len = int(getattr(model_cfg, "max_len", 512))
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])
     tmp = Path(tempfile.mkdtemp(prefix="interestflow-train-"))
     epoch_log = EpochLog(request.get("run_id"))
-    callbacks: list[Callback] = [LakeCheckpoint(tmp, ckpt_uri), epoch_log]
+    audit = SamplerAudit(data.n_users)
+    callbacks: list[Callback] = [LakeCheckpoint(tmp, ckpt_uri), epoch_log, audit]
     best = None
     if stage == "fold":
         best = ModelCheckpoint(dirpath=tmp, filename="best", monitor="val_ndcg10", mode="max", save_top_k=1)
@@ -171,6 +198,10 @@ def fit(request: dict) -> dict:
         "checkpoint_uri": ckpt_uri,
         "run_id": request.get("run_id"),
         "resumed_from_epoch": torch.load(resume, weights_only=False)["epoch"] if resume else None,
+        "sampler": audit.summary,
+        "world_size": trainer.world_size,
+        "train_users": sum(1 for s in view.train_seqs if len(s)),
+        "train_samples": int(sum(len(s) for s in view.train_seqs)),  # training events per epoch
     }
     if not trainer.is_global_zero:
         return result

@@ -110,7 +110,6 @@ def test_pyfunc_predict_returns_top_k_without_history(family):
     assert out.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
 
 
-
 @pytest.mark.parametrize("family", [f for f in MODELS if "sampled" in MODELS[f].Config.__dataclass_fields__])
 def test_sampled_softmax_option_also_learns(family):
     _, batch = tiny_batch()

@@ -98,4 +98,3 @@ def sampled_or_full_ce(model: nn.Module, q: torch.Tensor, target: torch.Tensor, 
     w = model.items.weight[cand]
     logits = q @ w.T + model.bias[cand]  # (N, N + S)
     return F.cross_entropy(logits, torch.arange(len(target), device=q.device))
-

@@ -68,4 +68,3 @@ class LSTM(nn.Module):
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         return sampled_or_full_ce(self, q[valid], target[valid], self.config.sampled)
-
