@@ -126,3 +126,22 @@ def test_sampled_softmax_option_also_learns(family):
         model.loss(batch).backward()
         opt.step()
     assert loss_with_fixed_negatives().item() < 0.8 * first
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_mlflow_pyfunc_round_trip_gives_the_same_top10(family):
+    import mlflow
+
+    from components import tracking
+    from components.pyfunc import RecommenderModel
+
+    rec = _recommender(family)
+    frame = pd.DataFrame({"user_id": ["u001", "u007"], "history": [["i001", "i002", "i010"], ["i003"]]})
+    direct = RecommenderModel().predict_with(rec.to_bytes(), frame, k=10)
+    run_id = tracking.create_run(f"roundtrip-{family}", {}, {"test": "pyfunc"})
+    uri = tracking.log_model(run_id, rec.to_bytes(), frame)
+    loaded = mlflow.pyfunc.load_model(uri)
+    again = loaded.predict(frame)
+    assert again["item_id"].tolist() == direct["item_id"].tolist()
+    assert loaded.metadata.signature is not None
+    assert np.allclose(again["score"], direct["score"], rtol=1e-6)
