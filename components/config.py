@@ -32,8 +32,8 @@ class TrainConfig:
     """Users (or sequences) per training batch."""
     lr: float | None = None
     """Learning rate (AdamW); None: the family's own default (its config's ``lr``)."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
+    weight_decay: float | None = None
+    """Decoupled weight decay (AdamW); None: the family's own default."""
     seed: int = 0
     """Seed for weights, shuffling and folds; logged with every run."""
     accelerator: str = "auto"

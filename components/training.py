@@ -148,7 +148,10 @@ def fit(request: dict) -> dict:
     view = data.view(stage, fold)
     cls = MODELS[family]
     model_cfg = cls.Config(**cfg.model)
-    optim = OptimConfig(lr=cfg.lr or model_cfg.lr, weight_decay=cfg.weight_decay)
+    optim = OptimConfig(
+        lr=cfg.lr if cfg.lr is not None else model_cfg.lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else model_cfg.weight_decay,
+    )
     system = RecSystem(cls(model_cfg, data.n_items, data.n_users), optim)
     max_len = int(getattr(model_cfg, "max_len", 512))
     ckpt_uri = request["checkpoint_uri"]

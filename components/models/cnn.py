@@ -33,8 +33,10 @@ class CNNConfig:
     """0: full cross-entropy; N > 0: sampled softmax with N shared uniform negatives."""
     max_len: int = 50
     """How many recent items a training batch carries (each position is one training window)."""
-    lr: float = 1e-3
+    lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
+    weight_decay: float = 0.1
+    """Default decoupled weight decay (AdamW) for this family."""
 
     def __post_init__(self):
         if min(self.dim, self.window, self.n_h, self.n_v, self.max_len) < 1 or not 0 <= self.dropout < 1:

@@ -29,8 +29,10 @@ class LSTMConfig:
     """Dropout on the input embeddings and the LSTM output."""
     max_len: int = 50
     """How many of the most recent items the model reads."""
-    lr: float = 1e-3
+    lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
+    weight_decay: float = 0.0
+    """Default decoupled weight decay (AdamW) for this family."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N shared uniform negatives."""
 

@@ -39,6 +39,8 @@ class MFConfig:
     """How many of the user's most recent items the training batch carries."""
     lr: float = 1e-2
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
+    weight_decay: float = 0.0
+    """Default decoupled weight decay (AdamW) for this family."""
 
     def __post_init__(self):
         if self.loss not in ("ials", "softmax"):
