@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ format: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python bench/pipeline.py --lake bench/out/pipeline
+
+bench-quality: $(STAMP)
+	$(BIN)/python bench/quality.py --lake bench/out/quality --families mf lstm cnn
+
+bench-speed: $(STAMP)
+	$(BIN)/python bench/speed.py --lake bench/out/speed
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py --out bench/out/scale
 
 clean:
 	rm -rf var bench/out .pytest_cache

@@ -35,7 +35,7 @@ class CNNConfig:
     """How many recent items a training batch carries (each position is one training window)."""
     lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
-    weight_decay: float = 0.1
+    weight_decay: float = 0.3
     """Default decoupled weight decay (AdamW) for this family."""
 
     def __post_init__(self):
