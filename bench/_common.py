@@ -42,6 +42,8 @@ def fresh_home(path: str | Path) -> Path:
     os.environ.update(
         {"INTERESTFLOW_HOME": str(path), "INTERESTFLOW_LAKE": str(path), "PREFECT_HOME": str(path / "prefect")}
     )
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: drop the previous home's.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     return path
 
 
