@@ -94,10 +94,11 @@ class EpochLog(Callback):
         self._last = time.perf_counter()  # validation runs before on_train_epoch_end: stop the clock here
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
+        # Every rank reads the metrics: reading syncs them across DDP ranks (a collective).
         keep = ("train_loss", "val_ndcg10", "val_hr10")
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k in keep}
+        if not trainer.is_global_zero:
+            return
         row["train_epoch_s"] = self._last - self._t0
         self.history.append({"epoch": trainer.current_epoch + 1, **row})
         if self.run_id:
