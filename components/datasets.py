@@ -37,7 +37,7 @@ def assign_folds(n_users: int, eligible: np.ndarray, k: int, seed: int) -> np.nd
 
 def build_datasets(features: dict, lake: str, folds: int = 3, seed: int = 0) -> dict:
     """Write 04_datasets/<key>-k<folds>-s<seed>/splits.parquet; reused when present."""
-    key = features["uri"].rstrip("/").split("/")[-1]
+    key = storage.name(features["uri"])
     layer = storage.join(lake, "04_datasets", f"{key}-k{folds}-s{seed}")
     if not storage.layer_done(layer):
         users = storage.read_parquet(storage.join(features["uri"], "users.parquet"))

@@ -37,7 +37,7 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
 
 def build_features(validated: dict, lake: str) -> dict:
     """Write 03_features/<key>: ``items.parquet`` and ``users.parquet``; reused when present."""
-    key = validated["uri"].rstrip("/").split("/")[-1]
+    key = storage.name(validated["uri"])
     layer = storage.join(lake, "03_features", key)
     if not storage.layer_done(layer):
         events = storage.read_parquet(storage.join(validated["uri"], "events.parquet"))

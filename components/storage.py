@@ -37,6 +37,11 @@ def join(root: str, *parts: str) -> str:
     return out
 
 
+def name(uri: str) -> str:
+    """The last part of a URI: a layer folder's name is its key (``<spec>-<data hash>...``)."""
+    return uri.rstrip("/").split("/")[-1]
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 

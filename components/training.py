@@ -319,7 +319,7 @@ def checkpoint_uri(lake: str, dataset: dict, family: str, train_config: dict, st
 
     key = hashlib.sha256(json.dumps(train_config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"fold{fold}" if stage == "fold" else stage
-    return storage.join(lake, "05_models", dataset["dataset_uri"].rstrip("/").split("/")[-1], f"{family}-{key}", name)
+    return storage.join(lake, "05_models", storage.name(dataset["dataset_uri"]), f"{family}-{key}", name)
 
 
 def run_stage(

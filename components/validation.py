@@ -134,9 +134,7 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
     Returns ``{"data_hash", "uri", "warnings": [...]}``; raises DataValidationError on
     a critical failure after writing ``quarantine/<key>/`` (the batch and the report).
     """
-    key = (
-        storage.local_path(raw["uri"]).name if not storage.is_s3(raw["uri"]) else raw["uri"].rstrip("/").split("/")[-1]
-    )
+    key = storage.name(raw["uri"])
     layer = storage.join(lake, "02_validated", key)
     if storage.layer_done(layer):
         return {**raw, "uri": layer, "warnings": storage.read_json(storage.join(layer, "warnings.json"))}
