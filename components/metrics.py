@@ -26,7 +26,7 @@ def exclude_seen(
     is still a correct prediction.
     """
     if targets is not None:
-        rows = torch.arange(len(targets))
+        rows = torch.arange(len(targets), device=scores.device)
         kept = scores[rows, targets.clamp(min=0)].clone()
     scores[seen_rows, seen_cols] = -math.inf
     if targets is not None:
@@ -39,7 +39,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target under the rule above; (B, N), (B,) -> (B,)."""
     t = scores.gather(1, targets[:, None])  # (B, 1)
     higher = (scores > t).sum(1)
-    cols = torch.arange(scores.shape[1])[None, :]
+    cols = torch.arange(scores.shape[1], device=scores.device)[None, :]
     ties_before = ((scores == t) & (cols < targets[:, None])).sum(1)
     return higher + ties_before
 

@@ -76,8 +76,9 @@ class RecSystem(L.LightningModule):
         self._val.clear()
         # Sums and counts, reduced over DDP ranks, give exact means over all users.
         hit = (ranks < 10).double()
-        stats = torch.stack([(hit / torch.log2(ranks + 2)).sum(), hit.sum(), torch.tensor(float(len(ranks)))])
-        stats = self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum")
+        count = torch.tensor(float(len(ranks)), dtype=torch.float64, device=ranks.device)
+        stats = torch.stack([(hit / torch.log2(ranks + 2)).sum(), hit.sum(), count])
+        stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         self.log("val_ndcg10", (stats[0] / stats[2]).item(), prog_bar=True)
         self.log("val_hr10", (stats[1] / stats[2]).item())
 
