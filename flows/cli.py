@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,7 @@ def _print_summary(out: dict) -> None:
 
     from components.report import METRICS
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
     for r in out["results"]:
         t = Table(title=f"{r['family']}: cross-validation and test (data {out['data_hash']})")
         for col in ("metric", "CV mean ± std", "test", "popularity (test)"):
