@@ -7,6 +7,7 @@ import os
 from typing import Literal
 
 from prefect import flow
+from prefect.runtime import flow_run as prefect_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
@@ -91,7 +92,11 @@ def nightly(
     validated = validate(raw, lake)
     features = build_features(validated, lake)
     dataset = build_datasets(features, lake, folds, seed)
-    tags = {"interestflow.spec": raw["spec"], "interestflow.dry_run": dry_run}
+    tags = {
+        "interestflow.spec": raw["spec"],
+        "interestflow.dry_run": dry_run,
+        "interestflow.flow_run_id": prefect_flow_run.id,
+    }  # MLflow run -> the Prefect run that made it
     results = []
     for family in families:
         family_cfg = {**cfg, "model": (model or {}).get(family, {})}

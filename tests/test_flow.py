@@ -73,6 +73,7 @@ def test_a_worse_model_does_not_take_the_champion_alias(flow_env):
     assert tracking.alias_version("interestflow-mf", "challenger") == r["registered"]["version"]
     tags = tracking.client().get_run(r["run_id"]).data.tags
     assert tags["promotion.decision"] == "rejected" and "champion" in tags["promotion.reason"]
+    assert tags["interestflow.flow_run_id"] not in ("", "None")  # the MLflow run names its Prefect run
 
 
 @pytest.mark.slow
