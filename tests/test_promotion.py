@@ -1,5 +1,8 @@
 """Code tests: the pure promotion decision."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from components.promotion import GateConfig, decide
 
 CHAMP = {"ndcg10": 0.030, "hr10": 0.050, "mrr": 0.025}
@@ -31,3 +34,28 @@ def test_guarded_metric_regression_blocks_promotion():
 def test_champion_that_cannot_be_rescored_is_kept():
     d = decide({"ndcg10": 0.9, "hr10": 0.9, "mrr": 0.9}, None, champion_error="model file missing")
     assert not d.promote and "could not be re-scored" in d.reason
+
+
+metric = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+metrics_dict = st.fixed_dictionaries({"ndcg10": metric, "hr10": metric, "mrr": metric})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    challenger=metrics_dict,
+    champion=metrics_dict,
+    min_gain=st.floats(0, 0.5),
+    tolerance=st.floats(0, 0.5),
+    error=st.one_of(st.none(), st.text(min_size=1, max_size=20)),
+)
+def test_gate_never_promotes_a_worse_challenger(challenger, champion, min_gain, tolerance, error):
+    gate = GateConfig(min_gain=min_gain, tolerance=tolerance)
+    d = decide(challenger, champion, gate, champion_error=error)
+    if error:
+        assert not d.promote  # a champion that could not be re-scored is never silently replaced
+    if d.promote:
+        assert challenger["ndcg10"] >= champion["ndcg10"] * (1 + min_gain)
+        for m in gate.guarded:
+            assert challenger[m] >= champion[m] * (1 - tolerance)
+    elif not error:  # a refusal always says why, naming the metric
+        assert any(m in d.reason for m in ("ndcg10", *gate.guarded))
