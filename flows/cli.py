@@ -68,6 +68,36 @@ def _print_summary(out: dict) -> None:
     )
 
 
+def _print_registry() -> None:
+    """Per family: champion and challenger versions with the test figures recorded on them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from components import tracking
+    from components.models import MODELS
+
+    t = Table(title=f"MLflow registry ({tracking.tracking_uri()})")
+    for col in ("registered model", "alias", "version", "test ndcg10", "test hr10", "data", "decision"):
+        t.add_column(col)
+    for family in MODELS:
+        name = tracking.model_name(family)
+        for alias in (tracking.CHAMPION, tracking.CHALLENGER):
+            v = tracking.alias_version(name, alias)
+            if v is None:
+                continue
+            tags = tracking.client().get_model_version(name, v).tags
+            t.add_row(
+                name,
+                alias,
+                v,
+                tags.get("test_ndcg10", "")[:6],
+                tags.get("test_hr10", "")[:6],
+                tags.get("data_hash", ""),
+                tags.get("promotion.decision", ""),
+            )
+    Console(width=None if sys.stdout.isatty() else 120).print(t)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="interestflow", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -103,15 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             _print_summary(out)
     elif args.cmd == "registry":
-        from components import tracking
-        from components.models import MODELS
-
-        for family in MODELS:
-            name = tracking.model_name(family)
-            print(
-                f"{name}: champion v{tracking.alias_version(name, tracking.CHAMPION)}, "
-                f"challenger v{tracking.alias_version(name, tracking.CHALLENGER)}"
-            )
+        _print_registry()
 
 
 if __name__ == "__main__":
