@@ -31,8 +31,7 @@ def eval_batches(view: View, n_items: int, max_len: int, batch_size: int = 1024)
     for start in range(0, len(order), batch_size):
         pos = order[start : start + batch_size]
         hists = [view.eval_hist[p] for p in pos]
-        rows = torch.as_tensor(np.repeat(np.arange(len(pos)), [len(h) for h in hists]), dtype=torch.long)
-        cols = torch.as_tensor(np.concatenate(hists) if hists else np.array([], dtype=np.int64), dtype=torch.long)
+        rows, cols = metrics.seen_pairs(hists)
         yield (
             pos,
             {

@@ -17,6 +17,13 @@ import torch
 KS = (5, 10, 20)
 
 
+def seen_pairs(hists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) index pairs of each batch row's history, for :func:`exclude_seen`."""
+    rows = torch.as_tensor(np.repeat(np.arange(len(hists)), [len(h) for h in hists]), dtype=torch.long)
+    cols = torch.as_tensor(np.concatenate(hists) if hists else np.array([], dtype=np.int64), dtype=torch.long)
+    return rows, cols
+
+
 def exclude_seen(
     scores: torch.Tensor, seen_rows: torch.Tensor, seen_cols: torch.Tensor, targets: torch.Tensor | None = None
 ) -> torch.Tensor:

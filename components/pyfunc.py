@@ -45,9 +45,7 @@ class RecommenderModel(PythonModel):
         }
         with torch.no_grad():
             scores = rec.model.score(batch).float()
-        rows = torch.as_tensor(np.repeat(np.arange(len(hists)), [len(h) for h in hists]), dtype=torch.long)
-        cols = torch.as_tensor(np.concatenate(hists) if hists else np.array([], dtype=np.int64), dtype=torch.long)
-        metrics.exclude_seen(scores, rows, cols)
+        metrics.exclude_seen(scores, *metrics.seen_pairs(hists))
         vals, idx = metrics.top_k(scores, k)
         return pd.DataFrame(
             {
