@@ -56,6 +56,15 @@ def build_datasets(features: dict, lake: str, folds: int = 3, seed: int = 0) -> 
     return {**features, "dataset_uri": layer, "features_uri": features["uri"], "folds": folds, "seed": seed}
 
 
+def prepare(spec: str, lake: str, folds: int = 3, seed: int = 0) -> dict:
+    """The data stages of the nightly flow without Prefect (benchmarks, tests): ingest ->
+    validate -> features (+ item text) -> datasets. Each stage reuses its finished layer."""
+    from components import events, features, text, validation
+
+    feats = features.build_features(validation.validate(events.ingest(spec, lake), lake), lake)
+    return build_datasets(text.embed_items(feats, lake), lake, folds, seed)
+
+
 @dataclass
 class Dataset:
     """Everything a training or an evaluation needs, in memory."""
@@ -66,12 +75,22 @@ class Dataset:
     fold: np.ndarray  # (n_users,), -1 = no targets
     item_ids: np.ndarray
     user_ids: np.ndarray
+    item_text: np.ndarray | None = None  # (n_items, d) text embeddings, when the text layer exists
+    item_strings: list[str] | None = None  # each item's embedded text
 
     @classmethod
     def load(cls, dataset: dict) -> Dataset:
         users = storage.read_parquet(storage.join(dataset["features_uri"], "users.parquet"))
         items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
         splits = storage.read_parquet(storage.join(dataset["dataset_uri"], "splits.parquet"))
+        text = {}
+        if dataset.get("text_uri"):
+            from components import text as item_text
+
+            text = {
+                "item_text": item_text.load_item_text(dataset["text_uri"]),
+                "item_strings": item_text.item_texts(items),
+            }
         return cls(
             n_items=len(items),
             n_users=len(users),
@@ -79,6 +98,7 @@ class Dataset:
             fold=splits["fold"].to_numpy(),
             item_ids=items["item_id"].astype(str).to_numpy(),
             user_ids=users["user_id"].astype(str).to_numpy(),
+            **text,
         )
 
     def view(self, stage: str, fold: int | None = None) -> View:

@@ -74,6 +74,23 @@ def report(ranks: np.ndarray, top_items: np.ndarray, n_items: int) -> dict[str, 
     return out
 
 
+COLD_MAX_INTERACTIONS = 5  # DESIGN.md / issue 4: "cold" test targets have <= 5 training interactions
+
+
+def item_counts(view: View, n_items: int) -> np.ndarray:
+    """Training interactions per item in a view (for ``final``: every event but the test targets)."""
+    flat = np.concatenate(view.train_seqs) if view.train_seqs else np.array([], dtype=np.int64)
+    return np.bincount(flat, minlength=n_items)
+
+
+def cold_report(ranks: np.ndarray, view: View, n_items: int, max_count: int = COLD_MAX_INTERACTIONS) -> dict:
+    """HR@10, NDCG@10 and MRR over the targets whose item has <= ``max_count`` training
+    interactions (``cold_*``), and how many such targets there are (``cold_n``)."""
+    cold = item_counts(view, n_items)[view.eval_targets] <= max_count
+    sub = metrics.rank_metrics(ranks[cold], ks=(10,))
+    return {"cold_hr10": sub["hr10"], "cold_ndcg10": sub["ndcg10"], "cold_mrr": sub["mrr"], "cold_n": int(cold.sum())}
+
+
 def topk_frame(data: Dataset, view: View, top_items: np.ndarray, top_scores: np.ndarray, k: int) -> pd.DataFrame:
     """Long table (user_id, rank, item_id, score), rank 1 = best."""
     u = len(view.eval_users)
@@ -90,9 +107,7 @@ def topk_frame(data: Dataset, view: View, top_items: np.ndarray, top_scores: np.
 def popularity_scorer(view: View, n_items: int) -> Scorer:
     """Item counts over the view's training sequences (for ``final``: every event but the
     test targets); ties are broken by item index by the ranking rule."""
-    counts = torch.zeros(n_items)
-    flat = np.concatenate(view.train_seqs) if view.train_seqs else np.array([], dtype=np.int64)
-    counts.index_add_(0, torch.as_tensor(flat, dtype=torch.long), torch.ones(len(flat)))
+    counts = torch.as_tensor(item_counts(view, n_items), dtype=torch.float32)
     return lambda batch: counts.expand(len(batch["users"]), -1).clone()
 
 
@@ -104,14 +119,15 @@ def test_report(rec, data: Dataset, k: int = 10) -> tuple[dict, pd.DataFrame]:
     """
     view = data.view("final")
     ranks, top_items, top_scores = rank_view(rec.scorer_for(data), view, data.n_items, max_len=rec.max_len)
-    return report(ranks, top_items, data.n_items), topk_frame(data, view, top_items, top_scores, k)
+    test = {**report(ranks, top_items, data.n_items), **cold_report(ranks, view, data.n_items)}
+    return test, topk_frame(data, view, top_items, top_scores, k)
 
 
 def popularity_report(data: Dataset) -> dict:
-    """The popularity baseline on the test targets (counts over every event but them)."""
+    """The popularity baseline on the test targets (counts over every event but them), overall and cold."""
     view = data.view("final")
     ranks, top_items, _ = rank_view(popularity_scorer(view, data.n_items), view, data.n_items)
-    return report(ranks, top_items, data.n_items)
+    return {**report(ranks, top_items, data.n_items), **cold_report(ranks, view, data.n_items)}
 
 
 def evaluate_final(dataset: dict, final: dict, lake: str, cv: dict) -> dict:

@@ -35,6 +35,19 @@ def markdown(results: list[dict], recommendations: dict | None, data_hash: str) 
                 f"| {r['family']} | {m} | {r['cv'][m + '_mean']:.4f} ± {r['cv'][m + '_std']:.4f} | "
                 f"{r['test'][m]:.4f} | {r['popularity'][m]:.4f} |"
             )
+    lines += [
+        "",
+        "## Cold start (test targets whose item has <= 5 training interactions)",
+        "",
+        "| family | targets | HR@10 | NDCG@10 | popularity NDCG@10 |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        t, p = r["test"], r["popularity"]
+        lines.append(
+            f"| {r['family']} | {t['cold_n']} | {t['cold_hr10']:.4f} | {t['cold_ndcg10']:.4f} | "
+            f"{p['cold_ndcg10']:.4f} |"
+        )
     lines += ["", "## Promotion", "", "| family | version | decision | reason |", "|---|---|---|---|"]
     for r in results:
         d = r.get("decision")

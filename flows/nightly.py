@@ -14,7 +14,7 @@ from prefect.utilities.annotations import quote
 from components.config import TrainConfig, default_lake
 from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
-from tasks.features import build_features
+from tasks.features import build_features, embed_items
 from tasks.ingest import ingest
 from tasks.promote import promote
 from tasks.recommend import recommend
@@ -23,7 +23,7 @@ from tasks.report import publish
 from tasks.train import train_final, train_fold
 from tasks.validate import validate
 
-Family = Literal["mf", "lstm", "cnn"]  # the keys of components.models.MODELS (a test checks)
+Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
 # Fold trainings run concurrently up to this many at a time (each is its own process).
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
@@ -90,7 +90,7 @@ def nightly(
     ).__dict__
     raw = ingest(spec, lake)
     validated = validate(raw, lake)
-    features = build_features(validated, lake)
+    features = embed_items(build_features(validated, lake), lake)
     dataset = build_datasets(features, lake, folds, seed)
     tags = {
         "interestflow.spec": raw["spec"],

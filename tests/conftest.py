@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,7 @@ def isolated_state(tmp_path_factory):
         "GX_ANALYTICS_ENABLED": "false",
         "OMP_WAIT_POLICY": "PASSIVE",
         "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
         "MPLCONFIGDIR": str(home / "mpl"),
     }
     (home / "prefect").mkdir()
@@ -37,6 +40,35 @@ def isolated_state(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _loopback_only(connect):
+    def guarded(sock, address, *args):
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                ok = ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:
+                ok = host == "localhost"
+            if not ok:
+                raise NetworkBlocked(f"test tried to reach {address!r}: only loopback is allowed")
+        return connect(sock, address, *args)
+
+    return guarded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Nothing but loopback: a model-hub download or telemetry call fails the test that makes it."""
+    real = socket.socket.connect, socket.socket.connect_ex
+    socket.socket.connect = _loopback_only(real[0])
+    socket.socket.connect_ex = _loopback_only(real[1])
+    yield
+    socket.socket.connect, socket.socket.connect_ex = real
 
 
 def sample_frames(n_users: int) -> tuple[pd.DataFrame, pd.DataFrame]:

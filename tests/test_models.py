@@ -24,7 +24,10 @@ def tiny_batch(seed=0):
 def build(family, **overrides):
     cls = MODELS[family]
     torch.manual_seed(0)
-    return cls(cls.Config(**{"dim": 8, **overrides}), N_ITEMS, N_USERS)
+    text = {}
+    if getattr(cls, "uses_text", False):  # unit-length stand-ins for MiniLM vectors
+        text = {"item_text": torch.nn.functional.normalize(torch.randn(N_ITEMS, 384), dim=1)}
+    return cls(cls.Config(**{"dim": 8, **overrides}), N_ITEMS, N_USERS, **text)
 
 
 def test_registry_names_are_the_families():

@@ -9,6 +9,12 @@ A batch is a dict: ``users`` (B,) user indices (``n_users`` = unknown user) and 
 (B, L) time-ordered item indices, left-padded with ``n_items`` (most recent last). Each
 family uses what it needs: MF the user index, sequence families the history. Training,
 evaluation, registration and recommendation only ever call ``loss`` and ``score``.
+
+A family that reads item text sets ``uses_text = True``; training then also passes
+``item_text`` ((n_items, d) frozen text embeddings, components/text.py) and
+``item_strings`` (each item's text). What it learns from them must live in its
+``state_dict`` (e.g. a buffer), so that a registered model is rebuilt from
+``Family(config, n_items, n_users)`` plus its weights alone.
 """
 
 from __future__ import annotations
@@ -86,16 +92,18 @@ class RecSystem(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
 
-def sampled_or_full_ce(model: nn.Module, q: torch.Tensor, target: torch.Tensor, sampled: int) -> torch.Tensor:
+def sampled_or_full_ce(
+    q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, sampled: int
+) -> torch.Tensor:
     """Full cross-entropy over the catalogue, or a sampled softmax with shared uniform negatives.
 
-    ``model.logits(q)`` gives (N, n_items); the sampled path scores the batch's targets plus
-    ``sampled`` uniform negatives with ``model.items`` / ``model.bias`` (in-batch softmax).
+    ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,).
+    The sampled path scores the batch's targets plus ``sampled`` uniform negatives
+    (in-batch softmax).
     """
     if not sampled:
-        return F.cross_entropy(model.logits(q), target)
-    neg = torch.randint(0, model.n_items, (sampled,), device=q.device)
+        return F.cross_entropy(q @ table.T + bias, target)
+    neg = torch.randint(0, len(table), (sampled,), device=q.device)
     cand = torch.cat([target, neg])  # (N + S,) candidates; each row's positive sits on the diagonal
-    w = model.items.weight[cand]
-    logits = q @ w.T + model.bias[cand]  # (N, N + S)
+    logits = q @ table[cand].T + bias[cand]  # (N, N + S)
     return F.cross_entropy(logits, torch.arange(len(target), device=q.device))

@@ -85,4 +85,4 @@ class CNN(nn.Module):
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         q = self(windows[valid], users[:, None].expand_as(target)[valid])
-        return sampled_or_full_ce(self, q, target[valid], self.config.sampled)
+        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled)

@@ -69,4 +69,5 @@ class LSTM(nn.Module):
         q = self(seq[:, :-1])  # (B, L-1, dim): predict item t+1 from items <= t
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        return sampled_or_full_ce(self, q[valid], target[valid], self.config.sampled)
+        table = self.items.weight[: self.n_items]
+        return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled)

@@ -1,0 +1,225 @@
+"""A text-aware transformer over item sequences, built from transformers' BertModel.
+
+Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder
+Representations from Transformer", CIKM 2019 (the ``masked`` objective: random items of
+the sequence are replaced by a [MASK] token and predicted; at inference a [MASK] is
+appended). Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (the
+``causal`` objective: every position predicts the next item under a causal mask). Both
+with the full cross-entropy over the catalogue (Klenitskiy & Vasilev, RecSys 2023).
+
+Each item's vector fuses a learned id embedding with a projection of the item's frozen
+MiniLM text embedding (Hou et al., "Towards Universal Sequence Representation Learning
+for Recommender Systems" (UniSRec), KDD 2022, use text this way). The same fused vectors
+are the input tokens and the output layer, so an item with text but few or no training
+interactions still gets a meaningful score; ``fusion="text"`` drops ids altogether.
+
+``finetune_layers = N > 0`` unfreezes the top N layers of the text encoder: the hidden
+states below them are computed once (frozen), the top layers train with the recommender,
+and the text vectors are re-pooled from them (meant for GPU deployments; off by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from components.models.base import sampled_or_full_ce
+
+FUSIONS = ("sum", "concat", "gate", "text", "id")
+OBJECTIVES = ("causal", "masked")
+
+
+@dataclass(frozen=True)
+class BERTConfig:
+    dim: int = 64
+    """Hidden size of the transformer and of the fused item vectors."""
+    layers: int = 2
+    """Transformer blocks."""
+    heads: int = 2
+    """Attention heads."""
+    dropout: float = 0.3
+    """Dropout on hidden states and attention probabilities."""
+    max_len: int = 50
+    """How many of the most recent items the model reads."""
+    objective: str = "causal"
+    """causal (next item at every position, SASRec-style) or masked (BERT4Rec cloze)."""
+    mask_prob: float = 0.2
+    """masked objective: share of items replaced by [MASK] in training."""
+    fusion: str = "sum"
+    """How an item's vector is made: sum (id + text projection), concat, gate, text (text
+    only), id (no text)."""
+    text_dim: int = 384
+    """Size of the item text embeddings (MiniLM: 384)."""
+    finetune_layers: int = 0
+    """Top text-encoder layers trained with the recommender (0: text embeddings frozen)."""
+    lr: float = 1e-3
+    """Default learning rate for this family (the flow's ``lr`` overrides it)."""
+    weight_decay: float = 0.0
+    """Default decoupled weight decay (AdamW)."""
+    sampled: int = 0
+    """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N negatives."""
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"BERTConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"BERTConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if min(self.dim, self.layers, self.heads, self.max_len, self.text_dim) < 1 or self.dim % self.heads:
+            raise ValueError("BERTConfig: dim, layers, heads, max_len >= 1 and dim divisible by heads")
+        if not (0 <= self.dropout < 1 and 0 < self.mask_prob < 1 and self.finetune_layers >= 0):
+            raise ValueError("BERTConfig: 0 <= dropout < 1, 0 < mask_prob < 1, finetune_layers >= 0")
+
+
+class BERT(nn.Module):
+    Config = BERTConfig
+    uses_text = True  # training passes item_text (n_items, text_dim); see components/models/base.py
+
+    def __init__(
+        self,
+        config: BERTConfig,
+        n_items: int,
+        n_users: int,
+        item_text: torch.Tensor | None = None,
+        item_strings: list[str] | None = None,
+    ):
+        super().__init__()
+        from transformers import BertConfig as HFBertConfig
+        from transformers import BertModel
+
+        c = self.config = config
+        self.n_items, self.pad, self.mask = n_items, n_items, n_items + 1
+        # Frozen text vectors, saved with the weights so a registered model needs no encoder.
+        text = torch.zeros(n_items, c.text_dim) if item_text is None else torch.as_tensor(item_text).float()
+        if text.shape != (n_items, c.text_dim):
+            raise ValueError(f"item_text must be ({n_items}, {c.text_dim}), got {tuple(text.shape)}")
+        self.register_buffer("text", text)
+        self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
+        self.proj = nn.Linear(c.text_dim, c.dim) if c.fusion != "id" else None
+        self.fuse = nn.Linear(2 * c.dim, c.dim) if c.fusion in ("concat", "gate") else None
+        self.special = nn.Embedding(2, c.dim)  # padding, [MASK]
+        self.bias = nn.Parameter(torch.zeros(n_items))
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.02)
+        self.encoder = BertModel(
+            HFBertConfig(
+                vocab_size=1,  # items come in as inputs_embeds; the word table is unused
+                hidden_size=c.dim,
+                num_hidden_layers=c.layers,
+                num_attention_heads=c.heads,
+                intermediate_size=4 * c.dim,
+                hidden_dropout_prob=c.dropout,
+                attention_probs_dropout_prob=c.dropout,
+                max_position_embeddings=c.max_len + 1,  # +1: the appended [MASK] of the masked objective
+                type_vocab_size=1,
+                is_decoder=c.objective == "causal",
+            ),
+            add_pooling_layer=False,
+        )
+        self.text_top = None
+        if c.finetune_layers:
+            self._init_finetuning(item_strings)
+
+    # -- item vectors ------------------------------------------------------------------
+    def item_table(self) -> torch.Tensor:
+        """(n_items, dim): each item's fused id/text vector (input tokens and output layer)."""
+        c = self.config
+        if c.fusion == "id":
+            return self.ids.weight
+        t = self.proj(self.text_vectors())
+        if c.fusion == "text":
+            return t
+        i = self.ids.weight
+        if c.fusion == "sum":
+            return i + t
+        if c.fusion == "concat":
+            return self.fuse(torch.cat([i, t], dim=1))
+        g = torch.sigmoid(self.fuse(torch.cat([i, t], dim=1)))  # gate
+        return g * i + (1 - g) * t
+
+    def text_vectors(self) -> torch.Tensor:
+        if self.text_top is None or self.hidden is None or not self.training:
+            return self.text
+        return self._pool_top_layers()
+
+    # -- the transformer -----------------------------------------------------------------
+    def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded item indices (``n_items`` = pad, ``n_items+1`` = [MASK]) -> (B, L, dim)."""
+        full = torch.cat([table, self.special.weight], dim=0)  # rows n_items, n_items+1 = pad, [MASK]
+        L = seq.shape[1]
+        # Positions count back from the most recent item, as if every batch were padded to
+        # max_len: the newest item has the same position in training and at inference.
+        positions = torch.arange(L, device=seq.device) + (self.config.max_len + 1 - L)
+        out = self.encoder(
+            inputs_embeds=full[seq],
+            attention_mask=(seq != self.pad).long(),
+            position_ids=positions.expand_as(seq),
+        )
+        return out.last_hidden_state
+
+    def _with_mask_token(self, seq: torch.Tensor) -> torch.Tensor:
+        tail = torch.full((len(seq), 1), self.mask, dtype=seq.dtype, device=seq.device)
+        return torch.cat([seq, tail], dim=1)[:, -self.config.max_len :]
+
+    def score(self, batch: dict) -> torch.Tensor:
+        seq, table = batch["seq"], self.item_table()
+        if self.config.objective == "masked":
+            seq = self._with_mask_token(seq)
+        h = self(seq, table)[:, -1]
+        return h @ table.T + self.bias
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        seq, table = batch["seq"], self.item_table()
+        if self.config.objective == "causal":
+            inputs, target = seq[:, :-1], seq[:, 1:]
+            valid = (target != self.pad) & (inputs != self.pad)
+        else:
+            real = seq != self.pad
+            picked = (torch.rand(seq.shape, device=seq.device) < self.config.mask_prob) & real
+            # Always mask each sequence's newest item too: it is what inference asks for.
+            picked[:, -1] |= real[:, -1]
+            inputs, target, valid = seq.masked_fill(picked, self.mask), seq, picked
+        h = self(inputs, table)[valid]
+        return sampled_or_full_ce(h, target[valid], table, self.bias, self.config.sampled)
+
+    # -- fine-tuning the text encoder's top layers ----------------------------------------
+    def _init_finetuning(self, item_strings: list[str] | None) -> None:
+        """Copy the encoder's top layers (trainable) and, given the items' texts, compute
+        the frozen hidden states below them once (not saved: ``text`` is kept up to date)."""
+        from components.text import MAX_LENGTH, load_pretrained
+
+        tokenizer, encoder = load_pretrained()
+        n, layers = self.config.finetune_layers, encoder.encoder.layer
+        if n > len(layers):
+            raise ValueError(f"finetune_layers={n} but the text encoder has {len(layers)} layers")
+        self.text_top = nn.ModuleList(layers[-n:])
+        self.register_buffer("hidden", None, persistent=False)
+        self.register_buffer("hidden_mask", None, persistent=False)
+        if item_strings is None:  # loading a trained model: its ``text`` buffer holds the result
+            return
+        tokens = tokenizer(item_strings, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        with torch.no_grad():
+            h = _run_layers(layers[:-n], encoder.embeddings(input_ids=ids), mask)
+        self.hidden, self.hidden_mask = h, mask
+
+    def _pool_top_layers(self) -> torch.Tensor:
+        from components.text import mean_pool
+
+        return mean_pool(_run_layers(self.text_top, self.hidden, self.hidden_mask), self.hidden_mask)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode and self.text_top is not None and self.hidden is not None:
+            with torch.no_grad():  # scoring uses the fine-tuned text vectors, computed once
+                self.text.copy_(self._pool_top_layers())
+        return self
+
+
+def _run_layers(layers, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BertLayers over (N, T, d) token states with an (N, T) padding mask (additive form)."""
+    additive = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+    for layer in layers:
+        h = layer(h, attention_mask=additive)
+    return h

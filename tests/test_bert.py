@@ -1,0 +1,94 @@
+"""What is particular to the text-aware transformer (the shared contract is in test_models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.models.bert import BERT, BERTConfig
+
+N = 30
+
+
+def model(**overrides) -> BERT:
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    return BERT(BERTConfig(**{"dim": 16, "dropout": 0.0, **overrides}), N, 5, item_text=text).eval()
+
+
+def test_causal_objective_never_reads_later_items():
+    m = model(objective="causal")
+    seq = torch.randint(0, N, (3, 9))
+    later = seq.clone()
+    later[:, -1] = (seq[:, -1] + 1) % N
+    table = m.item_table()
+    a, b = m(seq, table), m(later, table)
+    assert torch.allclose(a[:, :-1], b[:, :-1], atol=1e-5) and not torch.allclose(a[:, -1], b[:, -1])
+
+
+def test_masked_objective_reads_both_directions():
+    m = model(objective="masked")
+    seq = torch.randint(0, N, (3, 9))
+    later = seq.clone()
+    later[:, -1] = (seq[:, -1] + 1) % N
+    table = m.item_table()
+    assert not torch.allclose(m(seq, table)[:, 0], m(later, table)[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_padding_width_does_not_change_scores(objective):
+    """Positions count back from the newest item, so a batch's width does not matter."""
+    m = model(objective=objective)
+    short = torch.tensor([[4, 7, 9]])
+    padded = torch.tensor([[N, N, N, 4, 7, 9]])
+    assert torch.allclose(m.score({"seq": short}), m.score({"seq": padded}), atol=1e-5)
+
+
+def test_text_only_fusion_scores_items_by_their_text_alone():
+    """Two items with the same text get the same score, whatever their (absent) interactions."""
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    text[N - 1] = text[2]  # item N-1: never interacted with, same text as item 2
+    m = BERT(BERTConfig(dim=16, fusion="text", dropout=0.0), N, 5, item_text=text).eval()
+    scores = m.score({"seq": torch.tensor([[5, 6, 7]])})
+    assert m.ids is None and torch.allclose(scores[0, N - 1], scores[0, 2])
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat", "gate", "text", "id"])
+def test_every_fusion_learns(fusion):
+    m = model(fusion=fusion).train()
+    batch = {"seq": torch.randint(0, N, (16, 8))}
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    first = m.loss(batch).item()
+    for _ in range(25):
+        opt.zero_grad()
+        m.loss(batch).backward()
+        opt.step()
+    assert m.loss(batch).item() < 0.8 * first
+
+
+def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inputs():
+    strings = [f"item {i} | Acme | Beauty > Skin Care" for i in range(N)]
+    torch.manual_seed(0)
+    m = BERT(BERTConfig(dim=16, finetune_layers=1), N, 5, item_text=torch.zeros(N, 384), item_strings=strings)
+    before = m.text_top[0].output.dense.weight.detach().clone()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        m.loss({"seq": torch.randint(0, N, (8, 6))}).backward()
+        opt.step()
+    assert not torch.equal(before, m.text_top[0].output.dense.weight)
+    m.eval()  # re-pools the fine-tuned text vectors into the saved ``text`` buffer
+    assert torch.allclose(m.text.norm(dim=1), torch.ones(N), atol=1e-4)
+    served = BERT(BERTConfig(dim=16, finetune_layers=1), N, 5)  # as Recommender rebuilds it
+    served.load_state_dict(m.state_dict())
+    batch = {"seq": torch.tensor([[1, 2, 3], [N, 4, 5]])}
+    assert torch.allclose(m.score(batch), served.eval().score(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"objective": "mlm"}, {"fusion": "add"}, {"dim": 10, "heads": 3}, {"mask_prob": 0.0}]
+)
+def test_bad_configs_are_rejected(bad):
+    with pytest.raises(ValueError):
+        BERTConfig(**bad)
