@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,13 @@ bench-pipeline: $(STAMP)
 	$(BIN)/python bench/pipeline.py --lake bench/out/pipeline
 
 bench-quality: $(STAMP)
-	$(BIN)/python bench/quality.py --lake bench/out/quality --families mf lstm cnn
+	$(BIN)/python bench/quality.py --lake bench/out/quality --families mf lstm cnn bert
 
 bench-speed: $(STAMP)
 	$(BIN)/python bench/speed.py --lake bench/out/speed
+
+bench-text: $(STAMP)
+	$(BIN)/python bench/text.py --lake bench/out/text
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py --out bench/out/scale

@@ -68,12 +68,10 @@ def run_peer(py: Path, script: str, *args: str, threads: int) -> dict:
 
 
 def ours(family: str, epochs: int, threads: int, lake: str) -> dict:
-    from components import datasets, evaluation, events, features, training, validation
+    from components import datasets, evaluation, training
 
     spec = str(ROOT / "specs" / "amazon_beauty.yaml")
-    ds = datasets.build_datasets(
-        features.build_features(validation.validate(events.ingest(spec, lake), lake), lake), lake, 1, 0
-    )
+    ds = datasets.prepare(spec, lake, 1, 0)
     cfg = {"max_epochs": epochs, "num_threads": threads, "model": SAME_DIMS[family], "seed": 0}
     final = training.run_stage(ds, family, "final", cfg, lake, None, epochs=epochs)
     rep = evaluation.evaluate_final(ds, {**final, "cv": {}}, lake, {"epochs": epochs})

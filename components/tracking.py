@@ -179,3 +179,11 @@ def register_challenger(report: dict, data_hash: str) -> dict:
     version = register(report["model_uri"], name, tags)
     set_alias(name, CHALLENGER, version)
     return {"name": name, "version": version}
+
+
+def log_figure(run_id: str, figure, path: str) -> None:
+    """A matplotlib figure as an image artifact of the run (then closed)."""
+    from matplotlib import pyplot as plt
+
+    client().log_figure(run_id, figure, path)
+    plt.close(figure)

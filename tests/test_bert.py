@@ -86,9 +86,7 @@ def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inp
     assert torch.allclose(m.score(batch), served.eval().score(batch), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "bad", [{"objective": "mlm"}, {"fusion": "add"}, {"dim": 10, "heads": 3}, {"mask_prob": 0.0}]
-)
+@pytest.mark.parametrize("bad", [{"objective": "mlm"}, {"fusion": "add"}, {"dim": 10, "heads": 3}, {"mask_prob": 0.0}])
 def test_bad_configs_are_rejected(bad):
     with pytest.raises(ValueError):
         BERTConfig(**bad)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import datasets, events, features, tracking, training, validation
+from components import datasets, tracking, training
 from components.models import MODELS
 
 
@@ -18,9 +18,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     spec = write_slice(root / "src", *sample_frames(300), name="ddpslice")
     lake = str(root / "lake")
-    ds = datasets.build_datasets(
-        features.build_features(validation.validate(events.ingest(spec, lake), lake), lake), lake, 2, 0
-    )
+    ds = datasets.prepare(spec, lake, 2, 0)
     return ds, lake
 
 

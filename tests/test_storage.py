@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import datasets, events, features, storage, validation
+from components import datasets, events, storage
 
 KEY, SECRET, BUCKET = "interestflow-test", "interestflow-test-secret", "lake"
 
@@ -114,9 +114,7 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path):
         .replace("uri: items.csv", f"uri: {seaweed}/raw/items.csv")
     )
     lake = storage.join(seaweed, "lake")
-    ds = datasets.build_datasets(
-        features.build_features(validation.validate(events.ingest(spec, lake), lake), lake), lake, 2, 0
-    )
+    ds = datasets.prepare(spec, lake, 2, 0)
     assert ds["dataset_uri"].startswith("s3://") and storage.layer_done(ds["dataset_uri"])
     assert storage.read_parquet(storage.join(ds["features_uri"], "users.parquet"))["user_id"].nunique() == 100
     assert events.ingest(spec, lake)["data_hash"] == ds["data_hash"]  # same input, same key: reused

@@ -1,0 +1,366 @@
+"""User interest profiles (07_profiles, DESIGN.md §8): who the shopper is and how they change.
+
+Per user: top categories with weights, an interest vector (time-decayed mean of the MiniLM
+text embeddings of their items), activity (recency, frequency, span), interest drift (the
+Jensen–Shannon divergence between the category mix of an older and a recent window) and a
+churn risk. For the population: the category-to-category transition matrix, and how well
+each family's top-K predicts the category of the next item.
+
+Time is the event log's own: "now" is the last event's timestamp, never the wall clock,
+so the same log always gives the same profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial.distance import jensenshannon
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    category_depth: int = 3
+    """Parts of the category path kept: 3 turns "Beauty > Skin Care > Face > Cleansers" into
+    "Beauty > Skin Care > Face" (40 categories on Beauty)."""
+    top_categories: int = 3
+    """Categories listed per user, with their weights."""
+    half_life_days: float = 180.0
+    """Interest vector: an item bought this many days before the user's "now" weighs half."""
+    drift_by: str = "events"
+    """Drift windows by ``events`` (the recent window = the last ``drift_recent`` events) or
+    by ``days`` (the recent window = the last ``drift_recent`` days of the log)."""
+    drift_recent: int = 5
+    """Size of the recent window (events or days); the older window is everything before."""
+    min_window_events: int = 2
+    """Each window needs this many events, or the user's drift is missing (NaN)."""
+    churn_window_days: int = 90
+    """Churn: no activity in the final window of this many days."""
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.drift_by not in ("events", "days"):
+            raise ValueError(f"ProfileConfig.drift_by must be 'events' or 'days', got {self.drift_by!r}")
+        if min(self.category_depth, self.top_categories, self.drift_recent, self.churn_window_days) < 1:
+            raise ValueError("ProfileConfig: depth, top_categories, drift_recent, churn_window_days >= 1")
+        if self.half_life_days <= 0 or self.min_window_events < 1:
+            raise ValueError("ProfileConfig: half_life_days > 0 and min_window_events >= 1")
+
+
+# -- categories ------------------------------------------------------------------------------
+def item_categories(items: pd.DataFrame, depth: int) -> tuple[np.ndarray, list[str]]:
+    """(category index per item in item-index order, category names); a missing path is "(none)"."""
+    paths = items.sort_values("item_idx")["categories"].astype("string").fillna("").str.split(" > ")
+    names = paths.map(lambda p: " > ".join(x for x in p[:depth] if x) or "(none)")
+    codes, uniques = pd.factorize(names, sort=True)
+    return codes.astype(np.int64), [str(u) for u in uniques]
+
+
+def distribution(cats: np.ndarray, n_cats: int) -> np.ndarray:
+    counts = np.bincount(cats, minlength=n_cats).astype(np.float64)
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def jsd(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence in nats (natural log): 0 for equal, ln 2 for disjoint supports.
+
+    scipy returns the JS *distance*, the square root of the divergence.
+    """
+    return float(jensenshannon(p, q) ** 2)
+
+
+def windows(ts: np.ndarray, cfg: ProfileConfig, now: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (older, recent) over a user's time-ordered events."""
+    if cfg.drift_by == "events":
+        recent = np.arange(len(ts)) >= len(ts) - cfg.drift_recent
+    else:
+        recent = ts > now - cfg.drift_recent * DAY
+    return ~recent, recent
+
+
+def drift(items: np.ndarray, ts: np.ndarray, item_cat: np.ndarray, n_cats: int, cfg: ProfileConfig, now: int) -> float:
+    older, recent = windows(ts, cfg, now)
+    if older.sum() < cfg.min_window_events or recent.sum() < cfg.min_window_events:
+        return float("nan")
+    return jsd(distribution(item_cat[items[older]], n_cats), distribution(item_cat[items[recent]], n_cats))
+
+
+def transitions(seqs: list[np.ndarray], item_cat: np.ndarray, n_cats: int) -> np.ndarray:
+    """(n_cats, n_cats) counts of category a followed by category b in a user's sequence."""
+    a = np.concatenate([item_cat[s[:-1]] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)])
+    b = np.concatenate([item_cat[s[1:]] for s in seqs if len(s) > 1] or [np.zeros(0, np.int64)])
+    return np.bincount(a * n_cats + b, minlength=n_cats * n_cats).reshape(n_cats, n_cats)
+
+
+def interest_vector(items: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int, half_life_days: float):
+    """Time-decayed mean of the items' text embeddings, L2-normalised; (d,)."""
+    w = 0.5 ** ((now - ts) / (half_life_days * DAY))
+    v = (w[:, None] * text[items]).sum(0) / max(w.sum(), 1e-12)
+    return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
+
+
+# -- activity features at a point in time (the churn model's inputs) ---------------------------
+FEATURES = ("recency_days", "n_events", "span_days", "events_last_window", "drift")
+
+
+def activity_features(
+    seqs: list[np.ndarray], tss: list[np.ndarray], as_of: int, item_cat, n_cats, text, cfg: ProfileConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user mask: has an event before ``as_of``, features (U, len(FEATURES) + d)).
+
+    Only events strictly before ``as_of`` are read: nothing after the split leaks in.
+    """
+    rows, has = [], np.zeros(len(seqs), dtype=bool)
+    d = text.shape[1]
+    for u, (s, t) in enumerate(zip(seqs, tss, strict=True)):
+        keep = t < as_of
+        s, t = s[keep], t[keep]
+        if not len(s):
+            rows.append(np.zeros(len(FEATURES) + d, dtype=np.float32))
+            continue
+        has[u] = True
+        window = cfg.churn_window_days * DAY
+        base = [
+            (as_of - t[-1]) / DAY,
+            len(s),
+            (t[-1] - t[0]) / DAY,
+            int((t >= as_of - window).sum()),
+            drift(s, t, item_cat, n_cats, cfg, as_of),
+        ]
+        rows.append(
+            np.concatenate([np.array(base, dtype=np.float32), interest_vector(s, t, text, as_of, cfg.half_life_days)])
+        )
+    return has, np.stack(rows)
+
+
+def churned(tss: list[np.ndarray], start: int, end: int) -> np.ndarray:
+    """1 where a user has no event in [start, end)."""
+    return np.array([0 if ((t >= start) & (t < end)).any() else 1 for t in tss], dtype=np.int64)
+
+
+# -- churn ---------------------------------------------------------------------------------------
+def precision_at_top(y: np.ndarray, score: np.ndarray, share: float = 0.1) -> float:
+    """Share of churners among the ``share`` of users with the highest scores."""
+    n = max(1, int(round(len(y) * share)))
+    return float(y[np.argsort(-score, kind="stable")[:n]].mean())
+
+
+def churn(seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig) -> tuple[dict, np.ndarray, dict]:
+    """Train on one time split, evaluate on the next, score everybody for the coming window.
+
+    With W = ``churn_window_days`` and the log ending at ``now``: the model learns from
+    features at t1 = now+1-2W with labels from [t1, t1+W), is evaluated on features at
+    t2 = t1+W with labels from [t2, now+1) (AUC and precision at the top decile, beside the
+    recency-only baseline), then refitted on that latest window and applied at now+1.
+    Returns (report, risk per user, ROC curves for the plot).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    window, end = cfg.churn_window_days * DAY, now + 1
+    t2, t1 = end - window, end - 2 * window
+    has1, x1 = activity_features(seqs, tss, t1, item_cat, n_cats, text, cfg)
+    has2, x2 = activity_features(seqs, tss, t2, item_cat, n_cats, text, cfg)
+    y1, y2 = churned(tss, t1, t2)[has1], churned(tss, t2, end)[has2]
+    if len(np.unique(y1)) < 2 or len(np.unique(y2)) < 2:
+        raise ValueError(
+            f"churn: both classes are needed in each window of {cfg.churn_window_days} days "
+            f"(train churn rate {y1.mean():.2f}, eval {y2.mean():.2f}); change churn_window_days"
+        )
+
+    def model():
+        return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, random_state=cfg.seed)
+
+    p = model().fit(x1[has1], y1).predict_proba(x2[has2])[:, 1]
+    recency = x2[has2][:, FEATURES.index("recency_days")]
+    report = {
+        "churn_auc": float(roc_auc_score(y2, p)),
+        "churn_auc_recency_baseline": float(roc_auc_score(y2, recency)),
+        "churn_precision_top_decile": precision_at_top(y2, p),
+        "churn_precision_top_decile_recency_baseline": precision_at_top(y2, recency),
+        "churn_rate_eval": float(y2.mean()),
+        "churn_train_users": int(has1.sum()),
+        "churn_eval_users": int(has2.sum()),
+    }
+    curves = {"model": roc_curve(y2, p)[:2], "recency only": roc_curve(y2, recency)[:2]}
+    _, x_now = activity_features(seqs, tss, end, item_cat, n_cats, text, cfg)
+    risk = model().fit(x2[has2], y2).predict_proba(x_now)[:, 1]
+    return report, risk.astype(np.float32), curves
+
+
+# -- next category -----------------------------------------------------------------------------------
+def most_common(cats: np.ndarray) -> int:
+    """The most frequent category; ties go to the one seen first (best rank / earliest)."""
+    values, first, counts = np.unique(cats, return_index=True, return_counts=True)
+    best = counts == counts.max()
+    return int(values[best][np.argmin(first[best])])
+
+
+def next_category_accuracy(
+    hists: list[np.ndarray], targets: np.ndarray, item_cat: np.ndarray, topk: dict[str, np.ndarray]
+) -> dict[str, float]:
+    """Accuracy of predicting the category of each user's next (test) item.
+
+    ``topk``: family -> (U, K) item indices in the same user order; a family predicts the
+    most common category of its top-K. Baseline: the user's most frequent category so far.
+    """
+    actual = item_cat[targets]
+    usual = np.array([most_common(item_cat[h[::-1]]) if len(h) else -1 for h in hists])  # ties: most recent
+    out = {"most_frequent_category": float((usual == actual).mean())}
+    for family, top in topk.items():
+        pred = np.array([most_common(item_cat[row]) for row in top])
+        out[family] = float((pred == actual).mean())
+    return out
+
+
+# -- the stage ---------------------------------------------------------------------------------------
+def _topk_matrix(frame: pd.DataFrame, data, users: np.ndarray) -> np.ndarray:
+    """A written top-K (user_id, rank, item_id) as (U, K) item indices in ``users`` order."""
+    item_pos = pd.Series(np.arange(data.n_items), index=data.item_ids)
+    wide = frame.pivot(index="user_id", columns="rank", values="item_id").loc[data.user_ids[users]]
+    return item_pos.loc[wide.to_numpy().ravel()].to_numpy().reshape(wide.shape)
+
+
+def build_profiles(
+    dataset: dict,
+    lake: str,
+    cfg: ProfileConfig = ProfileConfig(),
+    scorer=None,
+    max_len: int = 512,
+    test_recommendations: dict[str, str] | None = None,
+    tags: dict | None = None,
+) -> dict:
+    """Write 07_profiles/<features key>/: profiles.parquet (one row per user), transitions.parquet,
+    exploration.parquet (when a ``scorer`` is given) and summary.json; log figures and plots to
+    an MLflow run named ``profiles``. ``test_recommendations``: family -> URI of its written
+    test-time top-K (for next-category accuracy)."""
+    import json
+    import time
+
+    from components import exploration, storage, text, tracking
+    from components.datasets import Dataset
+
+    t0 = time.perf_counter()
+    data = Dataset.load(dataset)
+    users = storage.read_parquet(storage.join(dataset["features_uri"], "users.parquet"))
+    items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
+    seqs = data.seqs
+    tss = [np.asarray(t, dtype=np.int64) for t in users["ts"]]
+    vectors = text.load_item_text(dataset["text_uri"])
+    item_cat, cat_names = item_categories(items, cfg.category_depth)
+    n_cats = len(cat_names)
+    now = int(max(t[-1] for t in tss if len(t)))
+
+    report, risk, curves = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg)
+    rows = []
+    for u, (s, t) in enumerate(zip(seqs, tss, strict=True)):
+        w = 0.5 ** ((now - t) / (cfg.half_life_days * DAY))
+        weights = np.bincount(item_cat[s], weights=w, minlength=n_cats) / w.sum()
+        top = np.argsort(-weights, kind="stable")[: cfg.top_categories]
+        top = top[weights[top] > 0]
+        span = (t[-1] - t[0]) / DAY
+        rows.append(
+            {
+                "user_id": data.user_ids[u],
+                "top_categories": [cat_names[c] for c in top],
+                "top_weights": weights[top].astype(np.float32),
+                "interest_vector": interest_vector(s, t, vectors, now, cfg.half_life_days),
+                "n_events": len(s),
+                "first_ts": pd.Timestamp(int(t[0]), unit="s", tz="UTC"),
+                "last_ts": pd.Timestamp(int(t[-1]), unit="s", tz="UTC"),
+                "recency_days": (now - t[-1]) / DAY,
+                "span_days": span,
+                "events_per_30d": len(s) / max(span / 30, 1.0),
+                "drift_jsd": drift(s, t, item_cat, n_cats, cfg, now),
+                "churn_risk": float(risk[u]),
+            }
+        )
+    profiles = pd.DataFrame(rows)
+    trans = transitions(seqs, item_cat, n_cats)
+    a, b = np.nonzero(trans)
+    trans_frame = pd.DataFrame(
+        {
+            "from_category": np.array(cat_names)[a],
+            "to_category": np.array(cat_names)[b],
+            "count": trans[a, b],
+            "probability": trans[a, b] / trans.sum(1)[a],
+        }
+    )
+    view = data.view("final")
+    topk = {
+        family: _topk_matrix(storage.read_parquet(uri), data, view.eval_users)
+        for family, uri in (test_recommendations or {}).items()
+    }
+    next_cat = next_category_accuracy(view.eval_hist, view.eval_targets, item_cat, topk)
+    table = exploration.exploration_table(scorer, data, item_cat, max_len=max_len) if scorer else []
+    drifts = profiles["drift_jsd"].dropna()
+    summary = {
+        **report,
+        **{f"next_category_acc_{k}": v for k, v in next_cat.items()},
+        "drift_users": int(len(drifts)),
+        "drift_jsd_mean": float(drifts.mean()) if len(drifts) else float("nan"),
+        "drift_jsd_median": float(drifts.median()) if len(drifts) else float("nan"),
+        "users": len(profiles),
+        "categories": n_cats,
+        "profile_s": time.perf_counter() - t0,
+    }
+
+    layer = storage.join(lake, "07_profiles", storage.name(dataset["features_uri"]))
+    meta = {"interestflow.data_hash": dataset["data_hash"], "interestflow.config": json.dumps(cfg.__dict__)}
+    storage.write_parquet(profiles, storage.join(layer, "profiles.parquet"), metadata=meta)
+    storage.write_parquet(trans_frame, storage.join(layer, "transitions.parquet"), metadata=meta)
+    if table:
+        storage.write_parquet(pd.DataFrame(table), storage.join(layer, "exploration.parquet"), metadata=meta)
+    storage.write_json({**summary, "exploration": table, "config": cfg.__dict__}, storage.join(layer, "summary.json"))
+    storage.mark_done(layer, {"data_hash": dataset["data_hash"]})
+
+    run_id = tracking.create_run(
+        "profiles",
+        {f"profile.{k}": v for k, v in cfg.__dict__.items()},
+        {"interestflow.stage": "profiles", "interestflow.data_hash": dataset["data_hash"], **(tags or {})},
+    )
+    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if np.isfinite(v)})
+    for row in table:
+        tracking.log_metrics(
+            run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)
+        )
+    figures = plots(drifts.to_numpy(), curves, table)
+    for path, fig in figures.items():
+        tracking.log_figure(run_id, fig, path)
+    tracking.end_run(run_id)
+    summary["profile_s"] = time.perf_counter() - t0
+    return {"uri": layer, "run_id": run_id, "summary": summary, "exploration": table, "figures": sorted(figures)}
+
+
+def plots(drifts: np.ndarray, curves: dict, table: list[dict]) -> dict:
+    """Matplotlib figures: drift distribution, churn ROC, exploration trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(drifts, bins=40, color="#4c72b0")
+    ax.set(xlabel="Jensen–Shannon divergence (nats), older vs recent window", ylabel="users", title="Interest drift")
+    out["plots/drift_distribution.png"] = fig
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Churn ROC (evaluation window)")
+    ax.legend()
+    out["plots/churn_roc.png"] = fig
+    if table:
+        k = next(c for c in table[0] if c.startswith("ndcg"))
+        cov = next(c for c in table[0] if c.startswith("coverage"))
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r[cov] for r in table], [r[k] for r in table], marker="o")
+        for r in table:
+            ax.annotate(f"{r['share']:.1f}", (r[cov], r[k]))
+        ax.set(xlabel=cov, ylabel=k, title="Exploration share: accuracy vs coverage")
+        out["plots/exploration_tradeoff.png"] = fig
+    return out
