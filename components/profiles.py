@@ -181,6 +181,7 @@ def churn(seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig) -> tu
         "churn_auc_recency_baseline": float(roc_auc_score(y2, recency)),
         "churn_precision_top_decile": precision_at_top(y2, p),
         "churn_precision_top_decile_recency_baseline": precision_at_top(y2, recency),
+        "churn_window_days": cfg.churn_window_days,
         "churn_rate_eval": float(y2.mean()),
         "churn_train_users": int(has1.sum()),
         "churn_eval_users": int(has2.sum()),
@@ -364,3 +365,19 @@ def plots(drifts: np.ndarray, curves: dict, table: list[dict]) -> dict:
         ax.set(xlabel=cov, ylabel=k, title="Exploration share: accuracy vs coverage")
         out["plots/exploration_tradeoff.png"] = fig
     return out
+
+
+def profile_stage(
+    dataset: dict, lake: str, overrides: dict, model_uri: str | None, test_recommendations: dict, tags: dict
+) -> dict:
+    """The flow's stage: profiles with the serving model's exploration table (when there is one)."""
+    from components import tracking
+
+    cfg = ProfileConfig(**overrides)
+    scorer, max_len = None, 512
+    if model_uri:
+        rec = tracking.load_recommender(model_uri)
+        from components.datasets import Dataset
+
+        scorer, max_len = rec.scorer_for(Dataset.load(dataset)), rec.max_len
+    return build_profiles(dataset, lake, cfg, scorer, max_len, test_recommendations, tags)

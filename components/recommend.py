@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from components import evaluation, storage
+from components import evaluation, exploration, storage
 from components.datasets import Dataset
 from components.recommender import Recommender
 
 
-def recommend(rec: Recommender, data: Dataset, k: int = 10) -> pd.DataFrame:
-    """Top-k for every user from their whole history, seen items excluded."""
+def recommend(
+    rec: Recommender, data: Dataset, k: int = 10, explore_share: float = 0.0, item_cat: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Top-k for every user from their whole history, seen items excluded.
+
+    ``explore_share`` > 0 reserves that share of the k slots for the best-scored candidates
+    outside the user's usual categories (``item_cat``: category per item), see
+    components/exploration.py.
+    """
     view = data.view("serve")
-    _, top_items, top_scores = evaluation.rank_view(rec.scorer_for(data), view, data.n_items, k=k, max_len=rec.max_len)
+    n = k if not explore_share else max(100, 10 * k)
+    _, top_items, top_scores = evaluation.rank_view(rec.scorer_for(data), view, data.n_items, k=n, max_len=rec.max_len)
+    if explore_share:
+        usual = [set(item_cat[h].tolist()) for h in view.eval_hist]
+        lists = exploration.rerank(top_items, usual, item_cat, k, explore_share)
+        pos = (top_items[:, :, None] == lists[:, None, :]).argmax(1)  # where each chosen item was
+        top_items, top_scores = lists, np.take_along_axis(top_scores, pos, 1)
     return evaluation.topk_frame(data, view, top_items, top_scores, k)
 
 
@@ -21,7 +35,13 @@ def write_recommendations(frame: pd.DataFrame, uri: str, meta: dict[str, str]) -
 
 
 def batch_recommendations(
-    dataset: dict, families: list[str], lake: str, k: int = 10, family: str | None = None
+    dataset: dict,
+    families: list[str],
+    lake: str,
+    k: int = 10,
+    family: str | None = None,
+    explore_share: float = 0.0,
+    category_depth: int = 3,
 ) -> dict:
     """Top-k for every user from a family's champion -> 06_recommendations/recommendations.parquet.
 
@@ -44,15 +64,22 @@ def batch_recommendations(
         raise RuntimeError(f"family {chosen!r} has no champion (champions: {sorted(champions)})")
     c = champions[chosen]
     rec = tracking.load_recommender(f"models:/{c['name']}@{tracking.CHAMPION}")
-    frame = recommend(rec, Dataset.load(dataset), k)
+    item_cat = None
+    if explore_share:
+        from components.profiles import item_categories
+
+        items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
+        item_cat, _ = item_categories(items, category_depth)
+    frame = recommend(rec, Dataset.load(dataset), k, explore_share, item_cat)
     uri = storage.join(lake, "06_recommendations", "recommendations.parquet")
-    write_recommendations(
-        frame, uri, {"family": chosen, "model": c["name"], "version": c["version"], "data_hash": dataset["data_hash"]}
-    )
+    meta = {"family": chosen, "model": c["name"], "version": c["version"], "data_hash": dataset["data_hash"]}
+    write_recommendations(frame, uri, {**meta, "explore_share": explore_share})
     return {
         "uri": uri,
         "family": chosen,
         "version": c["version"],
         "rows": len(frame),
         "users": frame["user_id"].nunique(),
+        "explore_share": explore_share,
+        "model_uri": f"models:/{c['name']}@{tracking.CHAMPION}",
     }

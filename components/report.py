@@ -22,7 +22,7 @@ def leaderboard(results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(results: list[dict], recommendations: dict | None, data_hash: str) -> str:
+def markdown(results: list[dict], recommendations: dict | None, data_hash: str, profiles: dict | None = None) -> str:
     lines = [
         f"# interestflow nightly run (data {data_hash})",
         "",
@@ -62,4 +62,33 @@ def markdown(results: list[dict], recommendations: dict | None, data_hash: str) 
             f"Recommendations: {recommendations['rows']} rows for {recommendations['users']} users from "
             f"{recommendations['family']} v{recommendations['version']} -> `{recommendations['uri']}`",
         ]
+    if profiles:
+        lines += profile_lines(profiles)
     return "\n".join(lines) + "\n"
+
+
+def profile_lines(profiles: dict) -> list[str]:
+    s = profiles["summary"]
+    lines = [
+        "",
+        f"## Interest profiles (`{profiles['uri']}`)",
+        "",
+        f"Churn (time split, next {s['churn_window_days']} days): AUC {s['churn_auc']:.3f} vs recency only "
+        f"{s['churn_auc_recency_baseline']:.3f}; precision in the top decile {s['churn_precision_top_decile']:.3f}. "
+        f"Drift (JSD, nats): median {s['drift_jsd_median']:.3f} over {s['drift_users']} users.",
+        "",
+        "| next-category accuracy | |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {k.removeprefix('next_category_acc_')} | {v:.3f} |" for k, v in s.items() if "next_category_acc_" in k
+    ]
+    if profiles.get("exploration"):
+        lines += ["", "| exploration share | NDCG@10 | coverage@10 | diversity | novelty |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {r['share']:.1f} | {r['ndcg10']:.4f} | {r['coverage10']:.4f} | {r['diversity']:.3f} | "
+            f"{r['novelty']:.2f} |"
+            for r in profiles["exploration"]
+        ]
+    lines += ["", f"Plots in MLflow run `{profiles['run_id']}`: " + ", ".join(f"`{f}`" for f in profiles["figures"])]
+    return lines

@@ -1,5 +1,5 @@
-"""The nightly retrain: raw events -> validated -> features -> datasets -> CV training ->
-test -> registry -> promotion -> recommendations (DESIGN.md §2)."""
+"""The nightly retrain: raw events -> validated -> features (+ item text) -> datasets -> CV
+training -> test -> registry -> promotion -> recommendations -> profiles (DESIGN.md §2, §8)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
 from tasks.features import build_features, embed_items
 from tasks.ingest import ingest
+from tasks.profiles import build_profiles
 from tasks.promote import promote
 from tasks.recommend import recommend
 from tasks.register import register
@@ -49,6 +50,9 @@ def nightly(
     tolerance: float = 0.05,
     k: int = 10,
     serve_family: Family | None = None,
+    explore_share: float = 0.0,
+    profiles: bool = True,
+    profile: dict | None = None,
     dry_run: bool = False,
 ) -> dict:
     """Retrain, evaluate, register and (maybe) promote each family, then recommend.
@@ -73,6 +77,9 @@ def nightly(
         tolerance: Allowed relative regression of guarded metrics (HR@10, MRR).
         k: Recommendations per user.
         serve_family: Family whose champion serves recommendations (default: best test NDCG@10).
+        explore_share: Share of each top-k reserved for relevant items outside the user's usual categories.
+        profiles: Write user interest profiles (07_profiles): interests, drift, churn risk, exploration table.
+        profile: Overrides of components.profiles.ProfileConfig, e.g. {"half_life_days": 90, "drift_by": "days"}.
         dry_run: Train and evaluate, but register, promote and recommend nothing.
     """
     lake = lake or default_lake()
@@ -107,7 +114,18 @@ def nightly(
             report["registered"] = register(report, dataset)
             report["decision"] = promote(report["registered"], report, dataset, min_gain, tolerance)
         results.append(report)
-    recs = None if dry_run else recommend(dataset, list(families), lake, k, serve_family)
-    summary = publish(results, recs, raw["data_hash"])
+    recs = None if dry_run else recommend(dataset, list(families), lake, k, serve_family, explore_share)
+    prof = None
+    if profiles:  # the serving champion, or in a dry run this run's best final model, re-ranks
+        best = max(results, key=lambda r: r["test"]["ndcg10"])["model_uri"] if results else None
+        test_recs = {r["family"]: r["test_recommendations_uri"] for r in results}
+        prof = build_profiles(dataset, lake, profile or {}, recs["model_uri"] if recs else best, test_recs, tags)
+    summary = publish(results, recs, raw["data_hash"], prof)
     print(summary)
-    return {"data_hash": raw["data_hash"], "results": results, "recommendations": recs, "summary": summary}
+    return {
+        "data_hash": raw["data_hash"],
+        "results": results,
+        "recommendations": recs,
+        "profiles": prof,
+        "summary": summary,
+    }

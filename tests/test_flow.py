@@ -62,6 +62,12 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
     m = metrics.rank_metrics(ranks, ks=(10,))
     assert m["hr10"] == pytest.approx(r["test"]["hr10"]) and m["ndcg10"] == pytest.approx(r["test"]["ndcg10"])
 
+    # Profiles from the serving champion, summarised in the run's report.
+    prof = out["profiles"]
+    assert storage.layer_done(prof["uri"]) and "## Interest profiles" in out["summary"]
+    assert len(storage.read_parquet(storage.join(prof["uri"], "profiles.parquet"))) == recs["user_id"].nunique()
+    assert set(prof["summary"]) >= {"churn_auc", "churn_auc_recency_baseline", "next_category_acc_mf"}
+
 
 @pytest.mark.slow
 def test_a_worse_model_does_not_take_the_champion_alias(flow_env):
@@ -96,3 +102,14 @@ def test_bad_data_stops_the_flow_before_training_and_changes_nothing(flow_env):
     for layer in ("02_validated", "03_features", "04_datasets", "05_models"):
         assert not list((flow_env["root"] / "lake" / layer).glob(f"{bad_key}*")), layer
     assert isinstance(pd.read_parquet(report[0].parent / "events.parquet"), pd.DataFrame)
+
+
+@pytest.mark.slow
+def test_bert_trains_registers_and_serves_with_exploration(flow_env):
+    out = run_nightly(flow_env, families=["bert"], max_epochs=3, folds=2, explore_share=0.2, profiles=False)
+    r = out["results"][0]
+    assert r["registered"]["name"] == "interestflow-bert" and r["decision"]["promote"]
+    assert {"cold_ndcg10", "cold_hr10", "cold_n"} <= set(r["test"])
+    recs = storage.read_parquet(out["recommendations"]["uri"])
+    assert out["recommendations"]["family"] == "bert" and (recs.groupby("user_id").size() == 10).all()
+    assert recs.groupby("user_id")["item_id"].nunique().eq(10).all()

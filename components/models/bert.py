@@ -98,7 +98,10 @@ class BERT(nn.Module):
         self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
         self.proj = nn.Linear(c.text_dim, c.dim) if c.fusion != "id" else None
         self.fuse = nn.Linear(2 * c.dim, c.dim) if c.fusion in ("concat", "gate") else None
-        self.special = nn.Embedding(2, c.dim)  # padding, [MASK]
+        # Padding is a constant zero vector; [MASK] is learned only where it is used (DDP
+        # rejects parameters that get no gradient).
+        self.register_buffer("pad_vector", torch.zeros(1, c.dim), persistent=False)
+        self.mask_vector = nn.Parameter(torch.randn(1, c.dim) * 0.02) if c.objective == "masked" else None
         self.bias = nn.Parameter(torch.zeros(n_items))
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
@@ -117,6 +120,7 @@ class BERT(nn.Module):
             ),
             add_pooling_layer=False,
         )
+        self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.text_top = None
         if c.finetune_layers:
             self._init_finetuning(item_strings)
@@ -146,7 +150,8 @@ class BERT(nn.Module):
     # -- the transformer -----------------------------------------------------------------
     def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded item indices (``n_items`` = pad, ``n_items+1`` = [MASK]) -> (B, L, dim)."""
-        full = torch.cat([table, self.special.weight], dim=0)  # rows n_items, n_items+1 = pad, [MASK]
+        special = [self.pad_vector] + ([self.mask_vector] if self.mask_vector is not None else [])
+        full = torch.cat([table, *special], dim=0)  # row n_items = padding, n_items + 1 = [MASK]
         L = seq.shape[1]
         # Positions count back from the most recent item, as if every batch were padded to
         # max_len: the newest item has the same position in training and at inference.
