@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench-speed: $(STAMP)
 
 bench-text: $(STAMP)
 	$(BIN)/python bench/text.py --lake bench/out/text
+
+bench-profiles: $(STAMP)
+	$(BIN)/python bench/profiles.py --lake bench/out/profiles
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py --out bench/out/scale

@@ -74,7 +74,51 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     tracking.set_tags(run_id, tags)
     tracking.set_version_tags(name, version, tags)
     if decision.promote:
-        tracking.set_alias(name, tracking.CHAMPION, version)
+        move_champion(name, version)
+
+
+def move_champion(name: str, version: str) -> str | None:
+    """Point ``champion`` at ``version`` (one atomic alias update: the model is never without
+    a champion) and remember the one it replaced, for a rollback. Returns that version."""
+    previous = tracking.alias_version(name, tracking.CHAMPION)
+    if previous == version:
+        return previous
+    tracking.set_version_tags(name, version, {"promotion.previous_champion": previous or "none"})
+    tracking.set_alias(name, tracking.CHAMPION, version)
+    return previous
+
+
+def promote_version(family: str, version: str, reason: str) -> dict:
+    """Make ``version`` of a family's registered model the champion by hand (with a reason)."""
+    if not reason.strip():
+        raise ValueError("a manual promotion needs a reason (it is recorded on the version)")
+    name = tracking.model_name(family)
+    mv = tracking.client().get_model_version(name, str(version))  # raises if the version does not exist
+    if mv.status != "READY":
+        raise ValueError(f"{name} v{version} is {mv.status}, not READY: not promoted")
+    previous = move_champion(name, str(version))
+    tracking.set_version_tags(name, str(version), {"promotion.decision": "manual", "promotion.reason": reason})
+    return {"name": name, "champion": str(version), "previous": previous, "reason": reason}
+
+
+def rollback(family: str, reason: str) -> dict:
+    """Give ``champion`` back to the version it replaced; the current one is tagged rolled back.
+
+    With no earlier champion to return to, nothing changes and the error says so.
+    """
+    if not reason.strip():
+        raise ValueError("a rollback needs a reason (it is recorded on the version)")
+    name = tracking.model_name(family)
+    current = tracking.alias_version(name, tracking.CHAMPION)
+    if current is None:
+        raise ValueError(f"{name} has no champion: nothing to roll back")
+    previous = tracking.client().get_model_version(name, current).tags.get("promotion.previous_champion", "none")
+    if previous == "none":
+        raise ValueError(f"{name} v{current} has no earlier champion recorded: nothing to roll back to")
+    tracking.set_alias(name, tracking.CHAMPION, previous)
+    tracking.set_version_tags(name, current, {"promotion.rolled_back": reason})
+    tracking.set_version_tags(name, previous, {"promotion.decision": "rollback", "promotion.reason": reason})
+    return {"name": name, "champion": previous, "previous": current, "reason": reason}
 
 
 def run_gate(registered: dict, report: dict, dataset: dict, gate: GateConfig = GateConfig()) -> Decision:

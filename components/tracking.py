@@ -17,7 +17,7 @@ from components.config import home
 
 EXPERIMENT = os.environ.get("INTERESTFLOW_EXPERIMENT", "interestflow")
 CHAMPION, CHALLENGER = "champion", "challenger"
-PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow>=3,<4", "pandas", "numpy"]
+PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow>=3,<4", "pandas", "numpy", "transformers>=5,<6"]
 
 
 def tracking_uri() -> str:

@@ -10,8 +10,9 @@ from components.validation import DataValidationError
 
 
 def transient(task, task_run, state) -> bool:
-    """Retry unless the failure is a data error, which a retry cannot fix."""
-    return not isinstance(state.result(raise_on_failure=False), SpecError | DataValidationError)
+    """Retry unless the failure is a data or request error (ValueError included), which a
+    retry cannot fix."""
+    return not isinstance(state.result(raise_on_failure=False), SpecError | DataValidationError | ValueError)
 
 
 IO_RETRIES = dict(

@@ -16,3 +16,21 @@ def promote(registered: dict, report: dict, dataset: dict, min_gain: float, tole
         description="Promotion decision",
     )
     return d.as_dict()
+
+
+@task(name="move-champion", **IO_RETRIES)
+def move_champion(family: str, version: str | None, rollback: bool, reason: str) -> dict:
+    """A manual promotion of ``version``, or a rollback to the previous champion."""
+    if rollback:
+        out = promotion.rollback(family, reason)
+    elif version is None:
+        raise ValueError("promote needs a version (or rollback=true)")
+    else:
+        out = promotion.promote_version(family, version, reason)
+    create_markdown_artifact(
+        f"**{out['name']}**: champion v{out['previous']} -> v{out['champion']} ({'rollback' if rollback else 'manual'})"
+        f" — {reason}",
+        key=f"champion-{family}",
+        description="Manual champion change",
+    )
+    return out

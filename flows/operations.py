@@ -1,0 +1,67 @@
+"""The flows people run by hand: promote or roll back a champion, and batch recommendations
+(with profiles) from the current champions without retraining."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from components.config import default_lake
+from flows.nightly import Family
+from tasks.datasets import build_datasets
+from tasks.features import build_features, embed_items
+from tasks.ingest import ingest
+from tasks.profiles import build_profiles
+from tasks.promote import move_champion
+from tasks.recommend import recommend as recommend_task
+from tasks.validate import validate
+
+
+@flow(name="promote", log_prints=True)
+def promote(family: Family, reason: str, version: str | None = None, rollback: bool = False) -> dict:
+    """Make a registered version the champion, or roll the champion back to the one it replaced.
+
+    Args:
+        family: Model family whose registered model (interestflow-<family>) changes.
+        reason: Why (recorded on the model version; required).
+        version: Version to promote (ignored when rolling back).
+        rollback: Give the champion alias back to the previous champion instead.
+    """
+    out = move_champion(family, version, rollback, reason)
+    print(f"{out['name']}: champion is now v{out['champion']} (was v{out['previous']}) — {reason}")
+    return out
+
+
+@flow(name="recommend", log_prints=True)
+def recommend(
+    spec: str = "specs/beauty_sample.yaml",
+    lake: str | None = None,
+    families: list[Family] = ["mf"],  # noqa: B006 - Prefect renders the default in the UI
+    k: int = 10,
+    serve_family: Family | None = None,
+    explore_share: float = 0.0,
+    profiles: bool = True,
+    profile: dict | None = None,
+) -> dict:
+    """Top-k for every user of today's log from the current champions, then their profiles.
+
+    Args:
+        spec: Dataset spec (YAML) of today's event log and catalogue.
+        lake: Lake root: a local folder or s3://bucket/prefix (default: $INTERESTFLOW_LAKE or var/lake).
+        families: Families whose champions may serve.
+        k: Recommendations per user.
+        serve_family: Family whose champion serves (default: best test NDCG@10 on its version).
+        explore_share: Share of each top-k reserved for relevant items outside the user's usual categories.
+        profiles: Also write user interest profiles (07_profiles).
+        profile: Overrides of components.profiles.ProfileConfig.
+    """
+    lake = lake or default_lake()
+    raw = ingest(spec, lake)
+    features = embed_items(build_features(validate(raw, lake), lake), lake)
+    dataset = build_datasets(features, lake, 1, 0)  # one fold: only the serving view is read
+    recs = recommend_task(dataset, list(families), lake, k, serve_family, explore_share)
+    prof = None
+    if profiles:
+        tags = {"interestflow.spec": raw["spec"], "interestflow.flow": "recommend"}
+        prof = build_profiles(dataset, lake, profile or {}, recs["model_uri"], {}, tags)
+    print(f"{recs['rows']} recommendations for {recs['users']} users from {recs['family']} v{recs['version']}")
+    return {"data_hash": raw["data_hash"], "recommendations": recs, "profiles": prof}

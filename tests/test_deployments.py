@@ -1,0 +1,54 @@
+"""prefect.yaml: every deployment's flow loads, and its parameter form is typed and documented."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import yaml
+from conftest import ROOT
+
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def load_flow(entrypoint: str):
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_the_expected_deployments_exist_with_schedules_only_on_nightly():
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    assert set(by_name) == {"nightly-retrain", "train", "promote", "recommend"}
+    nightly = by_name["nightly-retrain"]
+    assert nightly["concurrency_limit"] == 1
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC"}]
+    assert all("schedules" not in d for n, d in by_name.items() if n != "nightly-retrain")
+    assert {d["work_pool"]["name"] for d in DEPLOYMENTS} == {"interestflow-local"}  # one anchor
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_every_parameter_is_typed_documented_and_defaulted_or_required(deployment):
+    from prefect.utilities.callables import parameter_schema
+
+    flow = load_flow(deployment["entrypoint"])
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    props, required = schema["properties"], set(schema.get("required", []))
+    assert props, deployment["name"]
+    for name, p in props.items():
+        assert p.get("description"), f"{deployment['name']}.{name} has no description for the Prefect UI"
+        assert "type" in p or "anyOf" in p or "$ref" in p or "allOf" in p, f"{name} has no type"
+        assert "default" in p or name in required, f"{deployment['name']}.{name}: no default and not required"
+    # What the deployment sets must be parameters of its flow, and of the right kind.
+    unknown = set(deployment.get("parameters", {})) - set(props)
+    assert not unknown, f"{deployment['name']} sets unknown parameters {unknown}"
+    for name in required:
+        assert name in deployment.get("parameters", {}) or deployment["name"] == "promote", name
+
+
+def test_promote_requires_a_family_and_a_reason():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.operations import promote
+
+    schema = parameter_schema(promote.fn).model_dump_for_openapi()
+    assert set(schema["required"]) == {"family", "reason"}
