@@ -155,6 +155,16 @@ def evaluate_final(dataset: dict, final: dict, lake: str, cv: dict) -> dict:
         },
     )
     tracking.log_table(final["run_id"], frame.head(1000), "test_recommendations_sample.json")
+    table = pd.DataFrame(
+        [{"evaluation": "test", **test}, {"evaluation": "popularity (test)", **pop}]
+        + [{"evaluation": f"validation fold {i}", **m} for i, m in enumerate(final.get("fold_metrics", []))]
+    )
+    tracking.log_table(final["run_id"], table, "metrics_table.json")
+    if final.get("fold_metrics"):
+        from components import plots
+
+        for path, fig in plots.cv_folds(final["fold_metrics"]).items():
+            tracking.log_figure(final["run_id"], fig, path)
     return {
         "family": final["family"],
         "test": test,

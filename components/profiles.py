@@ -241,7 +241,7 @@ def build_profiles(
     import json
     import time
 
-    from components import exploration, storage, text, tracking
+    from components import exploration, plots, storage, text, tracking
     from components.datasets import Dataset
 
     t0 = time.perf_counter()
@@ -328,43 +328,12 @@ def build_profiles(
         tracking.log_metrics(
             run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)
         )
-    figures = plots(drifts.to_numpy(), curves, table)
+    figures = plots.profile_figures(drifts.to_numpy(), curves, table)
     for path, fig in figures.items():
         tracking.log_figure(run_id, fig, path)
     tracking.end_run(run_id)
     summary["profile_s"] = time.perf_counter() - t0
     return {"uri": layer, "run_id": run_id, "summary": summary, "exploration": table, "figures": sorted(figures)}
-
-
-def plots(drifts: np.ndarray, curves: dict, table: list[dict]) -> dict:
-    """Matplotlib figures: drift distribution, churn ROC, exploration trade-off."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    out = {}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(drifts, bins=40, color="#4c72b0")
-    ax.set(xlabel="Jensen–Shannon divergence (nats), older vs recent window", ylabel="users", title="Interest drift")
-    out["plots/drift_distribution.png"] = fig
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Churn ROC (evaluation window)")
-    ax.legend()
-    out["plots/churn_roc.png"] = fig
-    if table:
-        k = next(c for c in table[0] if c.startswith("ndcg"))
-        cov = next(c for c in table[0] if c.startswith("coverage"))
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r[cov] for r in table], [r[k] for r in table], marker="o")
-        for r in table:
-            ax.annotate(f"{r['share']:.1f}", (r[cov], r[k]))
-        ax.set(xlabel=cov, ylabel=k, title="Exploration share: accuracy vs coverage")
-        out["plots/exploration_tradeoff.png"] = fig
-    return out
 
 
 def profile_stage(

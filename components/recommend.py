@@ -30,6 +30,55 @@ def recommend(
     return evaluation.topk_frame(data, view, top_items, top_scores, k)
 
 
+def serving_champion(families: list[str], family: str | None = None) -> dict:
+    """The champion that serves: ``family``'s, or the one with the best test NDCG@10 recorded
+    on its version. Returns {family, name, version, test_ndcg10}."""
+    from components import tracking
+
+    champions = {}
+    for f in families:
+        name = tracking.model_name(f)
+        v = tracking.alias_version(name, tracking.CHAMPION)
+        if v is not None:
+            tags = tracking.client().get_model_version(name, v).tags
+            champions[f] = {
+                "family": f,
+                "name": name,
+                "version": v,
+                "test_ndcg10": float(tags.get("test_ndcg10", "nan")),
+            }
+    if not champions:
+        raise RuntimeError(f"no champion for any of {families}: nothing to recommend from")
+    chosen = family or max(champions, key=lambda f: champions[f]["test_ndcg10"])
+    if chosen not in champions:
+        raise RuntimeError(f"family {chosen!r} has no champion (champions: {sorted(champions)})")
+    return champions[chosen]
+
+
+def for_user(user_id: str, dataset: dict, families: list[str], k: int = 10, family: str | None = None) -> pd.DataFrame:
+    """Top-k for one user through the served MLflow model (``models:/<name>@champion``), with
+    the items' titles and categories; the user's history is read from the dataset."""
+    import mlflow
+
+    from components import tracking
+
+    data = Dataset.load(dataset)
+    pos = np.flatnonzero(data.user_ids == str(user_id))
+    if not len(pos):
+        raise ValueError(f"user {user_id!r} is not in the event log {dataset['uri']}")
+    history = [str(x) for x in data.item_ids[data.seqs[pos[0]]]]
+    c = serving_champion(families, family)
+    tracking.client()  # sets the tracking URI
+    model = mlflow.pyfunc.load_model(f"models:/{c['name']}@{tracking.CHAMPION}")
+    top = model.predict(pd.DataFrame({"user_id": [str(user_id)], "history": [history]}), params={"k": k})
+    items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))[
+        ["item_id", "title", "categories"]
+    ]
+    out = top.merge(items.astype({"item_id": str}), on="item_id", how="left")
+    out.attrs.update({"model": f"{c['name']} v{c['version']}", "history": len(history)})
+    return out
+
+
 def write_recommendations(frame: pd.DataFrame, uri: str, meta: dict[str, str]) -> None:
     storage.write_parquet(frame, uri, metadata={f"interestflow.{k}": str(v) for k, v in meta.items()})
 
@@ -50,19 +99,8 @@ def batch_recommendations(
     """
     from components import tracking
 
-    champions = {}
-    for f in families:
-        name = tracking.model_name(f)
-        v = tracking.alias_version(name, tracking.CHAMPION)
-        if v is not None:
-            tags = tracking.client().get_model_version(name, v).tags
-            champions[f] = {"name": name, "version": v, "test_ndcg10": float(tags.get("test_ndcg10", "nan"))}
-    if not champions:
-        raise RuntimeError(f"no champion for any of {families}: nothing to recommend from")
-    chosen = family or max(champions, key=lambda f: champions[f]["test_ndcg10"])
-    if chosen not in champions:
-        raise RuntimeError(f"family {chosen!r} has no champion (champions: {sorted(champions)})")
-    c = champions[chosen]
+    c = serving_champion(families, family)
+    chosen = c["family"]
     rec = tracking.load_recommender(f"models:/{c['name']}@{tracking.CHAMPION}")
     item_cat = None
     if explore_share:

@@ -325,6 +325,11 @@ def summarize_folds(results: list[dict]) -> dict:
     return summary
 
 
+def fold_metrics(results: list[dict]) -> list[dict]:
+    """Each fold's validation figures, in fold order (for the per-fold CV plot)."""
+    return [r["metrics"] for r in sorted(results, key=lambda r: r["fold"])]
+
+
 def checkpoint_uri(lake: str, dataset: dict, family: str, train_config: dict, stage: str, fold: int | None) -> str:
     """05_models/<dataset>/<family>-<config hash>/<stage>: one place per distinct training."""
     import hashlib
@@ -388,6 +393,14 @@ def run_stage(
     summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
     if stage == "fold":
         summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})
+        import pandas as pd
+
+        tracking.log_table(run_id, pd.DataFrame([result["metrics"]]), "metrics_table.json")
     tracking.log_metrics(run_id, summary)
+    if result["history"]:
+        from components import plots
+
+        for path, fig in plots.learning_curve(result["history"], name).items():
+            tracking.log_figure(run_id, fig, path)
     tracking.end_run(run_id)
     return result

@@ -1,4 +1,5 @@
-"""``interestflow``: run the nightly flow (or the demo on the shipped sample) and read the registry."""
+"""``interestflow``: run the nightly flow (or the demo on the shipped sample), read and change the
+registry (promote, rollback) and ask for one user's recommendations."""
 
 from __future__ import annotations
 
@@ -68,6 +69,29 @@ def _print_summary(out: dict) -> None:
     )
 
 
+def _print_user_recommendations(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from components import datasets, recommend
+    from components.config import default_lake
+    from components.models import MODELS
+
+    ds = datasets.prepare(args.spec, args.lake or default_lake(), 1, 0)  # finished layers are reused
+    try:
+        top = recommend.for_user(args.user, ds, list(MODELS), args.k, args.family)
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"interestflow recommend: {e}")
+    t = Table(
+        title=f"Top-{args.k} for user {args.user} ({top.attrs['history']} items so far) from {top.attrs['model']}"
+    )
+    for col in ("rank", "item", "title", "category", "score"):
+        t.add_column(col)
+    for r in top.itertuples():
+        t.add_row(str(r.rank), r.item_id, str(r.title)[:60], str(r.categories).split(" > ")[-1], f"{r.score:.3f}")
+    Console(width=None if sys.stdout.isatty() else 140).print(t)
+
+
 def _print_registry() -> None:
     """Per family: champion and challenger versions with the test figures recorded on them."""
     from rich.console import Console
@@ -113,6 +137,20 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--dry-run", action="store_true")
         p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     sub.add_parser("registry", help="each family's champion and challenger")
+    families = ["mf", "lstm", "cnn", "bert"]
+    p = sub.add_parser("promote", help="make a registered version the champion (with a reason)")
+    p.add_argument("--family", required=True, choices=families)
+    p.add_argument("--version", required=True)
+    p.add_argument("--reason", required=True)
+    p = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
+    p.add_argument("--family", required=True, choices=families)
+    p.add_argument("--reason", required=True)
+    p = sub.add_parser("recommend", help="top-k for one user from the serving champion, with item titles")
+    p.add_argument("--user", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--family", choices=families, default=None, help="default: the best champion")
+    p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
+    p.add_argument("--lake", default=None)
     args = parser.parse_args(argv)
     _env()
     if args.cmd in ("demo", "nightly"):
@@ -134,6 +172,19 @@ def main(argv: list[str] | None = None) -> None:
             _print_summary(out)
     elif args.cmd == "registry":
         _print_registry()
+    elif args.cmd in ("promote", "rollback"):
+        from components import promotion
+
+        try:
+            if args.cmd == "promote":
+                out = promotion.promote_version(args.family, args.version, args.reason)
+            else:
+                out = promotion.rollback(args.family, args.reason)
+        except ValueError as e:
+            sys.exit(f"interestflow {args.cmd}: {e}")
+        print(f"{out['name']}: champion v{out['previous']} -> v{out['champion']} ({args.reason})")
+    elif args.cmd == "recommend":
+        _print_user_recommendations(args)
 
 
 if __name__ == "__main__":

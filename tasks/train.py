@@ -18,4 +18,4 @@ def train_final(dataset: dict, family: str, folds: list[dict], train_config: dic
     result = training.run_stage(
         dataset, family, "final", train_config, lake, None, epochs=cv["epochs"], extra_tags=tags
     )
-    return {**result, "cv": cv}
+    return {**result, "cv": cv, "fold_metrics": training.fold_metrics(folds)}

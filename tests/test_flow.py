@@ -62,6 +62,15 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
     m = metrics.rank_metrics(ranks, ks=(10,))
     assert m["hr10"] == pytest.approx(r["test"]["hr10"]) and m["ndcg10"] == pytest.approx(r["test"]["ndcg10"])
 
+    # What people look at in MLflow: curves, per-fold CV, the metric table.
+    c = tracking.client()
+    assert {"plots/learning_curve.png", "plots/cv_folds.png"} <= {
+        a.path for a in c.list_artifacts(r["run_id"], "plots")
+    }
+    assert "metrics_table.json" in {a.path for a in c.list_artifacts(r["run_id"])}
+    png = c.download_artifacts(r["run_id"], "plots/cv_folds.png", str(flow_env["root"]))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
     # Profiles from the serving champion, summarised in the run's report.
     prof = out["profiles"]
     assert storage.layer_done(prof["uri"]) and "## Interest profiles" in out["summary"]
@@ -113,3 +122,25 @@ def test_bert_trains_registers_and_serves_with_exploration(flow_env):
     recs = storage.read_parquet(out["recommendations"]["uri"])
     assert out["recommendations"]["family"] == "bert" and (recs.groupby("user_id").size() == 10).all()
     assert recs.groupby("user_id")["item_id"].nunique().eq(10).all()
+
+
+@pytest.mark.slow
+def test_cli_recommends_for_one_user_through_the_served_model(flow_env, capsys):
+    """`interestflow recommend --user`: the MLflow pyfunc champion gives the batch run's top-10."""
+    from flows.cli import main
+
+    user = sorted(flow_env["events"]["user_id"].unique())[3]
+    main(["recommend", "--user", user, "--family", "mf", "--spec", flow_env["spec"], "--lake", flow_env["lake"]])
+    printed = capsys.readouterr().out
+    from components import datasets, recommend
+    from components.datasets import Dataset
+
+    ds = datasets.prepare(flow_env["spec"], flow_env["lake"], 1, 0)
+    top = recommend.for_user(user, ds, ["mf"], 10)
+    champion = tracking.load_recommender("models:/interestflow-mf@champion")
+    batch = recommend.recommend(champion, Dataset.load(ds), 10)
+    assert top["item_id"].tolist() == batch[batch.user_id == user]["item_id"].tolist()
+    assert "interestflow-mf v1" in printed and all(i in printed for i in top["item_id"])
+    assert top["title"].notna().all()
+    with pytest.raises(SystemExit, match="not in the event log"):
+        main(["recommend", "--user", "nobody", "--spec", flow_env["spec"], "--lake", flow_env["lake"]])
