@@ -129,3 +129,60 @@ def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
     finally:
         monkeypatch.undo()
         storage._s3_client.cache_clear()
+
+
+@pytest.fixture
+def mlflow_server(seaweed, tmp_path, monkeypatch):
+    """`mlflow server` (SQLite backend) storing artifacts in SeaweedFS; clients go through it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:8333"}
+    cmd = [
+        str(Path(os.sys.executable).parent / "mlflow"),
+        "server",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--backend-store-uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"--artifacts-destination={seaweed}/mlartifacts",
+        "--workers=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while not _port_open(port):
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow.log").read_text()[-2000:])
+            time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("INTERESTFLOW_MODEL_PREFIX", "s3flow")
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_nightly_flow_with_an_s3_lake_and_an_mlflow_server(seaweed, mlflow_server, tmp_path):
+    """The whole flow with the lake at s3:// and MLflow artifacts in S3 behind a tracking server."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from components import tracking
+    from flows.nightly import nightly
+
+    spec = write_slice(tmp_path / "src", *sample_frames(150), name="s3flow")
+    lake = storage.join(seaweed, "flowlake")
+    with prefect_test_harness(server_startup_timeout=120):
+        out = nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False)
+    r = out["results"][0]
+    assert r["decision"]["promote"] and r["test_recommendations_uri"].startswith("s3://")
+    assert storage.exists(out["recommendations"]["uri"]) and out["recommendations"]["uri"].startswith("s3://")
+    run = tracking.client().get_run(r["run_id"])
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
+    keys = storage.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="mlartifacts/")["Contents"]
+    assert any(k["Key"].endswith("recommender.pt") for k in keys)  # the model file sits in S3
+    rec = tracking.load_recommender("models:/s3flow-mf@champion")  # loaded back through the server
+    assert rec.family == "mf" and len(rec.item_ids) > 0
