@@ -56,7 +56,13 @@ def rank_view(
     ranks = np.full(n, -1, dtype=np.int64)
     top_items = np.zeros((n, k), dtype=np.int64)
     top_scores = np.zeros((n, k), dtype=np.float32)
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, desc="scoring users", unit="user", disable=n < 20_000 or not sys.stderr.isatty())
     for pos, batch in eval_batches(view, n_items, max_len, batch_size):
+        bar.update(len(pos))
         scores = scorer(batch).float()
         has_target = bool((batch["target"] >= 0).all())
         metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"], batch["target"] if has_target else None)
@@ -64,6 +70,7 @@ def rank_view(
             ranks[pos] = metrics.target_ranks(scores, batch["target"]).numpy()
         vals, idx = metrics.top_k(scores, k)
         top_items[pos], top_scores[pos] = idx.numpy(), vals.numpy()
+    bar.close()
     return ranks, top_items, top_scores
 
 

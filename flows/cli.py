@@ -42,6 +42,12 @@ def _print_summary(out: dict) -> None:
                 f"{r['test'][m]:.4f}",
                 f"{r['popularity'][m]:.4f}",
             )
+        t.add_row(
+            f"cold ndcg10 ({r['test']['cold_n']} targets)",
+            "",
+            f"{r['test']['cold_ndcg10']:.4f}",
+            f"{r['popularity']['cold_ndcg10']:.4f}",
+        )
         console.print(t)
         d = r.get("decision")
         if d:
@@ -55,6 +61,13 @@ def _print_summary(out: dict) -> None:
         console.print(
             f"Top-{rc['rows'] // max(rc['users'], 1)} recommendations for {rc['users']} users "
             f"(champion {rc['family']} v{rc['version']}): {rc['uri']}"
+        )
+    if out.get("profiles"):
+        p = out["profiles"]["summary"]
+        console.print(
+            f"Profiles of {p['users']} users: churn AUC {p['churn_auc']:.3f} (recency only "
+            f"{p['churn_auc_recency_baseline']:.3f}), median drift {p['drift_jsd_median']:.3f} nats -> "
+            f"{out['profiles']['uri']}"
         )
     from components.tracking import tracking_uri
 
@@ -125,7 +138,11 @@ def _print_registry() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="interestflow", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (("demo", "the nightly flow on the shipped sample"), ("nightly", "the nightly flow")):
+    for name, help_ in (
+        ("demo", "the nightly flow on the shipped sample"),
+        ("nightly", "the nightly flow"),
+        ("train", "train, evaluate, register, promote and recommend (no profiles)"),
+    ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
         p.add_argument("--lake", default=None)
@@ -153,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lake", default=None)
     args = parser.parse_args(argv)
     _env()
-    if args.cmd in ("demo", "nightly"):
+    if args.cmd in ("demo", "nightly", "train"):
         from flows.nightly import nightly
 
         out = nightly(
@@ -165,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             patience=args.patience,
             devices=args.devices,
             dry_run=args.dry_run,
+            profiles=args.cmd != "train",
         )
         if args.json:
             print(json.dumps(out, indent=2, default=str))
