@@ -15,6 +15,8 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       columns: {item_id: item_id, title: title, categories: categories, brand: brand, price: price}
     filters:
       k_core: 0             # optional k-core filter on users and items
+    privacy:
+      pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
 Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, value, seq``
 (and ``ts_source``, the timestamp as written in the source, for validation reports)
@@ -24,11 +26,20 @@ the contract is decided by the expectation suites in validation, which need to s
 bad values to report them. ``seq`` is the event's position in the source (or the
 ``order_by`` column): the tie-break for events with equal timestamps, so that day-level
 logs keep their recorded order.
+
+Pseudonymisation: with ``privacy.pseudonymise_users: true`` every user id is replaced at
+ingest by ``u_`` + HMAC-SHA256(key, id) (first 20 hex digits), so no raw user id reaches
+the lake, MLflow or the logs. The key comes from ``INTERESTFLOW_PSEUDONYM_KEY`` or, when
+that is unset, the Prefect Secret block ``interestflow-pseudonym-key``; without either the
+run stops with a clear error. The same key always gives the same pseudonyms (so models and
+recommendations stay joinable run to run); the key's fingerprint is part of the data hash,
+so a new key never reuses layers made with the old one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
 import re
@@ -85,6 +96,8 @@ class DatasetSpec:
     items: SourceSpec
     k_core: int = 0
     """Keep only users and items with at least k events (0: no filter)."""
+    pseudonymise_users: bool = False
+    """Replace user ids by keyed hashes at ingest (key from the environment or a Prefect Secret)."""
     spec_text: str = field(default="", repr=False)
 
 
@@ -135,9 +148,46 @@ def load_spec(path: str | Path) -> DatasetSpec:
     if "event_type" not in sources["events"].columns and sources["events"].event_type is None:
         raise SpecError(f"dataset spec {path}: give events.event_type (a constant) or map columns.event_type")
     k_core = int((raw.get("filters") or {}).get("k_core", 0))
+    privacy = raw.get("privacy") or {}
+    unknown = set(privacy) - {"pseudonymise_users"}
+    if unknown:
+        raise SpecError(f"dataset spec {path}: unknown 'privacy' settings {sorted(unknown)}")
     return DatasetSpec(
-        name=raw.get("name", path.stem), events=sources["events"], items=sources["items"], k_core=k_core, spec_text=text
+        name=raw.get("name", path.stem),
+        events=sources["events"],
+        items=sources["items"],
+        k_core=k_core,
+        pseudonymise_users=bool(privacy.get("pseudonymise_users", False)),
+        spec_text=text,
     )
+
+
+PSEUDONYM_KEY_ENV, PSEUDONYM_KEY_BLOCK = "INTERESTFLOW_PSEUDONYM_KEY", "interestflow-pseudonym-key"
+
+
+def pseudonym_key(spec_name: str) -> bytes:
+    """The pseudonymisation key: the environment first, then the Prefect Secret block."""
+    key = os.environ.get(PSEUDONYM_KEY_ENV)
+    if not key:
+        try:
+            from prefect.blocks.system import Secret
+
+            key = Secret.load(PSEUDONYM_KEY_BLOCK).get()
+        except Exception:  # noqa: BLE001 - no block, no API: the message below says what to do
+            key = None
+    if not key:
+        raise SpecError(
+            f"dataset spec {spec_name!r} turns privacy.pseudonymise_users on, but there is no key: set "
+            f"{PSEUDONYM_KEY_ENV} or create the Prefect Secret block {PSEUDONYM_KEY_BLOCK!r}"
+        )
+    return key.encode()
+
+
+def pseudonymise(ids: pd.Series, key: bytes) -> pd.Series:
+    """``u_`` + the first 20 hex digits of HMAC-SHA256(key, id); nulls stay null (validation reports them)."""
+    return ids.map(
+        lambda x: x if pd.isna(x) else "u_" + hmac.new(key, str(x).encode(), hashlib.sha256).hexdigest()[:20]
+    ).astype("string")
 
 
 def source_hash(spec: DatasetSpec) -> str:
@@ -263,9 +313,15 @@ def ingest(spec_path: str | Path, lake: str) -> dict:
     """
     spec = load_spec(spec_path)
     data_hash = source_hash(spec)
+    key = pseudonym_key(spec.name) if spec.pseudonymise_users else None
+    if key:  # a new key must not reuse layers made with the old one
+        fingerprint = hmac.new(key, b"interestflow-key-fingerprint", hashlib.sha256).hexdigest()
+        data_hash = hashlib.sha256((data_hash + fingerprint).encode()).hexdigest()[:16]
     layer = storage.join(lake, "01_raw", f"{_SAFE.sub('_', spec.name)}-{data_hash}")
     if not storage.layer_done(layer):
         events = read_events(spec.events)
+        if key:
+            events["user_id"] = pseudonymise(events["user_id"], key)
         items = read_items(spec.items)
         if spec.k_core:
             events = k_core(events, spec.k_core)
