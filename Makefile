@@ -27,7 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
