@@ -2,9 +2,9 @@
 usual categories, and measure what that costs and buys (DESIGN.md §8).
 
 ``rerank`` keeps the model's best ``K - m`` items (m = round(share · K)) and fills the last
-m slots with the model's best-scored candidates whose category the user has never bought
-from ("relevant": they come from the same candidate list, in score order). Share 0 is the
-plain ranking, exactly.
+m slots with candidates from the model's own top-N (so relevant to the user) whose
+category the user has never bought from, preferring the least exposed ones so that
+exploration widens the catalogue's reach. Share 0 is the plain ranking, exactly.
 """
 
 from __future__ import annotations
@@ -18,19 +18,28 @@ from components.datasets import Dataset
 def rerank(candidates: np.ndarray, usual: list[set[int]], item_cat: np.ndarray, k: int, share: float) -> np.ndarray:
     """(U, N) candidates in score order -> (U, k): the first k - m kept, m explorers appended.
 
-    A user with too few out-of-category candidates gets the next plain items instead.
+    Explorers are candidates (so: relevant to the user by the model's own ranking) from
+    categories the user never bought from; among them the least exposed so far win
+    (exposure = how often an item already sits in the users' lists, counted greedily user
+    by user), so exploration spreads over the catalogue instead of sending everybody the
+    same popular novelty; equal exposure goes to the better-scored one. A user with too few
+    out-of-category candidates gets the next plain items instead.
     """
     if not 0 <= share <= 1:
         raise ValueError(f"exploration share must be in [0, 1], got {share}")
     m = int(round(share * k))
     if m == 0:
         return candidates[:, :k].copy()
+    exposure = np.bincount(candidates[:, : k - m].ravel(), minlength=len(item_cat))
     out = np.empty((len(candidates), k), dtype=candidates.dtype)
     for u, row in enumerate(candidates):
-        kept = list(row[: k - m])
-        novel = [i for i in row[k - m :] if item_cat[i] not in usual[u]][:m]
-        fill = [i for i in row[k - m :] if i not in set(novel)][: m - len(novel)]
-        out[u] = kept + novel + fill
+        rest = row[k - m :]
+        pool = [i for i in rest if item_cat[i] not in usual[u]]
+        novel = sorted(pool, key=lambda i: exposure[i])[:m]  # stable: score order among equals
+        exposure[novel] += 1
+        taken = set(novel)
+        fill = [i for i in rest if i not in taken][: m - len(novel)]
+        out[u] = list(row[: k - m]) + novel + fill
     return out
 
 

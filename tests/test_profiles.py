@@ -71,6 +71,14 @@ def test_exploration_share_zero_is_the_plain_ranking_and_explorers_come_last():
     assert out[0].tolist() == [4, 5, 2, 0]  # one novel candidate (2); the other slot: the next plain item
 
 
+def test_explorers_spread_over_the_catalogue():
+    """Two users with the same candidates: the second gets the next novel item, not the same one."""
+    cand = np.array([[0, 2, 3, 4], [0, 2, 3, 4]])
+    out = exploration.rerank(cand, [{0}, {0}], CATS, 2, 0.5)
+    assert out[:, 0].tolist() == [0, 0] and out[0, 1] != out[1, 1]
+    assert set(out[:, 1]) <= {2, 3, 4}
+
+
 @pytest.fixture(scope="module")
 def slice_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("profiles")
