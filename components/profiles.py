@@ -25,7 +25,7 @@ DAY = 86400
 class ProfileConfig:
     category_depth: int = 3
     """Parts of the category path kept: 3 turns "Beauty > Skin Care > Face > Cleansers" into
-    "Beauty > Skin Care > Face" (40 categories on Beauty)."""
+    "Beauty > Skin Care > Face" (46 categories on Beauty, "(none)" included)."""
     top_categories: int = 3
     """Categories listed per user, with their weights."""
     half_life_days: float = 180.0
