@@ -137,8 +137,25 @@ def register(model_uri: str, name: str, tags: dict) -> str:
     return str(mv.version)
 
 
+def _upsert(write, *args, attempts: int = 5) -> None:
+    """A registry write that two writers may race on (alias, version tag). On a SQLite store
+    the two upserts can collide (a UNIQUE violation); the loser retries, so the value always
+    ends as the last writer's and neither caller sees the collision."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            write(*args)
+            return
+        except Exception as e:  # noqa: BLE001 - only the collision is retried
+            if "UNIQUE constraint" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
-    client().set_registered_model_alias(name, alias, version)
+    _upsert(client().set_registered_model_alias, name, alias, version)
 
 
 def alias_version(name: str, alias: str) -> str | None:
@@ -159,7 +176,7 @@ def version_run_id(name: str, version: str) -> str:
 def set_version_tags(name: str, version: str, tags: dict) -> None:
     c = client()
     for k, v in tags.items():
-        c.set_model_version_tag(name, version, k, str(v))
+        _upsert(c.set_model_version_tag, name, version, k, str(v))
 
 
 def model_name(family: str) -> str:

@@ -65,11 +65,12 @@ def test_bad_manual_promotions_are_refused_and_change_nothing(versions):
 
 
 def test_racing_promotions_leave_exactly_one_champion(versions):
+    """Three promotions at once (threads, one SQLite registry): all succeed, one champion."""
     from concurrent.futures import ThreadPoolExecutor
 
     name, vs = versions
-    with ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda v: promotion.promote_version(FAMILY, v, f"race {v}"), vs))
+    with ThreadPoolExecutor(6) as pool:  # every call must succeed (the loser of a collision retries)
+        list(pool.map(lambda v: promotion.promote_version(FAMILY, v, f"race {v}"), vs * 4))
     holders = [v for v in vs if tracking.alias_version(name, tracking.CHAMPION) == v]
     assert len(holders) == 1
     aliases = [a for v in vs for a in tracking.client().get_model_version(name, v).aliases if a == "champion"]
