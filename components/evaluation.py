@@ -7,11 +7,13 @@ mapped onto today's ids, or the popularity baseline).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from components import metrics
 from components.datasets import Dataset, View
@@ -56,10 +58,6 @@ def rank_view(
     ranks = np.full(n, -1, dtype=np.int64)
     top_items = np.zeros((n, k), dtype=np.int64)
     top_scores = np.zeros((n, k), dtype=np.float32)
-    import sys
-
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=n, desc="scoring users", unit="user", disable=n < 20_000 or not sys.stderr.isatty())
     for pos, batch in eval_batches(view, n_items, max_len, batch_size):
         bar.update(len(pos))

@@ -43,6 +43,11 @@ def rerank(candidates: np.ndarray, usual: list[set[int]], item_cat: np.ndarray, 
     return out
 
 
+def usual_categories(hists: list[np.ndarray], item_cat: np.ndarray) -> list[set[int]]:
+    """The categories each user has bought from (what ``rerank`` explores away from)."""
+    return [set(item_cat[h].tolist()) for h in hists]
+
+
 def intra_list_diversity(lists: np.ndarray, item_cat: np.ndarray) -> float:
     """Mean over users of the share of item pairs in the list from different categories."""
     cats = item_cat[lists]  # (U, k)
@@ -70,7 +75,7 @@ def exploration_table(
     holdout for each exploration share (the same candidates for every share)."""
     view = data.view("final")
     _, top, _ = evaluation.rank_view(scorer, view, data.n_items, k=candidates, max_len=max_len)
-    usual = [set(item_cat[h].tolist()) for h in view.eval_hist]
+    usual = usual_categories(view.eval_hist, item_cat)
     counts = evaluation.item_counts(view, data.n_items)
     rows = []
     for share in shares:

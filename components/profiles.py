@@ -233,24 +233,26 @@ def build_profiles(
     max_len: int = 512,
     test_recommendations: dict[str, str] | None = None,
     tags: dict | None = None,
+    data=None,
 ) -> dict:
     """Write 07_profiles/<features key>/: profiles.parquet (one row per user), transitions.parquet,
     exploration.parquet (when a ``scorer`` is given) and summary.json; log figures and plots to
     an MLflow run named ``profiles``. ``test_recommendations``: family -> URI of its written
-    test-time top-K (for next-category accuracy)."""
+    test-time top-K (for next-category accuracy). ``data``: the loaded Dataset, when the
+    caller has it already."""
     import json
     import time
 
-    from components import exploration, plots, storage, text, tracking
+    from components import exploration, plots, storage, tracking
     from components.datasets import Dataset
 
     t0 = time.perf_counter()
-    data = Dataset.load(dataset)
+    data = data if data is not None else Dataset.load(dataset)
     users = storage.read_parquet(storage.join(dataset["features_uri"], "users.parquet"))
     items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
     seqs = data.seqs
     tss = [np.asarray(t, dtype=np.int64) for t in users["ts"]]
-    vectors = text.load_item_text(dataset["text_uri"])
+    vectors = data.item_text
     item_cat, cat_names = item_categories(items, cfg.category_depth)
     n_cats = len(cat_names)
     now = int(max(t[-1] for t in tss if len(t)))
@@ -341,12 +343,12 @@ def profile_stage(
 ) -> dict:
     """The flow's stage: profiles with the serving model's exploration table (when there is one)."""
     from components import tracking
+    from components.datasets import Dataset
 
     cfg = ProfileConfig(**overrides)
+    data = Dataset.load(dataset)
     scorer, max_len = None, 512
     if model_uri:
         rec = tracking.load_recommender(model_uri)
-        from components.datasets import Dataset
-
-        scorer, max_len = rec.scorer_for(Dataset.load(dataset)), rec.max_len
-    return build_profiles(dataset, lake, cfg, scorer, max_len, test_recommendations, tags)
+        scorer, max_len = rec.scorer_for(data), rec.max_len
+    return build_profiles(dataset, lake, cfg, scorer, max_len, test_recommendations, tags, data)

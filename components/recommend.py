@@ -15,15 +15,15 @@ def recommend(
 ) -> pd.DataFrame:
     """Top-k for every user from their whole history, seen items excluded.
 
-    ``explore_share`` > 0 reserves that share of the k slots for the best-scored candidates
-    outside the user's usual categories (``item_cat``: category per item), see
-    components/exploration.py.
+    ``explore_share`` > 0 reserves that share of the k slots for candidates from the model's
+    top 100 outside the user's usual categories, the least exposed first (``item_cat``:
+    category per item), see components/exploration.py.
     """
     view = data.view("serve")
     n = k if not explore_share else max(100, 10 * k)
     _, top_items, top_scores = evaluation.rank_view(rec.scorer_for(data), view, data.n_items, k=n, max_len=rec.max_len)
     if explore_share:
-        usual = [set(item_cat[h].tolist()) for h in view.eval_hist]
+        usual = exploration.usual_categories(view.eval_hist, item_cat)
         lists = exploration.rerank(top_items, usual, item_cat, k, explore_share)
         pos = (top_items[:, :, None] == lists[:, None, :]).argmax(1)  # where each chosen item was
         top_items, top_scores = lists, np.take_along_axis(top_scores, pos, 1)

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--dry-run", action="store_true")
         p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     sub.add_parser("registry", help="each family's champion and challenger")
-    families = ["mf", "lstm", "cnn", "bert"]
+    from components.models import MODELS
+
+    families = list(MODELS)
     p = sub.add_parser("promote", help="make a registered version the champion (with a reason)")
     p.add_argument("--family", required=True, choices=families)
     p.add_argument("--version", required=True)
