@@ -180,4 +180,5 @@ def evaluate_final(dataset: dict, final: dict, lake: str, cv: dict) -> dict:
         "run_id": final["run_id"],
         "model_uri": final["model_uri"],
         "test_recommendations_uri": uri,
+        "reused_training": bool(final.get("reused")),
     }

@@ -309,8 +309,27 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 def ingest(spec_path: str | Path, lake: str) -> dict:
     """Write the 01_raw layer for a spec; reuse it when the same input was ingested before.
 
-    Returns ``{"data_hash", "uri", "spec"}``; ``uri`` is the layer folder.
+    Returns ``{"data_hash", "uri", "spec"}``; ``uri`` is the layer folder. An input that
+    cannot be read (a :class:`SpecError`) leaves a report in ``quarantine/`` and raises.
     """
+    try:
+        return _ingest(spec_path, lake)
+    except SpecError as e:
+        quarantine_report(lake, f"ingest-{_SAFE.sub('_', Path(str(spec_path)).stem)}", spec_path, e)
+        raise
+
+
+def quarantine_report(lake: str, name: str, spec_path: str | Path, error: Exception) -> str:
+    """``quarantine/<name>-<UTC time>/report.md``: what could not be ingested and why."""
+    from datetime import UTC, datetime
+
+    q = storage.join(lake, "quarantine", f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    text = f"# Rejected at ingest\n\nspec: `{spec_path}`\n\n{type(error).__name__}: {error}\n"
+    storage.write_bytes(storage.join(q, "report.md"), text.encode())
+    return q
+
+
+def _ingest(spec_path: str | Path, lake: str) -> dict:
     spec = load_spec(spec_path)
     data_hash = source_hash(spec)
     key = pseudonym_key(spec.name) if spec.pseudonymise_users else None

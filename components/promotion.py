@@ -128,6 +128,8 @@ def run_gate(registered: dict, report: dict, dataset: dict, gate: GateConfig = G
 
     name, version = registered["name"], registered["version"]
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
+    if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
+        return Decision(False, f"v{version} is already the champion", report["test"], report["test"])
     champion, error = None, None
     if champion_version is not None and champion_version != version:
         try:

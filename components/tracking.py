@@ -154,6 +154,18 @@ def _upsert(write, *args, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
 
 
+def run_exists(run_id: str | None) -> bool:
+    """True when ``run_id`` names a run this tracking store still has (not deleted)."""
+    if not run_id:
+        return False
+    try:
+        return client().get_run(run_id).info.lifecycle_stage == "active"
+    except Exception as e:  # RESOURCE_DOES_NOT_EXIST
+        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+            return False
+        raise
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     _upsert(client().set_registered_model_alias, name, alias, version)
 
@@ -193,9 +205,11 @@ def register_challenger(report: dict, data_hash: str) -> dict:
         "cv_ndcg10_mean": report["cv"]["ndcg10_mean"],
         "cv_ndcg10_std": report["cv"]["ndcg10_std"],
     }
-    version = register(report["model_uri"], name, tags)
+    # Idempotent: a re-run that reused yesterday's training finds the version it registered.
+    same = [v for v in client().search_model_versions(f"name='{name}'") if v.run_id == report["run_id"]]
+    version = str(same[0].version) if same else register(report["model_uri"], name, tags)
     set_alias(name, CHALLENGER, version)
-    return {"name": name, "version": version}
+    return {"name": name, "version": version, "reused": bool(same)}
 
 
 def log_figure(run_id: str, figure, path: str) -> None:

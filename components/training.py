@@ -35,6 +35,8 @@ from components.models import MODELS
 from components.models.base import OptimConfig, RecSystem, pad_left
 from components.recommender import Recommender
 
+RESULT = "result.json"  # a finished training's result, beside its checkpoints
+
 
 class _Users(torch.utils.data.Dataset):
     def __init__(self, users: np.ndarray):
@@ -213,7 +215,8 @@ def fit(request: dict) -> dict:
         "history": epoch_log.history,
         "checkpoint_uri": ckpt_uri,
         "run_id": request.get("run_id"),
-        "resumed_from_epoch": torch.load(resume, weights_only=False)["epoch"] if resume else None,
+        # Epochs done before a restart (checkpoints are written at the end of an epoch).
+        "resumed_from_epoch": torch.load(resume, weights_only=False)["epoch"] + 1 if resume else None,
         "sampler": audit.summary,
         "world_size": trainer.world_size,
         "train_users": sum(1 for s in view.train_seqs if len(s)),
@@ -228,7 +231,10 @@ def fit(request: dict) -> dict:
         storage.upload_file(best.best_model_path, storage.join(ckpt_uri, "best.ckpt"))
         system.eval()
         ranks, top, _ = evaluation.rank_view(torch.no_grad()(system.model.score), view, data.n_items, max_len=max_len)
-        result["metrics"] = evaluation.report(ranks, top, data.n_items)
+        result["metrics"] = {
+            **evaluation.report(ranks, top, data.n_items),
+            **evaluation.cold_report(ranks, view, data.n_items),
+        }
     else:
         system.eval()
         rec = Recommender(
@@ -244,6 +250,7 @@ def fit(request: dict) -> dict:
             example = _input_example(data, view)
             result["model_uri"] = tracking.log_model(request["run_id"], model_bytes, example)
         result["model_bytes_uri"] = storage.join(ckpt_uri, "recommender.pt")
+    storage.write_json(result, storage.join(ckpt_uri, RESULT))
     storage.mark_done(ckpt_uri, {"stage": stage, "fold": fold})
     return result
 
@@ -330,13 +337,28 @@ def fold_metrics(results: list[dict]) -> list[dict]:
     return [r["metrics"] for r in sorted(results, key=lambda r: r["fold"])]
 
 
-def checkpoint_uri(lake: str, dataset: dict, family: str, train_config: dict, stage: str, fold: int | None) -> str:
-    """05_models/<dataset>/<family>-<config hash>/<stage>: one place per distinct training."""
+def checkpoint_uri(
+    lake: str, dataset: dict, family: str, train_config: dict, stage: str, fold: int | None, epochs: int | None = None
+) -> str:
+    """05_models/<dataset>/<family>-<config hash>/<fold N | final-eE>: one place per distinct
+    training (a final fit for another epoch count is another training)."""
     import hashlib
 
     key = hashlib.sha256(json.dumps(train_config, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    name = f"fold{fold}" if stage == "fold" else stage
+    name = f"fold{fold}" if stage == "fold" else f"{stage}-e{epochs}"
     return storage.join(lake, "05_models", storage.name(dataset["dataset_uri"]), f"{family}-{key}", name)
+
+
+def finished(ckpt_uri: str) -> dict | None:
+    """The result of a training that already finished on the same data and config: its
+    layer is done and its MLflow run still exists. Then it is reused (``reused: True``)
+    instead of trained again; otherwise None."""
+    if not storage.layer_done(ckpt_uri) or not storage.exists(storage.join(ckpt_uri, RESULT)):
+        return None
+    result = storage.read_json(storage.join(ckpt_uri, RESULT))
+    if not tracking.run_exists(result.get("run_id")):
+        return None
+    return {**result, "reused": True}
 
 
 def run_stage(
@@ -350,9 +372,15 @@ def run_stage(
     epochs: int | None = None,
     extra_tags: dict | None = None,
 ) -> dict:
-    """One training (a fold or the final fit) as one MLflow run: params, curve, metrics, model."""
+    """One training (a fold or the final fit) as one MLflow run: params, curve, metrics, model.
+
+    The same data and config trained before (a re-run of the same night) reuses that
+    training's result and trains nothing."""
     from components.datasets import PROTOCOL
 
+    ckpt_uri = checkpoint_uri(lake, dataset, family, train_config, stage, fold, epochs)
+    if (done := finished(ckpt_uri)) is not None:
+        return done
     cfg = TrainConfig(**train_config)
     model_cfg = MODELS[family].Config(**cfg.model)
     params = {
@@ -383,13 +411,14 @@ def run_stage(
         "epochs": epochs,
         "train_config": train_config,
         "run_id": run_id,
-        "checkpoint_uri": checkpoint_uri(lake, dataset, family, train_config, stage, fold),
+        "checkpoint_uri": ckpt_uri,
     }
     try:
         result = launch(request)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
+    result["reused"] = False
     summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
     if stage == "fold":
         summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})

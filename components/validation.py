@@ -22,6 +22,7 @@ from components import storage
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MIN_TS = pd.Timestamp("1990-01-01", tz="UTC")
 MAX_EXAMPLES = 5
+MIN_USER_EVENTS = 3  # history, validation target, test target (components/datasets.py)
 log = logging.getLogger(__name__)
 
 
@@ -128,6 +129,22 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short_histories(events: pd.DataFrame, source: str) -> list[Finding]:
+    """Warn about users with fewer than MIN_USER_EVENTS events: they have no validation or
+    test target and only add to training. (Per-group counts have no GE expectation.)"""
+    if events.empty or "user_id" not in events:
+        return []
+    per_user = events.groupby("user_id").size()
+    short = per_user[per_user < MIN_USER_EVENTS]
+    if short.empty:
+        return []
+    guards = f"users with fewer than {MIN_USER_EVENTS} events have no held-out target; kept for training only"
+    examples = [_short(u) for u in short.index[:MAX_EXAMPLES]]
+    return [
+        Finding("events", source, "warning", "user_event_count_at_least_3", "user_id", guards, len(short), len(per_user), examples)
+    ]
+
+
 def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
     """Validate the 01_raw layer described by ``raw`` (the ingest result).
 
@@ -166,6 +183,7 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
                 [],
             )
         )
+    findings += _short_histories(events, raw["events_source"])
     critical = [f for f in findings if f.severity == "critical"]
     warnings = [f.message() for f in findings if f.severity != "critical"]
     for w in warnings:

@@ -93,17 +93,20 @@ class RecSystem(L.LightningModule):
 
 
 def sampled_or_full_ce(
-    q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor, sampled: int
+    q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, sampled: int
 ) -> torch.Tensor:
     """Full cross-entropy over the catalogue, or a sampled softmax with shared uniform negatives.
 
-    ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,).
+    ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,) or None.
     The sampled path scores the batch's targets plus ``sampled`` uniform negatives
     (in-batch softmax).
     """
     if not sampled:
-        return F.cross_entropy(q @ table.T + bias, target)
+        logits = q @ table.T
+        return F.cross_entropy(logits if bias is None else logits + bias, target)
     neg = torch.randint(0, len(table), (sampled,), device=q.device)
     cand = torch.cat([target, neg])  # (N + S,) candidates; each row's positive sits on the diagonal
-    logits = q @ table[cand].T + bias[cand]  # (N, N + S)
+    logits = q @ table[cand].T  # (N, N + S)
+    if bias is not None:
+        logits = logits + bias[cand]
     return F.cross_entropy(logits, torch.arange(len(target), device=q.device))

@@ -60,6 +60,11 @@ class BERTConfig:
     """Default decoupled weight decay (AdamW)."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N negatives."""
+    id_dropout: float = 0.0
+    """Training only: share of items whose id embedding is dropped at each step, so the
+    text path learns to score an item alone (DropoutNet, Volkovs et al., NeurIPS 2017)."""
+    item_bias: bool = True
+    """A learned per-item score offset (it learns popularity, and so ranks rare items low)."""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -70,6 +75,8 @@ class BERTConfig:
             raise ValueError("BERTConfig: dim, layers, heads, max_len >= 1 and dim divisible by heads")
         if not (0 <= self.dropout < 1 and 0 < self.mask_prob < 1 and self.finetune_layers >= 0):
             raise ValueError("BERTConfig: 0 <= dropout < 1, 0 < mask_prob < 1, finetune_layers >= 0")
+        if not 0 <= self.id_dropout < 1 or (self.id_dropout and self.fusion in ("text", "id")):
+            raise ValueError("BERTConfig.id_dropout must be in [0, 1) and needs a fusion of ids and text")
 
 
 class BERT(nn.Module):
@@ -102,7 +109,7 @@ class BERT(nn.Module):
         # rejects parameters that get no gradient).
         self.register_buffer("pad_vector", torch.zeros(1, c.dim), persistent=False)
         self.mask_vector = nn.Parameter(torch.randn(1, c.dim) * 0.02) if c.objective == "masked" else None
-        self.bias = nn.Parameter(torch.zeros(n_items))
+        self.bias = nn.Parameter(torch.zeros(n_items)) if c.item_bias else None
         if self.ids is not None:
             nn.init.normal_(self.ids.weight, std=0.02)
         self.encoder = BertModel(
@@ -135,6 +142,8 @@ class BERT(nn.Module):
         if c.fusion == "text":
             return t
         i = self.ids.weight
+        if self.training and c.id_dropout:
+            i = i * (torch.rand(len(i), 1, device=i.device) >= c.id_dropout).to(i.dtype)
         if c.fusion == "sum":
             return i + t
         if c.fusion == "concat":
@@ -172,7 +181,8 @@ class BERT(nn.Module):
         if self.config.objective == "masked":
             seq = self._with_mask_token(seq)
         h = self(seq, table)[:, -1]
-        return h @ table.T + self.bias
+        scores = h @ table.T
+        return scores if self.bias is None else scores + self.bias
 
     def loss(self, batch: dict) -> torch.Tensor:
         seq, table = batch["seq"], self.item_table()

