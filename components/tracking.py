@@ -130,11 +130,30 @@ def load_recommender(model_uri: str):
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().recommender
 
 
+class RegistryUnavailable(RuntimeError):
+    """The model registry did not take a write (the register task retries it)."""
+
+
 def register(model_uri: str, name: str, tags: dict) -> str:
     """Register ``model_uri`` as a new version of ``name``; returns the version."""
     mlflow = _mlflow()
-    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    try:
+        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    except Exception as e:  # noqa: BLE001 - whatever the transport said, name the registry
+        detail = str(e).splitlines()[0][:300]
+        raise RegistryUnavailable(
+            f"MLflow registry {_redacted(tracking_uri())} did not accept model {name} "
+            f"({type(e).__name__}: {detail}); nothing was registered or promoted"
+        ) from e
     return str(mv.version)
+
+
+def _redacted(uri: str) -> str:
+    """A tracking URI without any user:password part (it goes into logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(uri)
+    return urlunsplit(p._replace(netloc=p.hostname + (f":{p.port}" if p.port else ""))) if p.password else uri
 
 
 def _upsert(write, *args, attempts: int = 5) -> None:

