@@ -140,7 +140,7 @@ def resolve_strategy(cfg: TrainConfig) -> str:
     return "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
 
 
-def text_inputs(cls, data: Dataset) -> dict:
+def side_inputs(cls, data: Dataset, view: View) -> dict:
     """What a text-reading family gets beside ids (see components/models/base.py)."""
     if not getattr(cls, "uses_text", False):
         return {}
@@ -149,7 +149,11 @@ def text_inputs(cls, data: Dataset) -> dict:
             f"{cls.__name__} reads item text, but the dataset has no text embeddings: "
             "run the item-text stage (tasks/features.py: embed_items) before training it"
         )
-    return {"item_text": torch.from_numpy(data.item_text), "item_strings": data.item_strings}
+    return {
+        "item_text": torch.from_numpy(data.item_text),
+        "item_strings": data.item_strings,
+        "item_counts": torch.as_tensor(evaluation.item_counts(view, data.n_items)),
+    }
 
 
 def fit(request: dict) -> dict:
@@ -167,7 +171,7 @@ def fit(request: dict) -> dict:
         lr=cfg.lr if cfg.lr is not None else model_cfg.lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else model_cfg.weight_decay,
     )
-    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, **text_inputs(cls, data)), optim)
+    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, **side_inputs(cls, data, view)), optim)
     max_len = int(getattr(model_cfg, "max_len", 512))
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])

@@ -20,7 +20,7 @@ def test_the_expected_deployments_exist_with_schedules_only_on_nightly():
     by_name = {d["name"]: d for d in DEPLOYMENTS}
     assert set(by_name) == {"nightly-retrain", "train", "promote", "recommend"}
     nightly = by_name["nightly-retrain"]
-    assert nightly["concurrency_limit"] == 1
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC"}]
     assert all("schedules" not in d for n, d in by_name.items() if n != "nightly-retrain")
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS} == {"interestflow-local"}  # one anchor

@@ -93,7 +93,8 @@ def test_deploy_schedule_trigger_and_run_with_a_worker(server):
     deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
     assert set(deployments) == {"nightly-retrain", "train", "promote", "recommend"}
     nightly = deployments["nightly-retrain"]
-    assert nightly["concurrency_limit"] == 1 or nightly.get("global_concurrency_limit", {}).get("limit") == 1
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
 
     # The scheduler service fills in upcoming nightly runs at 02:00 UTC.
     deadline, upcoming = time.time() + 90, []
@@ -122,3 +123,24 @@ def test_deploy_schedule_trigger_and_run_with_a_worker(server):
     run = client.get_run(versions[0].run_id)
     assert run.data.tags["interestflow.flow_run_id"] == flow_run_id
     assert str(client.get_model_version_by_alias("srv-mf", "champion").version) == "1"
+
+
+@pytest.mark.slow
+def test_two_nightly_runs_started_together_one_runs_one_is_cancelled(server):
+    """The deployment concurrency limit (1, CANCEL_NEW): of two nightly runs due at once,
+    the worker runs one and the server cancels the other."""
+    env, root = server
+    deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
+    if "nightly-retrain" not in deployments:  # this test alone: deploy first
+        prefect(env, "work-pool", "create", "interestflow-local", "--type", "process")
+        prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
+        deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
+    spec = write_slice(root / "src2", *sample_frames(120), name="concurrent")
+    params = {"spec": str(spec), "lake": str(root / "lake2"), "families": ["mf"], "folds": 2, "max_epochs": 2,
+              "profiles": False}
+    for _ in range(2):
+        prefect(env, "deployment", "run", "nightly-retrain/nightly-retrain", "--params", json.dumps(params))
+    prefect(env, "worker", "start", "--pool", "interestflow-local", "--run-once", timeout=600)
+    runs = api(env, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployments["nightly-retrain"]["id"]]}}})
+    states = sorted(r["state_type"] for r in runs if r["state_type"] != "SCHEDULED" or r["parameters"].get("lake"))
+    assert states == ["CANCELLED", "COMPLETED"], [(r["state_type"], r["state_name"]) for r in runs]

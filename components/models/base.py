@@ -11,8 +11,9 @@ family uses what it needs: MF the user index, sequence families the history. Tra
 evaluation, registration and recommendation only ever call ``loss`` and ``score``.
 
 A family that reads item text sets ``uses_text = True``; training then also passes
-``item_text`` ((n_items, d) frozen text embeddings, components/text.py) and
-``item_strings`` (each item's text). What it learns from them must live in its
+``item_text`` ((n_items, d) frozen text embeddings, components/text.py),
+``item_strings`` (each item's text) and ``item_counts`` ((n_items,) training
+interactions per item in the data it is trained on). What it learns from them must live in its
 ``state_dict`` (e.g. a buffer), so that a registered model is rebuilt from
 ``Family(config, n_items, n_users)`` plus its weights alone.
 """

@@ -65,6 +65,10 @@ class BERTConfig:
     text path learns to score an item alone (DropoutNet, Volkovs et al., NeurIPS 2017)."""
     item_bias: bool = True
     """A learned per-item score offset (it learns popularity, and so ranks rare items low)."""
+    id_shrink: float = 0.0
+    """k > 0: an item's id embedding and score offset count n / (n + k) for its n training
+    interactions, so an item seen rarely is scored mostly by its text (needs a fusion of
+    ids and text)."""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -77,6 +81,8 @@ class BERTConfig:
             raise ValueError("BERTConfig: 0 <= dropout < 1, 0 < mask_prob < 1, finetune_layers >= 0")
         if not 0 <= self.id_dropout < 1 or (self.id_dropout and self.fusion in ("text", "id")):
             raise ValueError("BERTConfig.id_dropout must be in [0, 1) and needs a fusion of ids and text")
+        if self.id_shrink < 0 or (self.id_shrink and self.fusion in ("text", "id")):
+            raise ValueError("BERTConfig.id_shrink must be >= 0 and needs a fusion of ids and text")
 
 
 class BERT(nn.Module):
@@ -90,6 +96,7 @@ class BERT(nn.Module):
         n_users: int,
         item_text: torch.Tensor | None = None,
         item_strings: list[str] | None = None,
+        item_counts: torch.Tensor | None = None,
     ):
         super().__init__()
         from transformers import BertConfig as HFBertConfig
@@ -102,6 +109,11 @@ class BERT(nn.Module):
         if text.shape != (n_items, c.text_dim):
             raise ValueError(f"item_text must be ({n_items}, {c.text_dim}), got {tuple(text.shape)}")
         self.register_buffer("text", text)
+        if c.id_shrink:  # saved too: the served model weighs ids as in training
+            counts = torch.zeros(n_items) if item_counts is None else torch.as_tensor(item_counts).float()
+            self.register_buffer("id_weight", (counts / (counts + c.id_shrink))[:, None])
+        else:
+            self.id_weight = None
         self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
         self.proj = nn.Linear(c.text_dim, c.dim) if c.fusion != "id" else None
         self.fuse = nn.Linear(2 * c.dim, c.dim) if c.fusion in ("concat", "gate") else None
@@ -142,6 +154,8 @@ class BERT(nn.Module):
         if c.fusion == "text":
             return t
         i = self.ids.weight
+        if self.id_weight is not None:
+            i = i * self.id_weight
         if self.training and c.id_dropout:
             i = i * (torch.rand(len(i), 1, device=i.device) >= c.id_dropout).to(i.dtype)
         if c.fusion == "sum":
@@ -150,6 +164,12 @@ class BERT(nn.Module):
             return self.fuse(torch.cat([i, t], dim=1))
         g = torch.sigmoid(self.fuse(torch.cat([i, t], dim=1)))  # gate
         return g * i + (1 - g) * t
+
+    def offsets(self) -> torch.Tensor | None:
+        """(n_items,) per-item score offsets (weighted like the ids), or None."""
+        if self.bias is None or self.id_weight is None:
+            return self.bias
+        return self.bias * self.id_weight[:, 0]
 
     def text_vectors(self) -> torch.Tensor:
         if self.text_top is None or self.hidden is None or not self.training:
@@ -182,7 +202,7 @@ class BERT(nn.Module):
             seq = self._with_mask_token(seq)
         h = self(seq, table)[:, -1]
         scores = h @ table.T
-        return scores if self.bias is None else scores + self.bias
+        return scores if self.bias is None else scores + self.offsets()
 
     def loss(self, batch: dict) -> torch.Tensor:
         seq, table = batch["seq"], self.item_table()
@@ -196,7 +216,7 @@ class BERT(nn.Module):
             picked[:, -1] |= real[:, -1]
             inputs, target, valid = seq.masked_fill(picked, self.mask), seq, picked
         h = self(inputs, table)[valid]
-        return sampled_or_full_ce(h, target[valid], table, self.bias, self.config.sampled)
+        return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------
     def _init_finetuning(self, item_strings: list[str] | None) -> None:
