@@ -141,7 +141,17 @@ def _short_histories(events: pd.DataFrame, source: str) -> list[Finding]:
     guards = f"users with fewer than {MIN_USER_EVENTS} events have no held-out target; kept for training only"
     examples = [_short(u) for u in short.index[:MAX_EXAMPLES]]
     return [
-        Finding("events", source, "warning", "user_event_count_at_least_3", "user_id", guards, len(short), len(per_user), examples)
+        Finding(
+            "events",
+            source,
+            "warning",
+            "user_event_count_at_least_3",
+            "user_id",
+            guards,
+            len(short),
+            len(per_user),
+            examples,
+        )
     ]
 
 

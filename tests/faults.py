@@ -62,8 +62,16 @@ def seaweed(folder: Path):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     args = ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={S3_BUCKET}"]
     proc = subprocess.Popen(
-        [str(weed), "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *args,
-         f"-filer.localSocket={folder / 'f.sock'}", f"-s3.localSocket={folder / 's.sock'}"],
+        [
+            str(weed),
+            "mini",
+            f"-dir={folder / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            *args,
+            f"-filer.localSocket={folder / 'f.sock'}",
+            f"-s3.localSocket={folder / 's.sock'}",
+        ],
         env=env,
         stdout=open(folder / "weed.log", "w"),
         stderr=subprocess.STDOUT,
@@ -71,8 +79,11 @@ def seaweed(folder: Path):
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "INTERESTFLOW_S3_ENDPOINT_URL")
     old = {k: os.environ.get(k) for k in names}
     os.environ.update(
-        {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-         "INTERESTFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}"}
+        {
+            "AWS_ACCESS_KEY_ID": S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "INTERESTFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+        }
     )
     storage._s3_client.cache_clear()
     try:
@@ -104,13 +115,21 @@ def mlflow_server(folder: Path, artifacts: str, s3_endpoint: str = f"http://127.
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"), "server", "--host=127.0.0.1", f"--port={port}",
-        f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}", f"--artifacts-destination={artifacts}", "--workers=1",
+        str(BIN / "mlflow"),
+        "server",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--backend-store-uri=sqlite:///{folder / 'mlflow.db'}",
+        f"--artifacts-destination={artifacts}",
+        "--workers=1",
     ]
     log = folder / "mlflow.log"
     proc = subprocess.Popen(
-        cmd, env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}, stdout=open(log, "w"),
-        stderr=subprocess.STDOUT, start_new_session=True,
+        cmd,
+        env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 90
@@ -294,37 +313,197 @@ def _truncated_gzip(ev):
 
 BAD_INPUTS: dict[str, BadInput] = {
     # events
-    "events: missing column": BadInput(_ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", ("events.csv", "'timestamp'")),
+    "events: missing column": BadInput(
+        _ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", ("events.csv", "'timestamp'")
+    ),
     "events: extra columns": BadInput(_ev(lambda e, i: e.assign(extra="x", more=1)), "accept", ()),
-    "events: null user id": BadInput(_ev(_set("user_id", None)), "reject", ("events.csv", "column 'user_id'", "expect_column_values_to_not_be_null")),
-    "events: null item id": BadInput(_ev(_set("item_id", None)), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_not_be_null")),
-    "events: timestamp as text": BadInput(_ev(_set("timestamp", "yesterday")), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_not_be_null", "yesterday")),
-    "events: timestamp in the future": BadInput(_ev(_set("timestamp", 4102444800)), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "2100-01-01")),
-    "events: timestamp before 1990": BadInput(_ev(_set("timestamp", 315532800)), "reject", ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "1980-01-01")),
-    "events: orphan item id": BadInput(_ev(_set("item_id", "NOT-IN-CATALOGUE")), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_be_in_set", "NOT-IN-CATALOGUE")),
-    "events: duplicate rows": BadInput(_ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True)), "reject", ("events.csv", "expect_compound_columns_to_be_unique")),
-    "events: a user with one event": BadInput(_ev(_one_event_user), "warn", ("events.csv", "column 'user_id'", "user_event_count_at_least_3", "ONE-EVENT-USER")),
+    "events: null user id": BadInput(
+        _ev(_set("user_id", None)), "reject", ("events.csv", "column 'user_id'", "expect_column_values_to_not_be_null")
+    ),
+    "events: null item id": BadInput(
+        _ev(_set("item_id", None)), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_not_be_null")
+    ),
+    "events: timestamp as text": BadInput(
+        _ev(_set("timestamp", "yesterday")),
+        "reject",
+        ("events.csv", "column 'ts'", "expect_column_values_to_not_be_null", "yesterday"),
+    ),
+    "events: timestamp in the future": BadInput(
+        _ev(_set("timestamp", 4102444800)),
+        "reject",
+        ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "2100-01-01"),
+    ),
+    "events: timestamp before 1990": BadInput(
+        _ev(_set("timestamp", 315532800)),
+        "reject",
+        ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "1980-01-01"),
+    ),
+    "events: orphan item id": BadInput(
+        _ev(_set("item_id", "NOT-IN-CATALOGUE")),
+        "reject",
+        ("events.csv", "column 'item_id'", "expect_column_values_to_be_in_set", "NOT-IN-CATALOGUE"),
+    ),
+    "events: duplicate rows": BadInput(
+        _ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True)),
+        "reject",
+        ("events.csv", "expect_compound_columns_to_be_unique"),
+    ),
+    "events: a user with one event": BadInput(
+        _ev(_one_event_user),
+        "warn",
+        ("events.csv", "column 'user_id'", "user_event_count_at_least_3", "ONE-EVENT-USER"),
+    ),
     "events: empty file": BadInput(_raw_events(b""), "reject", ("events.csv", "is empty")),
-    "events: header only": BadInput(_raw_events(lambda e: e.head(0).to_csv(index=False).encode()), "reject", ("events.csv", "expect_table_row_count_to_be_above_0")),
-    "events: truncated gzip": BadInput(_raw_events(_truncated_gzip, "events.csv.gz"), "reject", ("events.csv.gz", "cannot be read")),
+    "events: header only": BadInput(
+        _raw_events(lambda e: e.head(0).to_csv(index=False).encode()),
+        "reject",
+        ("events.csv", "expect_table_row_count_to_be_above_0"),
+    ),
+    "events: truncated gzip": BadInput(
+        _raw_events(_truncated_gzip, "events.csv.gz"), "reject", ("events.csv.gz", "cannot be read")
+    ),
     "events: non-UTF-8 bytes": BadInput(_raw_events(_non_utf8), "reject", ("events.csv", "not UTF-8")),
     "events: unknown event type": BadInput(
         lambda folder, ev, items: _write(
-            folder, ev.assign(kind=["review"] * (len(ev) - 1) + ["wishlist"]), items,
-            spec_edit=lambda t: t.replace("  event_type: review\n", "").replace("ts: timestamp}", "ts: timestamp, event_type: kind}"),
+            folder,
+            ev.assign(kind=["review"] * (len(ev) - 1) + ["wishlist"]),
+            items,
+            spec_edit=lambda t: t.replace("  event_type: review\n", "").replace(
+                "ts: timestamp}", "ts: timestamp, event_type: kind}"
+            ),
         ),
-        "reject", ("events.csv", "column 'event_type'", "expect_column_values_to_be_in_set", "wishlist"),
+        "reject",
+        ("events.csv", "column 'event_type'", "expect_column_values_to_be_in_set", "wishlist"),
     ),
     # items
-    "items: duplicate item id": BadInput(_it(lambda i, e: pd.concat([i, i.iloc[[0]]], ignore_index=True)), "reject", ("items.csv", "column 'item_id'", "expect_column_values_to_be_unique")),
-    "items: negative price": BadInput(_it(lambda i, e: i.assign(price=i["price"].where(i.index != 2, -4.5))), "reject", ("items.csv", "column 'price'", "expect_column_values_to_be_between", "-4.5")),
-    "items: text in price": BadInput(_it(lambda i, e: i.assign(price=i["price"].astype(object).where(i.index != 2, "cheap"))), "reject", ("items.csv", "column 'price'", "expect_column_values_to_be_in_type_list")),
-    "items: missing item_id column": BadInput(_it(lambda i, e: i.drop(columns=["item_id"])), "reject", ("items.csv", "'item_id'")),
-    "items: a 10 MB title": BadInput(_it(_with_title(10 * 2**20)), "warn", ("items.csv", "column 'title'", "expect_column_value_lengths_to_be_between")),
+    "items: duplicate item id": BadInput(
+        _it(lambda i, e: pd.concat([i, i.iloc[[0]]], ignore_index=True)),
+        "reject",
+        ("items.csv", "column 'item_id'", "expect_column_values_to_be_unique"),
+    ),
+    "items: negative price": BadInput(
+        _it(lambda i, e: i.assign(price=i["price"].where(i.index != 2, -4.5))),
+        "reject",
+        ("items.csv", "column 'price'", "expect_column_values_to_be_between", "-4.5"),
+    ),
+    "items: text in price": BadInput(
+        _it(lambda i, e: i.assign(price=i["price"].astype(object).where(i.index != 2, "cheap"))),
+        "reject",
+        ("items.csv", "column 'price'", "expect_column_values_to_be_in_type_list"),
+    ),
+    "items: missing item_id column": BadInput(
+        _it(lambda i, e: i.drop(columns=["item_id"])), "reject", ("items.csv", "'item_id'")
+    ),
+    "items: a 10 MB title": BadInput(
+        _it(_with_title(10 * 2**20)),
+        "warn",
+        ("items.csv", "column 'title'", "expect_column_value_lengths_to_be_between"),
+    ),
     # the dataset spec
-    "spec: missing events file": BadInput(_spec(lambda t: t.replace("uri: events.csv", "uri: gone.csv")), "reject", ("gone.csv", "does not exist")),
-    "spec: wrong column": BadInput(_spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", ("events.csv", "['when']")),
-    "spec: unknown constant event type": BadInput(_spec(lambda t: t.replace("event_type: review", "event_type: wish")), "reject", ("'wish' is not one of",)),
+    "spec: missing events file": BadInput(
+        _spec(lambda t: t.replace("uri: events.csv", "uri: gone.csv")), "reject", ("gone.csv", "does not exist")
+    ),
+    "spec: wrong column": BadInput(
+        _spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", ("events.csv", "['when']")
+    ),
+    "spec: unknown constant event type": BadInput(
+        _spec(lambda t: t.replace("event_type: review", "event_type: wish")), "reject", ("'wish' is not one of",)
+    ),
     "spec: not YAML": BadInput(_spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", ("spec.yaml", "not valid YAML")),
-    "spec: missing timestamp mapping": BadInput(_spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", ("spec.yaml", "must map ['ts']")),
+    "spec: missing timestamp mapping": BadInput(
+        _spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", ("spec.yaml", "must map ['ts']")
+    ),
 }
+
+
+# -- checks shared by the tests and bench/chaos.py --------------------------------------------
+def lake_files(lake: Path) -> dict[str, bytes]:
+    """Every file of a local lake but the quarantine, by relative path."""
+    files = (p for p in lake.rglob("*") if p.is_file() and "quarantine" not in p.relative_to(lake).parts)
+    return {str(p.relative_to(lake)): p.read_bytes() for p in files}
+
+
+def registry_state(prefix: str) -> dict:
+    """Every version of the registered models named ``<prefix>-*``: run, tags, aliases."""
+    from components import tracking
+
+    c = tracking.client()
+    out = {}
+    for m in c.search_registered_models(f"name LIKE '{prefix}-%'"):
+        for v in c.search_model_versions(f"name='{m.name}'"):
+            out[(m.name, v.version)] = (v.run_id, dict(v.tags), sorted(v.aliases))
+    return out
+
+
+def try_bad_input(bad: BadInput, folder: Path, events: pd.DataFrame, items: pd.DataFrame, lake: Path, nightly) -> dict:
+    """Run one bad input: ``nightly(spec)`` for a rejection, the data stages for a warning.
+
+    Returns what happened: ``outcome`` (reject / warn / accept / crash), ``message``,
+    ``missing`` (parts of ``bad.names`` not in the message), ``quarantined`` (a new report
+    exists), ``changed`` (files of the lake that changed, or that a rejected input wrote
+    past 01_raw).
+    """
+    from components import events as ev_mod
+    from components import validation
+
+    spec = bad.make(folder, events.copy(), items.copy())
+    before = lake_files(lake)
+    reports = set((lake / "quarantine").glob("*/report.md"))
+    try:
+        if bad.outcome == "reject":
+            nightly(str(spec))
+            outcome, message = "accept", ""
+        else:
+            out = validation.validate(ev_mod.ingest(spec, str(lake)), str(lake))
+            outcome, message = ("warn" if out["warnings"] else "accept"), "\n".join(out["warnings"])
+    except (ev_mod.SpecError, validation.DataValidationError) as e:
+        outcome, message = "reject", str(e)
+    except Exception as e:  # noqa: BLE001 - anything else is a crash, not a clear rejection
+        outcome, message = "crash", f"{type(e).__name__}: {e}"
+    after = lake_files(lake)
+    allowed = ("01_raw",) if outcome == "reject" else ("01_raw", "02_validated")
+    changed = [p for p in before if after.get(p) != before[p]]
+    changed += [p for p in after if p not in before and not p.startswith(allowed)]
+    return {
+        "outcome": outcome,
+        "message": message,
+        "missing": [part for part in bad.names if part not in message],
+        "quarantined": bool(set((lake / "quarantine").glob("*/report.md")) - reports),
+        "changed": changed,
+    }
+
+
+def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
+    """In a thread: SIGKILL the training process that writes ``ckpt_uri`` once its first
+    checkpoint is in the lake. Returns a dict that gets ``pid`` when it did."""
+    import json
+
+    from components import storage
+
+    killed: dict = {}
+
+    def find() -> int | None:
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"components.training" not in argv or b"--request" not in argv:
+                    continue
+                request = json.loads(Path(argv[argv.index(b"--request") + 1].decode()).read_text())
+            except (OSError, ValueError, IndexError):
+                continue
+            if request.get("checkpoint_uri") == ckpt_uri:
+                return int(proc.name)
+        return None
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline and not killed:
+            pid = find()
+            if pid and storage.exists(storage.join(ckpt_uri, "last.ckpt")):
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+            time.sleep(0.02)
+
+    killed["thread"] = threading.Thread(target=watch, daemon=True)
+    killed["thread"].start()
+    return killed

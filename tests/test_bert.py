@@ -54,6 +54,26 @@ def test_text_only_fusion_scores_items_by_their_text_alone():
     assert m.ids is None and torch.allclose(scores[0, N - 1], scores[0, 2])
 
 
+def test_id_shrink_scores_an_item_never_trained_on_by_its_text_alone():
+    """With id_shrink an item without training interactions has weight 0 on its id and its
+    offset: trained ids or not, it scores like another untrained item with the same text."""
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    text[N - 1] = text[N - 2]
+    counts = torch.full((N,), 10.0)
+    counts[N - 2 :] = 0
+    m = BERT(BERTConfig(dim=16, id_shrink=5.0, dropout=0.0), N, 5, item_text=text, item_counts=counts)
+    with torch.no_grad():
+        m.ids.weight.normal_()  # as if trained: every id differs
+        m.bias.normal_()
+    scores = m.eval().score({"seq": torch.tensor([[5, 6, 7]])})
+    assert torch.allclose(scores[0, N - 1], scores[0, N - 2])
+    assert torch.allclose(m.id_weight[:3, 0], torch.tensor(10 / 15))
+    served = BERT(BERTConfig(dim=16, id_shrink=5.0, dropout=0.0), N, 5)  # rebuilt from the state dict
+    served.load_state_dict(m.state_dict())
+    assert torch.equal(served.eval().score({"seq": torch.tensor([[5, 6, 7]])}), scores)
+
+
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate", "text", "id"])
 def test_every_fusion_learns(fusion):
     m = model(fusion=fusion).train()
@@ -86,7 +106,19 @@ def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inp
     assert torch.allclose(m.score(batch), served.eval().score(batch), atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [{"objective": "mlm"}, {"fusion": "add"}, {"dim": 10, "heads": 3}, {"mask_prob": 0.0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"objective": "mlm"},
+        {"fusion": "add"},
+        {"dim": 10, "heads": 3},
+        {"mask_prob": 0.0},
+        {"id_shrink": -1.0},
+        {"id_shrink": 5.0, "fusion": "text"},
+        {"id_dropout": 1.0},
+        {"id_dropout": 0.5, "fusion": "id"},
+    ],
+)
 def test_bad_configs_are_rejected(bad):
     with pytest.raises(ValueError):
         BERTConfig(**bad)

@@ -136,8 +136,14 @@ def test_two_nightly_runs_started_together_one_runs_one_is_cancelled(server):
         prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
         deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
     spec = write_slice(root / "src2", *sample_frames(120), name="concurrent")
-    params = {"spec": str(spec), "lake": str(root / "lake2"), "families": ["mf"], "folds": 2, "max_epochs": 2,
-              "profiles": False}
+    params = {
+        "spec": str(spec),
+        "lake": str(root / "lake2"),
+        "families": ["mf"],
+        "folds": 2,
+        "max_epochs": 2,
+        "profiles": False,
+    }
     for _ in range(2):
         prefect(env, "deployment", "run", "nightly-retrain/nightly-retrain", "--params", json.dumps(params))
     prefect(env, "worker", "start", "--pool", "interestflow-local", "--run-once", timeout=600)

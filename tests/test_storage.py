@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faults
 import pandas as pd
 import pytest
-import faults
 from conftest import sample_frames, write_slice
 
 from components import datasets, events, storage
@@ -117,10 +117,14 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
         monkeypatch.setenv("INTERESTFLOW_S3_ENDPOINT_URL", s3.url)
         storage._s3_client.cache_clear()
         registry_down.times = 0  # night 1: the registry is up
-        state = nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False, return_state=True)
+        state = nightly(
+            spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False, return_state=True
+        )
         out = state.result()
         assert s3.injected == 9 and all(r.hits == r.times for r in s3_rules)
-        ingest_runs = [n for name, n in _task_runs(state.state_details.flow_run_id).items() if name.startswith("ingest")]
+        ingest_runs = [
+            n for name, n in _task_runs(state.state_details.flow_run_id).items() if name.startswith("ingest")
+        ]
         assert ingest_runs == [2]  # the task ran twice: one retry
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", mlf.url)

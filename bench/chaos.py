@@ -1,0 +1,220 @@
+"""Chaos on a slice of Beauty: faults injected, bad inputs tried; does interestflow lose
+anything or promote anything wrongly?
+
+Scenarios (the fault machinery is tests/faults.py, shared with the tests):
+1. S3 faults: the nightly flow with its lake on a real SeaweedFS behind a fault-injecting
+   proxy; the first PUTs of the raw layer fail beyond boto3's own retries (the task is
+   retried), dataset and checkpoint requests fail within them.
+2. Registry down: a second night (new settings, so it trains) with the MLflow server
+   refusing every registry write: the flow must fail, and the champion must not move.
+3. A training SIGKILLed after its first checkpoint: the retry must resume from it and
+   register the model once.
+4. The bad-input matrix (25 kinds) against a lake with a champion: each must be rejected
+   with a message naming file, column, rule and example, or warned about, and change
+   nothing.
+5. The promotion gate on 20,000 random metric pairs and 24 racing manual promotions.
+
+Ends with one JSON line: faults_injected, faults_survived, bad_inputs_tried,
+bad_inputs_rejected, wrong_promotions (must be 0), records_lost (must be 0).
+
+    .venv/bin/python bench/chaos.py --out bench/out/chaos [--users 300]
+
+The slice is the first users of the shipped sample (data/sample, 2,000 Beauty users).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from _common import ROOT, fresh_home, quiet_env
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+NIGHT = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--users", type=int, default=300, help="users of the shipped Beauty sample")
+    args = ap.parse_args()
+    quiet_env()
+    home = fresh_home(args.out)
+    os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
+    import faults
+    from conftest import write_slice
+    from prefect.testing.utilities import prefect_test_harness
+
+    from components import promotion, storage, tracking
+    from flows.nightly import nightly
+
+    t0 = time.perf_counter()
+    from conftest import sample_frames  # the shipped sample: 2,000 Beauty users
+
+    ev, items = sample_frames(args.users)
+    spec = write_slice(home / "src", ev, items, name="chaos")
+    print(f"slice: {ev['user_id'].nunique()} users, {len(ev)} events, {len(items)} items")
+    tally = {"faults_injected": 0, "faults_survived": 0, "wrong_promotions": 0, "records_lost": 0}
+    rows = []
+
+    def record(name: str, injected: int, survived: bool, note: str) -> None:
+        tally["faults_injected"] += injected
+        tally["faults_survived"] += injected if survived else 0
+        rows.append((name, injected, "survived" if survived else "NOT SURVIVED", note))
+        print(f"  {name}: {injected} injected, {'survived' if survived else 'NOT SURVIVED'} ({note})", flush=True)
+
+    with prefect_test_harness(server_startup_timeout=120):
+        # 1 + 2: S3 faults, then the registry down, against real servers behind the proxy.
+        with (
+            faults.seaweed(home / "seaweed") as bucket,
+            faults.mlflow_server(home / "mlflow-server", f"{bucket}/mlartifacts") as mlflow_uri,
+        ):
+            s3_rules = [
+                faults.Rule("PUT", "/chaoslake/01_raw/", times=6),
+                faults.Rule("GET", "/chaoslake/04_datasets/", times=3),
+                faults.Rule("PUT", "/chaoslake/05_models/", times=2),
+            ]
+            down = faults.Rule(None, "registered-models/create|model-versions/create", times=0)
+            lake = storage.join(bucket, "chaoslake")
+            with (
+                faults.FaultProxy(faults.S3_PORT, s3_rules) as s3,
+                faults.FaultProxy(int(mlflow_uri.rsplit(":", 1)[1]), [down]) as mlf,
+            ):
+                os.environ.update({"INTERESTFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_TRACKING_URI": mlf.url})
+                os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"})
+                storage._s3_client.cache_clear()
+                try:
+                    out = nightly(spec=str(spec), lake=lake, **NIGHT)
+                    ok = out["results"][0]["decision"]["promote"]
+                    layer = storage.join(lake, "02_validated", f"chaos-{out['data_hash']}", "events.parquet")
+                    tally["records_lost"] += len(ev) - len(storage.read_parquet(layer))
+                    note = f"flow completed, champion v{tracking.alias_version('chaos-mf', 'champion')}"
+                except Exception as e:  # noqa: BLE001 - a failure here is the finding
+                    ok, note = False, f"{type(e).__name__}: {str(e)[:200]}"
+                record("S3 request failures (PUT raw, GET datasets, PUT checkpoints)", s3.injected, ok, note)
+                champion = tracking.alias_version("chaos-mf", "champion")
+                versions = len(tracking.client().search_model_versions("name='chaos-mf'"))
+                down.times = None
+                try:
+                    nightly(spec=str(spec), lake=lake, **{**NIGHT, "max_epochs": 4})
+                    failed_clearly, note = False, "the flow completed although the registry was down"
+                except tracking.RegistryUnavailable as e:
+                    failed_clearly, note = True, str(e).splitlines()[0][:160]
+                except Exception as e:  # noqa: BLE001
+                    failed_clearly, note = False, f"unclear failure {type(e).__name__}: {str(e)[:160]}"
+                moved = tracking.alias_version("chaos-mf", "champion") != champion
+                added = len(tracking.client().search_model_versions("name='chaos-mf'")) - versions
+                tally["wrong_promotions"] += int(moved)
+                record(
+                    "MLflow registry refusing writes", mlf.injected, failed_clearly and not moved and not added, note
+                )
+            for k in ("INTERESTFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
+                os.environ.pop(k, None)
+            storage._s3_client.cache_clear()
+
+        # 3 + 4 + 5 on a local lake and the embedded registry.
+        local = home / "lake"
+        first = nightly(spec=str(spec), lake=str(local), **NIGHT)
+        assert first["results"][0]["decision"]["promote"], first["results"][0]["decision"]
+        good = storage.join(str(local / "02_validated"), f"chaos-{first['data_hash']}", "events.parquet")
+        validated = storage.read_parquet(good)
+        tally["records_lost"] += len(ev) - len(validated)
+
+        from prefect import flow
+
+        from components import datasets, training
+        from tasks.evaluate import evaluate
+        from tasks.register import register
+        from tasks.train import train_final
+
+        dataset = datasets.prepare(str(spec), str(local), 2, 0)
+        epochs = 20
+        cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
+        folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
+        ckpt = training.checkpoint_uri(str(local), dataset, "mf", cfg, "final", None, epochs)
+
+        @flow
+        def final_fit():
+            final = train_final.with_options(retry_delay_seconds=0)(dataset, "mf", folds, cfg, str(local), {})
+            return final, register(evaluate(dataset, final, str(local)), dataset)
+
+        os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaoskill"
+        killed = faults.kill_training(ckpt)
+        final, registered = final_fit()
+        killed["thread"].join(timeout=5)
+        once = [v.run_id for v in tracking.client().search_model_versions(f"name='{registered['name']}'")]
+        ok = "pid" in killed and (final["resumed_from_epoch"] or 0) >= 1 and once == [final["run_id"]]
+        record(
+            "training process SIGKILLed mid-fit",
+            int("pid" in killed),
+            ok,
+            f"resumed after epoch {final['resumed_from_epoch']}, registered {len(once)}x",
+        )
+        os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
+
+        tried = rejected = warned = 0
+        registry = faults.registry_state("chaos")
+        print("bad inputs:")
+        for name, bad in faults.BAD_INPUTS.items():
+            got = faults.try_bad_input(
+                bad,
+                home / "bad" / name.replace(" ", "_").replace(":", ""),
+                ev,
+                items,
+                local,
+                lambda s: nightly(spec=s, lake=str(local), **NIGHT),
+            )
+            clear = got["outcome"] == bad.outcome and not got["missing"] and not got["changed"]
+            clear &= got["quarantined"] == (bad.outcome == "reject")
+            tried += 1
+            rejected += int(clear and bad.outcome == "reject")
+            warned += int(clear and bad.outcome != "reject")
+            tally["records_lost"] += len(got["changed"])
+            first_line = got["message"].splitlines()[0][:150] if got["message"] else ""
+            print(f"  {'ok ' if clear else 'BAD'} {name}: {got['outcome']} — {first_line}")
+        if faults.registry_state("chaos") != registry:
+            tally["wrong_promotions"] += 1
+        tally["records_lost"] += len(validated) - len(storage.read_parquet(good))
+
+        # 5: the gate on random metric pairs, and racing manual promotions.
+        rng, gate_wrong = random.Random(0), 0
+        for _ in range(20_000):
+            champ = {m: rng.uniform(0.001, 0.2) for m in ("ndcg10", "hr10", "mrr")}
+            chall = {m: max(0.0, v * rng.uniform(0.8, 1.2)) for m, v in champ.items()}
+            gate = promotion.GateConfig(min_gain=rng.choice([0.0, 0.01, 0.05]), tolerance=rng.choice([0.0, 0.05, 0.1]))
+            d = promotion.decide(chall, champ, gate)
+            worse = chall["ndcg10"] < champ["ndcg10"] * (1 + gate.min_gain) or any(
+                chall[m] < champ[m] * (1 - gate.tolerance) for m in gate.guarded
+            )
+            gate_wrong += int(d.promote and worse)
+        versions = [v.version for v in tracking.client().search_model_versions("name='chaos-mf'")]
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda v: promotion.promote_version("mf", v, f"race {v}"), versions * 12))
+        champions = [
+            v.version for v in tracking.client().search_model_versions("name='chaos-mf'") if "champion" in v.aliases
+        ]
+        tally["wrong_promotions"] += gate_wrong + int(len(champions) != 1)
+        print(f"gate: {gate_wrong} wrong of 20000 random pairs; racing promotions left {len(champions)} champion(s)")
+
+    tally.update({"bad_inputs_tried": tried, "bad_inputs_rejected": rejected, "bad_inputs_warned": warned})
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    keys = (
+        "faults_injected",
+        "faults_survived",
+        "bad_inputs_tried",
+        "bad_inputs_rejected",
+        "bad_inputs_warned",
+        "wrong_promotions",
+        "records_lost",
+    )
+    print(json.dumps({k: tally[k] for k in keys}))
+
+
+if __name__ == "__main__":
+    main()
