@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-text: $(STAMP)
 
 bench-profiles: $(STAMP)
 	$(BIN)/python bench/profiles.py --lake bench/out/profiles
+
+bench-chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py --out bench/out/chaos
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py --out bench/out/scale

@@ -424,14 +424,15 @@ def lake_files(lake: Path) -> dict[str, bytes]:
 
 
 def registry_state(prefix: str) -> dict:
-    """Every version of the registered models named ``<prefix>-*``: run, tags, aliases."""
+    """The registered models named ``<prefix>-*``: their aliases, each version's run and tags."""
     from components import tracking
 
     c = tracking.client()
     out = {}
     for m in c.search_registered_models(f"name LIKE '{prefix}-%'"):
+        out[m.name] = dict(c.get_registered_model(m.name).aliases)  # alias -> version
         for v in c.search_model_versions(f"name='{m.name}'"):
-            out[(m.name, v.version)] = (v.run_id, dict(v.tags), sorted(v.aliases))
+            out[(m.name, v.version)] = (v.run_id, dict(v.tags))
     return out
 
 
@@ -497,7 +498,7 @@ def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
 
     def watch():
         deadline = time.time() + timeout
-        while time.time() < deadline and not killed:
+        while time.time() < deadline and "pid" not in killed:
             pid = find()
             if pid and storage.exists(storage.join(ckpt_uri, "last.ckpt")):
                 os.kill(pid, signal.SIGKILL)

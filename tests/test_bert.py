@@ -68,10 +68,30 @@ def test_id_shrink_scores_an_item_never_trained_on_by_its_text_alone():
         m.bias.normal_()
     scores = m.eval().score({"seq": torch.tensor([[5, 6, 7]])})
     assert torch.allclose(scores[0, N - 1], scores[0, N - 2])
-    assert torch.allclose(m.id_weight[:3, 0], torch.tensor(10 / 15))
+    assert torch.allclose(m.id_weight()[:3], torch.tensor(10 / 15))
     served = BERT(BERTConfig(dim=16, id_shrink=5.0, dropout=0.0), N, 5)  # rebuilt from the state dict
     served.load_state_dict(m.state_dict())
     assert torch.equal(served.eval().score({"seq": torch.tensor([[5, 6, 7]])}), scores)
+
+
+def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    counts = torch.arange(N, dtype=torch.float32)
+    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, item_text=text)
+    torch.manual_seed(0)
+    adjusted = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5, item_text=text, item_counts=counts)
+    adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
+    batch = {"seq": torch.tensor([[5, 6, 7]])}
+    diff = plain.eval().score(batch) - adjusted.eval().score(batch)
+    assert torch.allclose(diff[0], 0.7 * torch.log1p(counts), atol=1e-5)
+    assert torch.equal(plain.loss(batch), adjusted.loss(batch))  # training is unchanged
+    served = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5)
+    served.load_state_dict(adjusted.state_dict())
+    assert torch.equal(served.eval().score(batch), adjusted.score(batch))
+    older = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5)
+    older.load_state_dict(plain.state_dict())  # saved before counts were kept: ranks as then
+    assert torch.equal(older.eval().score(batch), plain.score(batch))
 
 
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate", "text", "id"])
@@ -117,6 +137,7 @@ def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inp
         {"id_shrink": 5.0, "fusion": "text"},
         {"id_dropout": 1.0},
         {"id_dropout": 0.5, "fusion": "id"},
+        {"popularity_adjust": -0.5},
     ],
 )
 def test_bad_configs_are_rejected(bad):

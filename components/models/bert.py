@@ -69,6 +69,13 @@ class BERTConfig:
     """k > 0: an item's id embedding and score offset count n / (n + k) for its n training
     interactions, so an item seen rarely is scored mostly by its text (needs a fusion of
     ids and text)."""
+    popularity_adjust: float = 0.75
+    """tau: ranking scores minus tau * log(1 + n) for an item's n training interactions
+    (logit adjustment, Menon et al., ICLR 2021). The full cross-entropy learns the
+    popularity prior; this takes part of it back, so that rarely bought items the
+    history and their text point to can rank (cold start). Scoring only; training is
+    unchanged. 0.75: the largest tau (steps of 0.25) that keeps validation NDCG@10 on
+    full Beauty within 15% of tau = 0 (bench/popularity_adjust.py, bench/RESULTS.md)."""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -83,6 +90,8 @@ class BERTConfig:
             raise ValueError("BERTConfig.id_dropout must be in [0, 1) and needs a fusion of ids and text")
         if self.id_shrink < 0 or (self.id_shrink and self.fusion in ("text", "id")):
             raise ValueError("BERTConfig.id_shrink must be >= 0 and needs a fusion of ids and text")
+        if self.popularity_adjust < 0:
+            raise ValueError("BERTConfig.popularity_adjust must be >= 0")
 
 
 class BERT(nn.Module):
@@ -109,11 +118,12 @@ class BERT(nn.Module):
         if text.shape != (n_items, c.text_dim):
             raise ValueError(f"item_text must be ({n_items}, {c.text_dim}), got {tuple(text.shape)}")
         self.register_buffer("text", text)
-        if c.id_shrink:  # saved too: the served model weighs ids as in training
+        # Training interactions per item, saved with the weights (the served model ranks
+        # as it was evaluated); only where a setting reads them.
+        counts = None
+        if c.id_shrink or c.popularity_adjust:
             counts = torch.zeros(n_items) if item_counts is None else torch.as_tensor(item_counts).float()
-            self.register_buffer("id_weight", (counts / (counts + c.id_shrink))[:, None])
-        else:
-            self.id_weight = None
+        self.register_buffer("counts", counts)  # None: not in the state dict
         self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
         self.proj = nn.Linear(c.text_dim, c.dim) if c.fusion != "id" else None
         self.fuse = nn.Linear(2 * c.dim, c.dim) if c.fusion in ("concat", "gate") else None
@@ -144,6 +154,13 @@ class BERT(nn.Module):
         if c.finetune_layers:
             self._init_finetuning(item_strings)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A model saved before item counts were kept (an earlier champion) ranks as it
+        # did then: counts 0 make the adjustment and the id weighting no-ops.
+        if self.counts is not None and prefix + "counts" not in state_dict:
+            state_dict[prefix + "counts"] = torch.zeros_like(self.counts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- item vectors ------------------------------------------------------------------
     def item_table(self) -> torch.Tensor:
         """(n_items, dim): each item's fused id/text vector (input tokens and output layer)."""
@@ -154,8 +171,8 @@ class BERT(nn.Module):
         if c.fusion == "text":
             return t
         i = self.ids.weight
-        if self.id_weight is not None:
-            i = i * self.id_weight
+        if c.id_shrink:
+            i = i * self.id_weight()[:, None]
         if self.training and c.id_dropout:
             i = i * (torch.rand(len(i), 1, device=i.device) >= c.id_dropout).to(i.dtype)
         if c.fusion == "sum":
@@ -165,11 +182,15 @@ class BERT(nn.Module):
         g = torch.sigmoid(self.fuse(torch.cat([i, t], dim=1)))  # gate
         return g * i + (1 - g) * t
 
+    def id_weight(self) -> torch.Tensor:
+        """(n_items,) n / (n + id_shrink): how much each item's id counts."""
+        return self.counts / (self.counts + self.config.id_shrink)
+
     def offsets(self) -> torch.Tensor | None:
         """(n_items,) per-item score offsets (weighted like the ids), or None."""
-        if self.bias is None or self.id_weight is None:
+        if self.bias is None or not self.config.id_shrink:
             return self.bias
-        return self.bias * self.id_weight[:, 0]
+        return self.bias * self.id_weight()
 
     def text_vectors(self) -> torch.Tensor:
         if self.text_top is None or self.hidden is None or not self.training:
@@ -202,7 +223,11 @@ class BERT(nn.Module):
             seq = self._with_mask_token(seq)
         h = self(seq, table)[:, -1]
         scores = h @ table.T
-        return scores if self.bias is None else scores + self.offsets()
+        if self.bias is not None:
+            scores = scores + self.offsets()
+        if self.config.popularity_adjust:
+            scores = scores - self.config.popularity_adjust * torch.log1p(self.counts)
+        return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
         seq, table = batch["seq"], self.item_table()

@@ -1,0 +1,99 @@
+"""Logit adjustment on trained models: overall and cold-start NDCG@10 for each tau.
+
+Ranks with ``score - tau * log(1 + n)`` (n: the item's training interactions) for each
+tau, using the models a quality run left in its lake (``bench/quality.py --lake DIR``):
+``--stage fold`` scores fold 0's best checkpoint on its validation targets (where a
+default is chosen), ``--stage final`` the final model on the test targets. The same
+adjustment for every family, so the families are compared at equal settings.
+
+    .venv/bin/python bench/popularity_adjust.py --lake bench/out/quality-bert --families bert --stage fold
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from _common import quiet_env
+
+
+def final_model(family: str, stage_dir: Path):
+    """The registered-to-be model of a final fit, ranking with its own scores (any
+    popularity_adjust it has set to 0: the script applies tau itself)."""
+    from components.recommender import Recommender
+
+    rec = Recommender.from_bytes((stage_dir / "recommender.pt").read_bytes())
+    config = {**rec.config, "popularity_adjust": 0.0} if "popularity_adjust" in rec.config else rec.config
+    return Recommender(family, config, rec.model.state_dict(), rec.item_ids, rec.user_ids).model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lake", required=True)
+    ap.add_argument("--families", nargs="+", required=True)
+    ap.add_argument("--stage", choices=("fold", "final"), default="fold")
+    ap.add_argument("--taus", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    quiet_env()
+    import torch
+
+    from components import evaluation, metrics
+    from components.datasets import Dataset
+    from components.models import MODELS
+    from components.training import side_inputs
+
+    torch.set_num_threads(args.threads)
+    lake = Path(args.lake)
+    out = []
+    for family in args.families:
+        (models,) = [p for p in lake.glob(f"05_models/*/{family}-*") if p.is_dir()][:1] or [None]
+        if models is None:
+            raise SystemExit(f"no trained {family} in {lake}/05_models")
+        ds_uri = str(lake / "04_datasets" / models.parent.name)
+        features = [p for p in lake.glob("03_features/*") if models.parent.name.startswith(p.name)]
+        text = sorted(features[0].glob("text-*")) if features else []
+        data = Dataset.load(
+            {"features_uri": str(features[0]), "dataset_uri": ds_uri, "text_uri": str(text[0]) if text else None}
+        )
+        view = data.view("fold", 0) if args.stage == "fold" else data.view("final")
+        stage_dir = models / "fold0" if args.stage == "fold" else sorted(models.glob("final*"))[-1]
+        cls = MODELS[family]
+        if args.stage == "final":
+            model = final_model(family, stage_dir)
+        else:
+            state = torch.load(stage_dir / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+            weights = {k.removeprefix("model."): v for k, v in state.items() if k != "model.counts"}
+            fields = {f.name for f in dataclasses.fields(cls.Config)}
+            cfg = cls.Config(**({"popularity_adjust": 0.0} if "popularity_adjust" in fields else {}))
+            model = cls(cfg, data.n_items, data.n_users, **side_inputs(cls, data, view))
+            model.load_state_dict(weights)
+        model.eval()
+        log_n = torch.log1p(torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32))
+        max_len = int(getattr(model.config, "max_len", 512))
+        for tau in args.taus:
+            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: model.score(b) - tau * log_n)
+            ranks, _, _ = evaluation.rank_view(scorer, view, data.n_items, max_len=max_len)
+            m, cold = metrics.rank_metrics(ranks, ks=(10,)), evaluation.cold_report(ranks, view, data.n_items)
+            row = {
+                "family": family,
+                "stage": args.stage,
+                "tau": tau,
+                "ndcg10": round(m["ndcg10"], 4),
+                "hr10": round(m["hr10"], 4),
+                "cold_ndcg10": round(cold["cold_ndcg10"], 4),
+                "cold_n": cold["cold_n"],
+            }
+            print(
+                f"{family:6s} tau {tau:4.2f}  NDCG@10 {row['ndcg10']:.4f}  HR@10 {row['hr10']:.4f}  "
+                f"cold NDCG@10 {row['cold_ndcg10']:.4f} ({row['cold_n']})",
+                flush=True,
+            )
+            out.append(row)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
