@@ -93,7 +93,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_registers_once(g
     from tasks.register import register
     from tasks.train import train_final
 
-    lake, epochs = str(guarded["lake"]), 25
+    lake, epochs = str(guarded["lake"]), 12
     dataset = datasets.prepare(str(guarded["spec"]), lake, 2, 0)
     cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
     folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
