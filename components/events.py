@@ -270,16 +270,27 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     else:
         out["seq"] = range(len(out))
         out["seq"] = out["seq"].astype("float64")
-    return out[[*EVENT_COLUMNS, "seq", "ts_source"]]
+    out = out[[*EVENT_COLUMNS, "seq", "ts_source"]]
+    out.attrs["ignored_columns"] = _unmapped(df, src)
+    return out
 
 
 def read_items(src: SourceSpec) -> pd.DataFrame:
-    out = _select(_read_table(src), src, ITEM_COLUMNS)
+    df = _read_table(src)
+    out = _select(df, src, ITEM_COLUMNS)
     for c in ("item_id", "title", "categories", "brand"):
         out[c] = out[c].astype("string")
     if src.format == "csv":
         out["price"] = _numeric_or_text(out["price"])
-    return out[list(ITEM_COLUMNS)]
+    out = out[list(ITEM_COLUMNS)]
+    out.attrs["ignored_columns"] = _unmapped(df, src)
+    return out
+
+
+def _unmapped(df: pd.DataFrame, src: SourceSpec) -> list[str]:
+    """Columns of the file that the spec does not map (not used; validation warns)."""
+    used = {*src.columns.values(), src.order_by}
+    return [str(c) for c in df.columns if c not in used]
 
 
 def _numeric_or_text(s: pd.Series) -> pd.Series:
@@ -342,6 +353,7 @@ def _ingest(spec_path: str | Path, lake: str) -> dict:
         if key:
             events["user_id"] = pseudonymise(events["user_id"], key)
         items = read_items(spec.items)
+        ignored = {"events": events.attrs["ignored_columns"], "items": items.attrs["ignored_columns"]}
         if spec.k_core:
             events = k_core(events, spec.k_core)
         storage.write_parquet(events, storage.join(layer, "events.parquet"))
@@ -354,9 +366,11 @@ def _ingest(spec_path: str | Path, lake: str) -> dict:
                 "items_uri": spec.items.uri,
                 "n_events": len(events),
                 "n_items": len(items),
+                "ignored_columns": ignored,
             },
         )
     return {
+        "ignored_columns": storage.read_json(storage.join(layer, storage.MARKER)).get("ignored_columns", {}),
         "data_hash": data_hash,
         "uri": layer,
         "spec": spec.name,

@@ -194,6 +194,13 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
             )
         )
     findings += _short_histories(events, raw["events_source"])
+    for table, columns in (raw.get("ignored_columns") or {}).items():
+        if columns:  # a file's columns that the spec does not map: harmless, but say so
+            source = raw[f"{table}_source"]
+            guards = "columns the dataset spec does not map are not used"
+            findings.append(
+                Finding(table, source, "warning", "column_mapped_by_spec", ", ".join(columns), guards, None, 0, [])
+            )
     critical = [f for f in findings if f.severity == "critical"]
     warnings = [f.message() for f in findings if f.severity != "critical"]
     for w in warnings:

@@ -316,7 +316,11 @@ BAD_INPUTS: dict[str, BadInput] = {
     "events: missing column": BadInput(
         _ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", ("events.csv", "'timestamp'")
     ),
-    "events: extra columns": BadInput(_ev(lambda e, i: e.assign(extra="x", more=1)), "accept", ()),
+    "events: extra columns": BadInput(
+        _ev(lambda e, i: e.assign(extra="x", more=1)),
+        "warn",
+        ("events.csv", "column 'extra, more'", "column_mapped_by_spec"),
+    ),
     "events: null user id": BadInput(
         _ev(_set("user_id", None)), "reject", ("events.csv", "column 'user_id'", "expect_column_values_to_not_be_null")
     ),
