@@ -83,10 +83,10 @@ class SourceSpec:
     def __post_init__(self):
         fmt = self.format or _infer_format(self.uri)
         if fmt not in ("csv", "parquet"):
-            raise SpecError(f"spec source {self.uri!r}: format must be csv or parquet, got {fmt!r}")
+            raise SpecError(f"source {self.uri!r}: format must be csv or parquet, got {fmt!r}")
         object.__setattr__(self, "format", fmt)
         if self.event_type is not None and self.event_type not in EVENT_TYPES:
-            raise SpecError(f"spec: event_type {self.event_type!r} is not one of {EVENT_TYPES}")
+            raise SpecError(f"event_type {self.event_type!r} is not one of {EVENT_TYPES}")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
             raise SpecError(f"dataset spec {path}: '{part}.columns' must map {missing}")
         try:
             sources[part] = SourceSpec(**s)
-        except TypeError as e:
+        except (TypeError, SpecError) as e:
             raise SpecError(f"dataset spec {path}: '{part}': {e}") from e
     if "event_type" not in sources["events"].columns and sources["events"].event_type is None:
         raise SpecError(f"dataset spec {path}: give events.event_type (a constant) or map columns.event_type")

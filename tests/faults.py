@@ -411,7 +411,9 @@ BAD_INPUTS: dict[str, BadInput] = {
         _spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", ("events.csv", "['when']")
     ),
     "spec: unknown constant event type": BadInput(
-        _spec(lambda t: t.replace("event_type: review", "event_type: wish")), "reject", ("'wish' is not one of",)
+        _spec(lambda t: t.replace("event_type: review", "event_type: wish")),
+        "reject",
+        ("spec.yaml", "'events'", "event_type 'wish' is not one of"),
     ),
     "spec: not YAML": BadInput(_spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", ("spec.yaml", "not valid YAML")),
     "spec: missing timestamp mapping": BadInput(
