@@ -126,33 +126,13 @@ def main() -> None:
         validated = storage.read_parquet(good)
         tally["records_lost"] += len(ev) - len(validated)
 
-        from prefect import flow
-
-        from components import datasets, training
-        from tasks.evaluate import evaluate
-        from tasks.register import register
-        from tasks.train import train_final
-
-        dataset = datasets.prepare(str(spec), str(local), 2, 0)
-        epochs = 20
-        cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
-        folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
-        ckpt = training.checkpoint_uri(str(local), dataset, "mf", cfg, "final", None, epochs)
-
-        @flow
-        def final_fit():
-            final = train_final.with_options(retry_delay_seconds=0)(dataset, "mf", folds, cfg, str(local), {})
-            return final, register(evaluate(dataset, final, str(local)), dataset)
-
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaoskill"
-        killed = faults.kill_training(ckpt)
-        final, registered = final_fit()
-        killed["thread"].join(timeout=5)
-        once = [v.run_id for v in tracking.client().search_model_versions(f"name='{registered['name']}'")]
-        ok = "pid" in killed and (final["resumed_from_epoch"] or 0) >= 1 and once == [final["run_id"]]
+        got = faults.killed_final_fit(str(spec), str(local), epochs=20)
+        final, once = got["final"], got["versions"]
+        ok = got["killed"] and (final["resumed_from_epoch"] or 0) >= 1 and once == [final["run_id"]]
         record(
             "training process SIGKILLed mid-fit",
-            int("pid" in killed),
+            int(got["killed"]),
             ok,
             f"resumed after epoch {final['resumed_from_epoch']}, registered {len(once)}x",
         )

@@ -348,7 +348,9 @@ def _ingest(spec_path: str | Path, lake: str) -> dict:
         fingerprint = hmac.new(key, b"interestflow-key-fingerprint", hashlib.sha256).hexdigest()
         data_hash = hashlib.sha256((data_hash + fingerprint).encode()).hexdigest()[:16]
     layer = storage.join(lake, "01_raw", f"{_SAFE.sub('_', spec.name)}-{data_hash}")
-    if not storage.layer_done(layer):
+    if storage.layer_done(layer):  # ingested before: what it recorded then
+        ignored = storage.read_json(storage.join(layer, storage.MARKER)).get("ignored_columns", {})
+    else:
         events = read_events(spec.events)
         if key:
             events["user_id"] = pseudonymise(events["user_id"], key)
@@ -370,7 +372,7 @@ def _ingest(spec_path: str | Path, lake: str) -> dict:
             },
         )
     return {
-        "ignored_columns": storage.read_json(storage.join(layer, storage.MARKER)).get("ignored_columns", {}),
+        "ignored_columns": ignored,
         "data_hash": data_hash,
         "uri": layer,
         "spec": spec.name,

@@ -131,7 +131,7 @@ def run_gate(registered: dict, report: dict, dataset: dict, gate: GateConfig = G
     if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
         return Decision(False, f"v{version} is already the champion", report["test"], report["test"])
     champion, error = None, None
-    if champion_version is not None and champion_version != version:
+    if champion_version is not None:
         try:
             rec = tracking.load_recommender(f"models:/{name}@{tracking.CHAMPION}")
             champion, _ = test_report(rec, Dataset.load(dataset))

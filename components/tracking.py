@@ -173,14 +173,19 @@ def _upsert(write, *args, attempts: int = 5) -> None:
             time.sleep(0.05 * (attempt + 1) + random.random() * 0.05)
 
 
+def _does_not_exist(e: Exception) -> bool:
+    """True when a tracking call failed because what it asked for does not exist."""
+    return "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower()
+
+
 def run_exists(run_id: str | None) -> bool:
     """True when ``run_id`` names a run this tracking store still has (not deleted)."""
     if not run_id:
         return False
     try:
         return client().get_run(run_id).info.lifecycle_stage == "active"
-    except Exception as e:  # RESOURCE_DOES_NOT_EXIST
-        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+    except Exception as e:
+        if _does_not_exist(e):
             return False
         raise
 
@@ -194,8 +199,8 @@ def alias_version(name: str, alias: str) -> str | None:
     c = client()
     try:
         return str(c.get_model_version_by_alias(name, alias).version)
-    except Exception as e:  # RESOURCE_DOES_NOT_EXIST: no such model or alias
-        if "RESOURCE_DOES_NOT_EXIST" in str(e) or "not found" in str(e).lower():
+    except Exception as e:  # no such model or alias
+        if _does_not_exist(e):
             return None
         raise
 

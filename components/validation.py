@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 from components import storage
+from components.datasets import MIN_EVENTS_FOR_TARGETS
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MIN_TS = pd.Timestamp("1990-01-01", tz="UTC")
 MAX_EXAMPLES = 5
-MIN_USER_EVENTS = 3  # history, validation target, test target (components/datasets.py)
 log = logging.getLogger(__name__)
 
 
@@ -130,22 +130,23 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
 
 
 def _short_histories(events: pd.DataFrame, source: str) -> list[Finding]:
-    """Warn about users with fewer than MIN_USER_EVENTS events: they have no validation or
-    test target and only add to training. (Per-group counts have no GE expectation.)"""
+    """Warn about users with fewer than MIN_EVENTS_FOR_TARGETS events: they have no
+    validation or test target and only add to training. (Per-group counts have no GE
+    expectation.)"""
     if events.empty or "user_id" not in events:
         return []
     per_user = events.groupby("user_id").size()
-    short = per_user[per_user < MIN_USER_EVENTS]
+    short = per_user[per_user < MIN_EVENTS_FOR_TARGETS]
     if short.empty:
         return []
-    guards = f"users with fewer than {MIN_USER_EVENTS} events have no held-out target; kept for training only"
+    guards = f"users with fewer than {MIN_EVENTS_FOR_TARGETS} events have no held-out target; kept for training only"
     examples = [_short(u) for u in short.index[:MAX_EXAMPLES]]
     return [
         Finding(
             "events",
             source,
             "warning",
-            "user_event_count_at_least_3",
+            f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}",
             "user_id",
             guards,
             len(short),

@@ -514,3 +514,32 @@ def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
     killed["thread"] = threading.Thread(target=watch, daemon=True)
     killed["thread"].start()
     return killed
+
+
+def killed_final_fit(spec: str, lake: str, epochs: int) -> dict:
+    """Train mf's final fit (``epochs`` epochs) as a flow of the real tasks — train_final
+    (its retry), evaluate, register — while :func:`kill_training` SIGKILLs the training
+    after its first checkpoint. Returns ``killed`` (whether it was), ``final`` (the
+    result, ``resumed_from_epoch`` included) and ``versions`` (run ids of the registered
+    model's versions)."""
+    from prefect import flow
+
+    from components import datasets, tracking, training
+    from tasks.evaluate import evaluate
+    from tasks.register import register
+    from tasks.train import train_final
+
+    dataset = datasets.prepare(spec, lake, 2, 0)
+    cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
+    folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
+
+    @flow
+    def final_fit():
+        final = train_final.with_options(retry_delay_seconds=0)(dataset, "mf", folds, cfg, lake, {})
+        return final, register(evaluate(dataset, final, lake), dataset)
+
+    killer = kill_training(training.checkpoint_uri(lake, dataset, "mf", cfg, "final", None, epochs))
+    final, registered = final_fit()
+    killer["thread"].join(timeout=5)
+    versions = [v.run_id for v in tracking.client().search_model_versions(f"name='{registered['name']}'")]
+    return {"killed": "pid" in killer, "final": final, "versions": versions}

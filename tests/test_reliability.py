@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 from conftest import sample_frames, write_slice
-from faults import BAD_INPUTS, kill_training, registry_state, try_bad_input
+from faults import BAD_INPUTS, killed_final_fit, registry_state, try_bad_input
 
-from components import storage, tracking, training
+from components import storage, tracking
 
 PREFIX = "reliab"
 NIGHTLY = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
@@ -86,33 +86,13 @@ def test_a_rerun_trains_nothing_and_one_changed_event_retrains(guarded):
 def test_a_killed_training_resumes_from_its_last_checkpoint_and_registers_once(guarded):
     """SIGKILL the final fit's process once its first epoch's checkpoint is in the lake: the
     task's retry resumes from that epoch, and the model is registered once."""
-    from prefect import flow
-
-    from components import datasets
-    from tasks.evaluate import evaluate
-    from tasks.register import register
-    from tasks.train import train_final
-
-    lake, epochs = str(guarded["lake"]), 12
-    dataset = datasets.prepare(str(guarded["spec"]), lake, 2, 0)
-    cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
-    folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
-    ckpt = training.checkpoint_uri(lake, dataset, "mf", cfg, "final", None, epochs)
-
-    @flow
-    def final_fit():
-        final = train_final.with_options(retry_delay_seconds=0)(dataset, "mf", folds, cfg, lake, {})
-        report = evaluate(dataset, final, lake)
-        return final, register(report, dataset)
-
+    epochs = 12
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTERESTFLOW_MODEL_PREFIX", PREFIX + "kill")
-        killed = kill_training(ckpt)
-        final, registered = final_fit()
-        killed["thread"].join(timeout=5)
-        versions = tracking.client().search_model_versions(f"name='{registered['name']}'")
-    assert "pid" in killed, "the training finished before it could be killed"
+        got = killed_final_fit(str(guarded["spec"]), str(guarded["lake"]), epochs)
+    final = got["final"]
+    assert got["killed"], "the training finished before it could be killed"
     assert final["resumed_from_epoch"] is not None and 1 <= final["resumed_from_epoch"] < epochs
     assert final["epochs_run"] == epochs
     assert len(final["history"]) == epochs - final["resumed_from_epoch"]  # not from scratch
-    assert [v.run_id for v in versions] == [final["run_id"]]  # registered once, from the resumed run
+    assert got["versions"] == [final["run_id"]]  # registered once, from the resumed run

@@ -223,8 +223,8 @@ class BERT(nn.Module):
             seq = self._with_mask_token(seq)
         h = self(seq, table)[:, -1]
         scores = h @ table.T
-        if self.bias is not None:
-            scores = scores + self.offsets()
+        if (offsets := self.offsets()) is not None:
+            scores = scores + offsets
         if self.config.popularity_adjust:
             scores = scores - self.config.popularity_adjust * torch.log1p(self.counts)
         return scores
