@@ -148,3 +148,74 @@ def test_mlflow_pyfunc_round_trip_gives_the_same_top10(family):
     assert again["item_id"].tolist() == direct["item_id"].tolist()
     assert loaded.metadata.signature is not None
     assert np.allclose(again["score"], direct["score"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", ["learned", "fixed", None])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000])
+def test_fused_cross_entropy_equals_torch_value_and_gradients(monkeypatch, with_bias, chunk_rows):
+    """LinearCrossEntropy gives F.cross_entropy's loss and gradients, whatever the chunking."""
+    from torch.nn import functional as F
+
+    from components.models import base
+
+    n_items = 50
+    monkeypatch.setitem(base._CHUNK_ELEMS, "cpu", chunk_rows * n_items)
+    g = torch.Generator().manual_seed(0)
+    leaf_q = torch.randn(23, 6, generator=g, requires_grad=True)
+    table = torch.randn(n_items, 6, generator=g, requires_grad=True)
+    bias = torch.randn(n_items, generator=g, requires_grad=with_bias == "learned") if with_bias else None
+    target = torch.randint(0, n_items, (23,), generator=g)
+
+    def grads(loss_fn):
+        for t in (leaf_q, table, bias):
+            if t is not None:
+                t.grad = None
+        q = leaf_q * 2.0  # a non-leaf query, as the models pass
+        loss = loss_fn(q)
+        loss.backward()
+        return loss.detach(), [None if t is None else t.grad for t in (leaf_q, table, bias)]
+
+    ref, ref_g = grads(lambda q: F.cross_entropy(q @ table.T + (0 if bias is None else bias), target))
+    got, got_g = grads(lambda q: base.full_ce(q, target, table, bias))
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(got_g, ref_g, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
+
+
+def test_fused_cross_entropy_under_bf16_autocast_stays_close_and_fp32():
+    """bf16 matmuls (Lightning's bf16-mixed), softmax and gradients in fp32."""
+    from torch.nn import functional as F
+
+    from components.models import base
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(300, 32, generator=g, requires_grad=True)
+    table = torch.randn(2000, 32, generator=g, requires_grad=True)
+    target = torch.randint(0, 2000, (300,), generator=g)
+    ref = F.cross_entropy(q @ table.T, target)
+    ref_gq, ref_gw = torch.autograd.grad(ref, (q, table))
+    with torch.autocast("cpu", torch.bfloat16):
+        got = base.full_ce(q, target, table, None)
+    gq, gw = torch.autograd.grad(got, (q, table))
+    assert got.dtype == gq.dtype == gw.dtype == torch.float32
+    assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
+    for a, b in ((gq, ref_gq), (gw, ref_gw)):
+        assert ((a - b).norm() / b.norm()).item() < 3e-2
+    with torch.no_grad():  # no gradients wanted: the loss alone
+        assert abs(base.full_ce(q, target, table, None).item() - ref.item()) < 1e-5
+
+
+def test_cnn_convolutions_as_matmuls_equal_the_conv_layers():
+    """cnn computes Caser's convolutions with matmuls over its Conv2d weights: same numbers."""
+    from torch.nn import functional as F
+
+    model = build("cnn", dropout=0.0).eval()
+    window = torch.randint(0, N_ITEMS + 1, (9, model.config.window))
+    users = torch.randint(0, N_USERS + 1, (9,))
+    e = model.embed(window).unsqueeze(1)
+    v = model.vertical(e).flatten(1)
+    h = [F.relu(conv(e).squeeze(3)).amax(dim=2) for conv in model.horizontal]
+    z = F.relu(model.fc(torch.cat([v, *h], dim=1)))
+    torch.testing.assert_close(model(window, users), torch.cat([z, model.user(users)], dim=1))
