@@ -7,6 +7,11 @@ lake is --lake, so DIR/06_recommendations/test_recommendations_<family>.parquet 
 exact test-time top-10 its metrics came from.
 
     .venv/bin/python bench/pipeline.py --lake bench/out/pipeline
+
+The nightly time alone (issue 3: mf, lstm and cnn, 3 folds, under 45 minutes on CPU):
+
+    .venv/bin/python bench/pipeline.py --lake bench/out/nightly --flow-only \
+        --families mf lstm cnn --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -59,17 +64,21 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--precision", default="auto", help="the flow's precision parameter (Lightning precision)")
+    ap.add_argument("--flow-only", action="store_true", help="time the flow alone (no direct-call half)")
     args = ap.parse_args()
     quiet_env()
     flow_dir = Path(args.lake).resolve()
     direct_dir = flow_dir.with_name(flow_dir.name + "-direct")
     # The same training config as the flow's defaults (all cores, seed 0).
-    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "seed": 0}
+    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "seed": 0, "precision": args.precision}
 
-    fresh_home(direct_dir)
-    t0 = time.perf_counter()
-    stages, _ = direct(args.spec, str(direct_dir), args.families, {**cfg, "model": {}}, args.folds)
-    direct_s = time.perf_counter() - t0
+    stages, direct_s = {}, None
+    if not args.flow_only:
+        fresh_home(direct_dir)
+        t0 = time.perf_counter()
+        stages, _ = direct(args.spec, str(direct_dir), args.families, {**cfg, "model": {}}, args.folds)
+        direct_s = time.perf_counter() - t0
 
     fresh_home(flow_dir)
     from flows.nightly import nightly
@@ -82,16 +91,20 @@ def main() -> None:
         folds=args.folds,
         max_epochs=args.max_epochs,
         patience=args.patience,
+        precision=args.precision,
         seed=0,
     )
     flow_s = time.perf_counter() - t0
 
     figures = {
         "total_s": round(flow_s, 1),
-        "direct_s": round(direct_s, 1),
-        "overhead_ratio": round((flow_s - direct_s) / flow_s, 4),
         "peak_rss_gib": round(peak_rss_gib(), 2),
+        "families": " ".join(args.families),
+        "folds": args.folds,
+        "precision": args.precision,
     }
+    if direct_s is not None:
+        figures.update({"direct_s": round(direct_s, 1), "overhead_ratio": round((flow_s - direct_s) / flow_s, 4)})
     pop = out["results"][0]["popularity"]
     figures.update({"pop_hr10": round(pop["hr10"], 4), "pop_ndcg10": round(pop["ndcg10"], 4)})
     for r in out["results"]:
@@ -105,10 +118,12 @@ def main() -> None:
                 f"{f}_epochs": r["cv"]["epochs"],
             }
         )
-    print("\nStage wall times (direct calls, no Prefect), seconds")
-    for name, s in stages.items():
-        print(f"  {name:<24}{s:9.1f}")
-    print(f"  {'total (direct)':<24}{direct_s:9.1f}\n  {'total (Prefect flow)':<24}{flow_s:9.1f}")
+    if stages:
+        print("\nStage wall times (direct calls, no Prefect), seconds")
+        for name, s in stages.items():
+            print(f"  {name:<24}{s:9.1f}")
+        print(f"  {'total (direct)':<24}{direct_s:9.1f}")
+    print(f"  {'total (Prefect flow)':<24}{flow_s:9.1f}")
     print("\nTest figures (full ranking, history excluded; popularity ties broken by item id)")
     for k, v in figures.items():
         print(f"  {k:<24}{v}")

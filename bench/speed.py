@@ -5,9 +5,12 @@ Ours: seconds per training epoch (no validation) and training samples per second
 Peers, in the same run and at the same thread count: RecBole 1.2.1's GRU4Rec (vs our
 lstm) and Caser (vs our cnn), and the `implicit` library's ALS and BPR (vs our mf), each
 in the separate peers venv (.venv-peers, created here per ../shared/PEERS.md if missing).
-Prints the time ratio ours/peer and each side's test NDCG@10 after its budget.
+Prints the time ratio ours/peer and each side's test NDCG@10 after its budget. Ours runs
+at each of ``--precisions`` (Lightning precisions; peers run fp32, the only precision they offer
+on CPU): ``bf16-mixed`` only pays on a CPU with native bf16 (AVX512-BF16 / AMX).
 
     .venv/bin/python bench/speed.py --lake bench/out/speed [--epochs 2] [--families mf lstm cnn]
+        [--precisions 32-true bf16-mixed]
 """
 
 from __future__ import annotations
@@ -67,12 +70,12 @@ def run_peer(py: Path, script: str, *args: str, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def ours(family: str, epochs: int, threads: int, lake: str) -> dict:
+def ours(family: str, epochs: int, threads: int, lake: str, precision: str) -> dict:
     from components import datasets, evaluation, training
 
     spec = str(ROOT / "specs" / "amazon_beauty.yaml")
     ds = datasets.prepare(spec, lake, 1, 0)
-    cfg = {"max_epochs": epochs, "num_threads": threads, "model": SAME_DIMS[family], "seed": 0}
+    cfg = {"max_epochs": epochs, "num_threads": threads, "model": SAME_DIMS[family], "seed": 0, "precision": precision}
     final = training.run_stage(ds, family, "final", cfg, lake, None, epochs=epochs)
     rep = evaluation.evaluate_final(ds, {**final, "cv": {}}, lake, {"epochs": epochs})
     epoch_s = [h["train_epoch_s"] for h in final["history"]]
@@ -90,6 +93,7 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=["mf", "lstm", "cnn"])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     args = ap.parse_args()
     quiet_env()
     lake = fresh_home(args.lake)
@@ -97,16 +101,20 @@ def main() -> None:
     events_csv = Path(os.environ["INTERESTFLOW_SHARED_DATA"]) / "amazon_beauty" / "interactions.csv.gz"
     figures, rows = {"threads": args.threads, "epochs": args.epochs}, []
     for family in args.families:
-        o = ours(family, args.epochs, args.threads, str(lake))
-        # the first epoch carries warm-up; the mean of the rest is the steady state
-        o_s = sum(o["epoch_s"][1:] or o["epoch_s"]) / len(o["epoch_s"][1:] or o["epoch_s"])
-        figures.update(
-            {
-                f"{family}_epoch_s": round(o_s, 2),
-                f"{family}_samples_per_s": round(o["samples"] / o_s),
-                f"{family}_ndcg10_after_budget": round(o["test_ndcg10"], 4),
-            }
-        )
+        mine = {}  # precision -> (seconds per epoch, test NDCG@10)
+        for precision in args.precisions:
+            o = ours(family, args.epochs, args.threads, str(lake), precision)
+            # the first epoch carries warm-up; the mean of the rest is the steady state
+            o_s = sum(o["epoch_s"][1:] or o["epoch_s"]) / len(o["epoch_s"][1:] or o["epoch_s"])
+            tag = "" if precision == args.precisions[0] else f"_{precision.split('-')[0]}"
+            figures.update(
+                {
+                    f"{family}{tag}_epoch_s": round(o_s, 2),
+                    f"{family}{tag}_samples_per_s": round(o["samples"] / o_s),
+                    f"{family}{tag}_ndcg10_after_budget": round(o["test_ndcg10"], 4),
+                }
+            )
+            mine[precision] = (o_s, o["test_ndcg10"])
         if family in PEER_OF:
             p = run_peer(
                 py,
@@ -128,10 +136,9 @@ def main() -> None:
                     f"{peer}_epoch_s": round(p_s, 2),
                     f"{peer}_samples_per_s": round(p["samples"] / p_s),
                     f"{peer}_ndcg10_after_budget": round(p["test_ndcg10"], 4),
-                    f"{family}_ratio_vs_recbole": round(o_s / p_s, 3),
                 }
             )
-            rows.append((family, o_s, o["test_ndcg10"], PEER_OF[family] + " (RecBole)", p_s, p["test_ndcg10"]))
+            peers = [(PEER_OF[family] + " (RecBole)", p_s, p["test_ndcg10"], "recbole")]
         else:
             p = run_peer(
                 py,
@@ -142,31 +149,28 @@ def main() -> None:
                 str(args.threads),
                 threads=args.threads,
             )
+            peers = []
             for algo in ("als", "bpr"):
                 figures.update(
                     {
                         f"implicit_{algo}_iter_s": round(p[algo]["iter_s"], 3),
                         f"implicit_{algo}_fit_s": round(p[algo]["fit_s"], 2),
                         f"implicit_{algo}_ndcg10": round(p[algo]["test_ndcg10"], 4),
-                        f"{family}_ratio_vs_implicit_{algo}_per_iter": round(o_s / p[algo]["iter_s"], 2),
                     }
                 )
-                rows.append(
-                    (
-                        family,
-                        o_s,
-                        o["test_ndcg10"],
-                        f"implicit {algo.upper()} (per iteration)",
-                        p[algo]["iter_s"],
-                        p[algo]["test_ndcg10"],
-                    )
-                )
-    print(f"\n{'ours':<6}{'s/epoch':>9}{'NDCG@10':>9}   {'peer':<32}{'s/epoch':>9}{'NDCG@10':>9}{'ratio':>8}")
+                name = f"implicit {algo.upper()} (per iteration)"
+                peers.append((name, p[algo]["iter_s"], p[algo]["test_ndcg10"], f"implicit_{algo}_per_iter"))
+        for precision, (o_s, o_n) in mine.items():
+            tag = "" if precision == args.precisions[0] else f"_{precision.split('-')[0]}"
+            for name, p_s, p_n, key in peers:
+                figures[f"{family}{tag}_ratio_vs_{key}"] = round(o_s / p_s, 3)
+                rows.append((f"{family} {precision}", o_s, o_n, name, p_s, p_n))
+    print(f"\n{'ours':<17}{'s/epoch':>9}{'NDCG@10':>9}   {'peer':<32}{'s/epoch':>9}{'NDCG@10':>9}{'ratio':>8}")
     for fam, o_s, o_n, peer, p_s, p_n in rows:
-        print(f"{fam:<6}{o_s:>9.2f}{o_n:>9.4f}   {peer:<32}{p_s:>9.2f}{p_n:>9.4f}{o_s / p_s:>8.2f}")
+        print(f"{fam:<17}{o_s:>9.2f}{o_n:>9.4f}   {peer:<32}{p_s:>9.2f}{p_n:>9.4f}{o_s / p_s:>8.2f}")
     print(
         f"(NDCG@10 after {args.epochs} epochs for both sides; implicit after its own 15 ALS / 100 BPR iterations; "
-        f"{args.threads} threads each)"
+        f"{args.threads} threads each; peers in fp32)"
     )
     print(json.dumps(figures))
 
