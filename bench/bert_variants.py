@@ -7,7 +7,7 @@ training interactions). A variant is NAME=JSON, the JSON being bert model settin
 (components/models/bert.py: BERTConfig). Without --variant: the two objectives.
 
     .venv/bin/python bench/bert_variants.py --lake bench/out/bert-variants [--max-epochs 20] \
-        [--variant 'causal={"objective": "causal"}' ...] [--reuse]
+        [--variant 'causal={"objective": "causal"}' ...] [--reuse] [--precision bf16-mixed]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", help="Lightning precision of every variant's training")
     ap.add_argument("--reuse", action="store_true", help="keep the lake's finished data layers (no fresh start)")
     args = ap.parse_args()
     quiet_env()
@@ -46,6 +47,7 @@ def main() -> None:
             "max_epochs": args.max_epochs,
             "patience": args.patience,
             "num_threads": args.threads,
+            "precision": args.precision,
             "model": json.loads(settings or "{}"),
         }
         r = training.run_stage(ds, "bert", "fold", cfg, lake, None, fold=0)
