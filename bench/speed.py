@@ -9,7 +9,7 @@ Prints the time ratio ours/peer and each side's test NDCG@10 after its budget. O
 at each of ``--precisions`` (Lightning precisions; peers run fp32, the only precision they offer
 on CPU): ``bf16-mixed`` only pays on a CPU with native bf16 (AVX512-BF16 / AMX).
 
-    .venv/bin/python bench/speed.py --lake bench/out/speed [--epochs 2] [--families mf lstm cnn]
+    .venv/bin/python bench/speed.py --lake bench/out/speed [--epochs 3] [--families mf lstm cnn]
         [--precisions 32-true bf16-mixed]
 """
 
@@ -91,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lake", required=True)
     ap.add_argument("--families", nargs="+", default=["mf", "lstm", "cnn"])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     args = ap.parse_args()
