@@ -67,3 +67,17 @@ def test_ddp_final_fit_records_one_run_and_one_model_version(dataset, monkeypatc
     reg = tracking.register_challenger(report, ds["data_hash"])
     versions = tracking.client().search_model_versions(f"name='{reg['name']}' and run_id='{final['run_id']}'")
     assert len(versions) == 1
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu_trains_like_fp32(dataset):
+    """precision=bf16-mixed on CPU (bf16 matmuls in the fused cross-entropy): same learning."""
+    ds, lake = dataset
+    base = {"max_epochs": 3, "patience": 3, "accelerator": "cpu", "num_threads": 1, "seed": 0, "model": small("cnn")}
+    fp32 = training.run_stage(ds, "cnn", "fold", base, lake, None, fold=1)
+    bf16 = training.run_stage(ds, "cnn", "fold", {**base, "precision": "bf16-mixed"}, lake, None, fold=1)
+    assert not bf16["reused"] and bf16["checkpoint_uri"] != fp32["checkpoint_uri"]
+    losses = [[h["train_loss"] for h in r["history"]] for r in (fp32, bf16)]
+    assert losses[1][-1] < losses[1][0]  # it learns
+    assert losses[1][-1] == pytest.approx(losses[0][-1], rel=0.05), losses
+    assert bf16["metrics"]["ndcg10"] == pytest.approx(fp32["metrics"]["ndcg10"], abs=0.03)
