@@ -101,7 +101,7 @@ def main() -> None:
     events_csv = Path(os.environ["INTERESTFLOW_SHARED_DATA"]) / "amazon_beauty" / "interactions.csv.gz"
     figures, rows = {"threads": args.threads, "epochs": args.epochs}, []
     for family in args.families:
-        mine = {}  # precision -> (seconds per epoch, test NDCG@10)
+        mine = {}  # precision -> (figure-name tag, seconds per epoch, test NDCG@10)
         for precision in args.precisions:
             o = ours(family, args.epochs, args.threads, str(lake), precision)
             # the first epoch carries warm-up; the mean of the rest is the steady state
@@ -114,7 +114,7 @@ def main() -> None:
                     f"{family}{tag}_ndcg10_after_budget": round(o["test_ndcg10"], 4),
                 }
             )
-            mine[precision] = (o_s, o["test_ndcg10"])
+            mine[precision] = (tag, o_s, o["test_ndcg10"])
         if family in PEER_OF:
             p = run_peer(
                 py,
@@ -160,8 +160,7 @@ def main() -> None:
                 )
                 name = f"implicit {algo.upper()} (per iteration)"
                 peers.append((name, p[algo]["iter_s"], p[algo]["test_ndcg10"], f"implicit_{algo}_per_iter"))
-        for precision, (o_s, o_n) in mine.items():
-            tag = "" if precision == args.precisions[0] else f"_{precision.split('-')[0]}"
+        for precision, (tag, o_s, o_n) in mine.items():
             for name, p_s, p_n, key in peers:
                 figures[f"{family}{tag}_ratio_vs_{key}"] = round(o_s / p_s, 3)
                 rows.append((f"{family} {precision}", o_s, o_n, name, p_s, p_n))

@@ -104,7 +104,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     ``F.cross_entropy(q @ table.T + bias, target)`` makes autograd keep the whole (N, n_items)
     logits and walk them about ten times (bias add, log-softmax, its backward, a zero-filled
-    gradient); on CPU that was ~70% of an epoch of lstm and cnn. Here each chunk of rows is
+    gradient); on CPU that was 70–80% of an epoch of lstm and cnn (torch.profiler). Here each chunk of rows is
     scored, turned into softmax − one-hot and multiplied straight into the gradients of
     ``q``, ``table`` and ``bias`` in the forward pass (backward only scales them), so the
     logits live one chunk at a time. PyTorch has no fused op for this on CPU (Liger's and Apple's
