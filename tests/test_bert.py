@@ -94,26 +94,6 @@ def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
     assert torch.equal(older.eval().score(batch), plain.score(batch))
 
 
-def test_loss_adjust_adds_tau_log_count_to_every_training_logit_and_leaves_scores_alone():
-    """The logit-adjusted loss: cross-entropy over scores + tau * log(1 + n)."""
-    torch.manual_seed(0)
-    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
-    counts = torch.arange(N, dtype=torch.float32)
-    cfg = {"dim": 16, "dropout": 0.0, "popularity_adjust": 0.0}
-    plain = BERT(BERTConfig(**cfg), N, 5, item_text=text)
-    adjusted = BERT(BERTConfig(**cfg, loss_adjust=0.5), N, 5, item_text=text, item_counts=counts)
-    adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
-    seq = torch.tensor([[5, 6, 7, 9], [N, 3, 4, 8]])
-    table = plain.item_table()
-    h = plain(seq[:, :-1], table)
-    valid = (seq[:, 1:] != N) & (seq[:, :-1] != N)
-    logits = h[valid] @ table.T + plain.bias + 0.5 * torch.log1p(counts)
-    expected = torch.nn.functional.cross_entropy(logits, seq[:, 1:][valid])
-    assert torch.allclose(adjusted.loss({"seq": seq}), expected, atol=1e-5)
-    assert not torch.allclose(plain.loss({"seq": seq}), expected, atol=1e-5)
-    assert torch.equal(adjusted.eval().score({"seq": seq}), plain.eval().score({"seq": seq}))
-
-
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate", "text", "id"])
 def test_every_fusion_learns(fusion):
     m = model(fusion=fusion).train()
@@ -158,7 +138,6 @@ def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inp
         {"id_dropout": 1.0},
         {"id_dropout": 0.5, "fusion": "id"},
         {"popularity_adjust": -0.5},
-        {"loss_adjust": -1.0},
     ],
 )
 def test_bad_configs_are_rejected(bad):

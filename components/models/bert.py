@@ -77,13 +77,6 @@ class BERTConfig:
     unchanged. 0.75: the largest tau (steps of 0.25) that keeps validation NDCG@10 on
     full Beauty within 15% of tau = 0 (bench/popularity_adjust.py, bench/RESULTS.md)."""
 
-    loss_adjust: float = 0.0
-    """tau_train: training adds tau_train * log(1 + n) to each item's logit (the
-    logit-adjusted loss, Menon et al., ICLR 2021, eq. 10), so the model's own scores come
-    out with that much of the popularity prior already taken out; ``popularity_adjust``
-    then takes out more at ranking. Rare items get a smaller share of every softmax in
-    training and are pushed down less as negatives."""
-
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"BERTConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -97,8 +90,8 @@ class BERTConfig:
             raise ValueError("BERTConfig.id_dropout must be in [0, 1) and needs a fusion of ids and text")
         if self.id_shrink < 0 or (self.id_shrink and self.fusion in ("text", "id")):
             raise ValueError("BERTConfig.id_shrink must be >= 0 and needs a fusion of ids and text")
-        if self.popularity_adjust < 0 or self.loss_adjust < 0:
-            raise ValueError("BERTConfig.popularity_adjust and loss_adjust must be >= 0")
+        if self.popularity_adjust < 0:
+            raise ValueError("BERTConfig.popularity_adjust must be >= 0")
 
 
 class BERT(nn.Module):
@@ -128,7 +121,7 @@ class BERT(nn.Module):
         # Training interactions per item, saved with the weights (the served model ranks
         # as it was evaluated); only where a setting reads them.
         counts = None
-        if c.id_shrink or c.popularity_adjust or c.loss_adjust:
+        if c.id_shrink or c.popularity_adjust:
             counts = torch.zeros(n_items) if item_counts is None else torch.as_tensor(item_counts).float()
         self.register_buffer("counts", counts)  # None: not in the state dict
         self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
@@ -248,11 +241,7 @@ class BERT(nn.Module):
             picked[:, -1] |= real[:, -1]
             inputs, target, valid = seq.masked_fill(picked, self.mask), seq, picked
         h = self(inputs, table)[valid]
-        offsets = self.offsets()
-        if self.config.loss_adjust:
-            prior = self.config.loss_adjust * torch.log1p(self.counts)
-            offsets = prior if offsets is None else offsets + prior
-        return sampled_or_full_ce(h, target[valid], table, offsets, self.config.sampled)
+        return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------
     def _init_finetuning(self, item_strings: list[str] | None) -> None:
