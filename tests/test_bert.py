@@ -94,6 +94,32 @@ def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
     assert torch.equal(older.eval().score(batch), plain.score(batch))
 
 
+def test_early_stopping_reads_scores_before_popularity_adjust():
+    """Validation (what early stopping and the best checkpoint read) ranks by fit_score, so
+    popularity_adjust never changes what is trained; the served score is adjusted."""
+    from components.models.base import RecSystem
+
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    counts = torch.arange(N, dtype=torch.float32) ** 2
+    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, item_text=text).eval()
+    adjusted = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=3.0), N, 5, item_text=text, item_counts=counts)
+    adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
+    adjusted.eval()
+    empty = torch.zeros(0, dtype=torch.long)
+    batch = {"users": torch.arange(4), "seq": torch.randint(0, N, (4, 6)), "target": torch.tensor([1, 8, 20, 29])}
+    batch |= {"seen_rows": empty, "seen_cols": empty}
+    ranks = []
+    for m in (plain, adjusted):
+        system = RecSystem(m)
+        with torch.no_grad():
+            system.validation_step(batch, 0)
+        ranks.append(system._val[0])
+    assert torch.equal(ranks[0], ranks[1])
+    assert torch.equal(adjusted.fit_score(batch), plain.score(batch))
+    assert not torch.allclose(adjusted.score(batch), plain.score(batch))
+
+
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate", "text", "id"])
 def test_every_fusion_learns(fusion):
     m = model(fusion=fusion).train()

@@ -9,6 +9,9 @@ A batch is a dict: ``users`` (B,) user indices (``n_users`` = unknown user) and 
 (B, L) time-ordered item indices, left-padded with ``n_items`` (most recent last). Each
 family uses what it needs: MF the user index, sequence families the history. Training,
 evaluation, registration and recommendation only ever call ``loss`` and ``score``.
+A family whose ``score`` adds a ranking-time adjustment that is not part of the fit (bert's
+``popularity_adjust``) also defines ``fit_score(batch)``, the scores without it: early
+stopping selects the epoch on those, so such a setting never changes what is trained.
 
 A family that reads item text sets ``uses_text = True``; training then also passes
 ``item_text`` ((n_items, d) frozen text embeddings, components/text.py),
@@ -55,7 +58,8 @@ class OptimConfig:
 
 
 class RecSystem(L.LightningModule):
-    """Lightning system around any family: loss for training, full-ranking NDCG@10 for validation."""
+    """Lightning system around any family: loss for training, full-ranking NDCG@10 for validation
+    (of ``fit_score`` where the family has one: what early stopping reads)."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig = OptimConfig()):
         super().__init__()
@@ -72,7 +76,7 @@ class RecSystem(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        scores = self.model.score(batch).float()
+        scores = getattr(self.model, "fit_score", self.model.score)(batch).float()
         metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"], batch["target"])
         self._val.append(metrics.target_ranks(scores, batch["target"]))
 

@@ -73,9 +73,10 @@ class BERTConfig:
     """tau: ranking scores minus tau * log(1 + n) for an item's n training interactions
     (logit adjustment, Menon et al., ICLR 2021). The full cross-entropy learns the
     popularity prior; this takes part of it back, so that rarely bought items the
-    history and their text point to can rank (cold start). Scoring only; training is
-    unchanged. 0.75: the largest tau (steps of 0.25) that keeps validation NDCG@10 on
-    full Beauty within 15% of tau = 0 (bench/popularity_adjust.py, bench/RESULTS.md)."""
+    history and their text point to can rank (cold start). Scoring only: training,
+    early stopping included, reads the unadjusted scores (``fit_score``). 0.75: the
+    largest tau (steps of 0.25) that keeps validation NDCG@10 on full Beauty within 15% of
+    tau = 0 (bench/popularity_adjust.py, bench/RESULTS.md)."""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -218,6 +219,13 @@ class BERT(nn.Module):
         return torch.cat([seq, tail], dim=1)[:, -self.config.max_len :]
 
     def score(self, batch: dict) -> torch.Tensor:
+        scores = self.fit_score(batch)
+        if self.config.popularity_adjust:
+            scores = scores - self.config.popularity_adjust * torch.log1p(self.counts)
+        return scores
+
+    def fit_score(self, batch: dict) -> torch.Tensor:
+        """The model's own scores, before ``popularity_adjust`` (early stopping reads these)."""
         seq, table = batch["seq"], self.item_table()
         if self.config.objective == "masked":
             seq = self._with_mask_token(seq)
@@ -225,8 +233,6 @@ class BERT(nn.Module):
         scores = h @ table.T
         if (offsets := self.offsets()) is not None:
             scores = scores + offsets
-        if self.config.popularity_adjust:
-            scores = scores - self.config.popularity_adjust * torch.log1p(self.counts)
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
