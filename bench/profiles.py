@@ -6,7 +6,7 @@ flow runs after recommendations: profiles, drift, transitions, the churn model o
 split (AUC beside a recency-only baseline), next-category accuracy and the exploration
 table for shares 0, 0.1, 0.2, 0.3 (NDCG@10, coverage@10, intra-list diversity, novelty).
 
-    .venv/bin/python bench/profiles.py --lake bench/out/profiles [--family bert --epochs 15]
+    .venv/bin/python bench/profiles.py --lake bench/out/profiles [--family bert --epochs 20] [--model JSON]
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ def main() -> None:
     ap.add_argument("--lake", required=True)
     ap.add_argument("--spec", default=str(ROOT / "specs" / "amazon_beauty.yaml"))
     ap.add_argument("--family", default="bert")
-    ap.add_argument("--epochs", type=int, default=15, help="final-fit epochs (bench/RESULTS.md: bert's best is ~15)")
+    ap.add_argument(
+        "--epochs", type=int, default=20, help="final-fit epochs (bench/RESULTS.md: bert's best validation epoch: 20)"
+    )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="{}", help='the family\'s settings as JSON, e.g. {"popularity_adjust": 0}')
     args = ap.parse_args()
     quiet_env()
     lake = str(fresh_home(args.lake))
@@ -32,7 +35,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ds = datasets.prepare(args.spec, lake, 1, 0)
-    cfg = {"max_epochs": args.epochs, "num_threads": args.threads, "seed": 0}
+    cfg = {"max_epochs": args.epochs, "num_threads": args.threads, "seed": 0, "model": json.loads(args.model)}
     final = training.run_stage(ds, args.family, "final", cfg, lake, None, epochs=args.epochs)
     rep = evaluation.evaluate_final(ds, final, lake, {"epochs": args.epochs})
     train_s = time.perf_counter() - t0

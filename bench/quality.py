@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=1)
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="the flow's seed (folds, weights, shuffling)")
     args = ap.parse_args()
     quiet_env()
     lake = fresh_home(args.lake)
@@ -45,6 +46,7 @@ def main() -> None:
         folds=args.folds,
         max_epochs=args.max_epochs,
         patience=args.patience,
+        seed=args.seed,
         model=json.loads(args.model),
         dry_run=True,
     )
