@@ -74,9 +74,10 @@ class BERTConfig:
     (logit adjustment, Menon et al., ICLR 2021). The full cross-entropy learns the
     popularity prior; this takes part of it back, so that rarely bought items the
     history and their text point to can rank (cold start). Scoring only: training,
-    early stopping included, reads the unadjusted scores (``fit_score``). 0.75: the
-    largest tau (steps of 0.25) that keeps validation NDCG@10 on full Beauty within 15% of
-    tau = 0 (bench/popularity_adjust.py, bench/RESULTS.md)."""
+    early stopping included, reads the unadjusted scores (``fit_score``). 0.75, on full
+    Beauty's validation targets (steps of 0.25; bench/popularity_adjust.py,
+    bench/RESULTS.md): the smallest tau whose cold-start NDCG@10 is twice the best id-only
+    family's, and the largest that keeps NDCG@10 within 15% of tau = 0."""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
