@@ -278,6 +278,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     result = fit(json.loads(Path(args.request).read_text()))
+    # Lightning leaves the DDP process group up. A rank leaving the interpreter with it
+    # alive now and then aborts in gloo's threads ("terminate called without an active
+    # exception", SIGABRT; seen once in CI on rank 1 while rank 0 registered the model),
+    # and Lightning then kills every rank. Destroying it is local: rank 0 needs no
+    # collective after fit.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and "run_id" in result:
         Path(args.result).write_text(json.dumps(result, indent=2, default=str))
 
