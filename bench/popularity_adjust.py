@@ -12,21 +12,10 @@ adjustment for every family, so the families are compared at equal settings.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 from _common import quiet_env
-
-
-def final_model(family: str, stage_dir: Path):
-    """The registered-to-be model of a final fit, ranking with its own scores (any
-    popularity_adjust it has set to 0: the script applies tau itself)."""
-    from components.recommender import Recommender
-
-    rec = Recommender.from_bytes((stage_dir / "recommender.pt").read_bytes())
-    config = {**rec.config, "popularity_adjust": 0.0} if "popularity_adjust" in rec.config else rec.config
-    return Recommender(family, config, rec.model.state_dict(), rec.item_ids, rec.user_ids).model
 
 
 def main() -> None:
@@ -43,6 +32,8 @@ def main() -> None:
     from components import evaluation, metrics
     from components.datasets import Dataset
     from components.models import MODELS
+    from components.models.base import fit_scores
+    from components.recommender import Recommender
     from components.training import side_inputs
 
     torch.set_num_threads(args.threads)
@@ -61,20 +52,19 @@ def main() -> None:
         view = data.view("fold", 0) if args.stage == "fold" else data.view("final")
         stage_dir = models / "fold0" if args.stage == "fold" else sorted(models.glob("final*"))[-1]
         cls = MODELS[family]
-        if args.stage == "final":
-            model = final_model(family, stage_dir)
+        if args.stage == "final":  # the registered-to-be model
+            model = Recommender.from_bytes((stage_dir / "recommender.pt").read_bytes()).model
         else:
             state = torch.load(stage_dir / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
             weights = {k.removeprefix("model."): v for k, v in state.items() if k != "model.counts"}
-            fields = {f.name for f in dataclasses.fields(cls.Config)}
-            cfg = cls.Config(**({"popularity_adjust": 0.0} if "popularity_adjust" in fields else {}))
-            model = cls(cfg, data.n_items, data.n_users, **side_inputs(cls, data, view))
+            model = cls(cls.Config(), data.n_items, data.n_users, **side_inputs(cls, data, view))
             model.load_state_dict(weights)
         model.eval()
         log_n = torch.log1p(torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32))
         max_len = int(getattr(model.config, "max_len", 512))
         for tau in args.taus:
-            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: model.score(b) - tau * log_n)
+            # each model's own scores (before any popularity_adjust it ships with), then tau
+            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: fit_scores(model, b) - tau * log_n)
             ranks, _, _ = evaluation.rank_view(scorer, view, data.n_items, max_len=max_len)
             m, cold = metrics.rank_metrics(ranks, ks=(10,)), evaluation.cold_report(ranks, view, data.n_items)
             row = {

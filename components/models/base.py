@@ -57,6 +57,11 @@ class OptimConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+def fit_scores(model: nn.Module, batch: dict) -> torch.Tensor:
+    """A family's scores before any ranking-time adjustment: ``fit_score`` where it has one."""
+    return getattr(model, "fit_score", model.score)(batch)
+
+
 class RecSystem(L.LightningModule):
     """Lightning system around any family: loss for training, full-ranking NDCG@10 for validation
     (of ``fit_score`` where the family has one: what early stopping reads)."""
@@ -76,7 +81,7 @@ class RecSystem(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        scores = getattr(self.model, "fit_score", self.model.score)(batch).float()
+        scores = fit_scores(self.model, batch).float()
         metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"], batch["target"])
         self._val.append(metrics.target_ranks(scores, batch["target"]))
 
