@@ -1,7 +1,7 @@
 """Chaos on a slice of Beauty: faults injected, bad inputs tried; does interestflow lose
 anything or promote anything wrongly?
 
-Scenarios (the fault machinery is tests/faults.py, shared with the tests):
+Scenarios (the fault machinery is testkit/faults.py, shared with the tests):
 1. S3 faults: the nightly flow with its lake on a real SeaweedFS behind a fault-injecting
    proxy; the first PUTs of the raw layer fail beyond boto3's own retries (the task is
    retried), dataset and checkpoint requests fail within them.
@@ -9,7 +9,8 @@ Scenarios (the fault machinery is tests/faults.py, shared with the tests):
    refusing every registry write: the flow must fail, and the champion must not move.
 3. A training SIGKILLed after its first checkpoint: the retry must resume from it and
    register the model once.
-4. The bad-input matrix (25 kinds) against a lake with a champion: each must be rejected
+4. The bad-input matrix (the 25 kinds of testkit/faults.py's catalogue marked ``flow``)
+   against a lake with a champion: each must be rejected
    with a message naming file, column, rule and example, or warned about, and change
    nothing.
 5. The promotion gate on 20,000 random metric pairs and 24 racing manual promotions.
@@ -28,13 +29,10 @@ import argparse
 import json
 import os
 import random
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import ROOT, fresh_home, quiet_env
-
-sys.path.insert(0, str(ROOT / "tests"))
+from _common import fresh_home, quiet_env
 
 NIGHT = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
 
@@ -47,15 +45,14 @@ def main() -> None:
     quiet_env()
     home = fresh_home(args.out)
     os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
-    import faults
-    from conftest import write_slice
     from prefect.testing.utilities import prefect_test_harness
 
     from components import promotion, storage, tracking
     from flows.nightly import nightly
+    from testkit import faults
+    from testkit.slices import sample_frames, write_slice  # the shipped sample: 2,000 Beauty users
 
     t0 = time.perf_counter()
-    from conftest import sample_frames  # the shipped sample: 2,000 Beauty users
 
     ev, items = sample_frames(args.users)
     spec = write_slice(home / "src", ev, items, name="chaos")
@@ -88,7 +85,7 @@ def main() -> None:
             ):
                 os.environ.update({"INTERESTFLOW_S3_ENDPOINT_URL": s3.url, "MLFLOW_TRACKING_URI": mlf.url})
                 os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"})
-                storage._s3_client.cache_clear()
+                storage.reset_clients()
                 try:
                     out = nightly(spec=str(spec), lake=lake, **NIGHT)
                     ok = out["results"][0]["decision"]["promote"]
@@ -116,7 +113,7 @@ def main() -> None:
                 )
             for k in ("INTERESTFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI"):
                 os.environ.pop(k, None)
-            storage._s3_client.cache_clear()
+            storage.reset_clients()
 
         # 3 + 4 + 5 on a local lake and the embedded registry.
         local = home / "lake"
@@ -141,7 +138,7 @@ def main() -> None:
         tried = rejected = warned = 0
         registry = faults.registry_state("chaos")
         print("bad inputs:")
-        for name, bad in faults.BAD_INPUTS.items():
+        for name, bad in faults.FLOW_MATRIX.items():
             got = faults.try_bad_input(
                 bad,
                 home / "bad" / name.replace(" ", "_").replace(":", ""),

@@ -32,7 +32,6 @@ def main() -> None:
     from components import evaluation, metrics
     from components.datasets import Dataset
     from components.models import MODELS
-    from components.models.base import fit_scores
     from components.recommender import Recommender
     from components.training import side_inputs
 
@@ -64,7 +63,7 @@ def main() -> None:
         max_len = int(getattr(model.config, "max_len", 512))
         for tau in args.taus:
             # each model's own scores (before any popularity_adjust it ships with), then tau
-            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: fit_scores(model, b) - tau * log_n)
+            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: model.fit_score(b) - tau * log_n)
             ranks, _, _ = evaluation.rank_view(scorer, view, data.n_items, max_len=max_len)
             m, cold = metrics.rank_metrics(ranks, ks=(10,)), evaluation.cold_report(ranks, view, data.n_items)
             row = {

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from components.tracking import home  # the project state folder: INTERESTFLOW_HOME (MLflow, lake)
 
-def home() -> Path:
-    """The project's state folder (MLflow DB and artifacts, default lake): ``INTERESTFLOW_HOME``."""
-    p = Path(os.environ.get("INTERESTFLOW_HOME", "var")).resolve()
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+# The evaluation protocol (DESIGN.md §5), logged with every run.
+MIN_EVENTS_FOR_TARGETS = 3
+"""Users with fewer events have no validation or test target and only ever train."""
+PROTOCOL = {
+    "split": "leave-one-out by time per user (last=test, second-to-last=validation)",
+    "ranking": "full ranking over all catalogue items, the user's earlier items excluded",
+    "ties": "equal scores ranked by item index (= sorted item id)",
+    "metrics": "HR@K, NDCG@K for K in 5,10,20; MRR (full); coverage@10",
+    "cv": "users in K folds; fold k holds out its users' validation targets",
+}
 
 
 def default_lake() -> str:

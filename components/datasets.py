@@ -14,16 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from components import storage
-
-MIN_EVENTS_FOR_TARGETS = 3
-PROTOCOL = {
-    "split": "leave-one-out by time per user (last=test, second-to-last=validation)",
-    "ranking": "full ranking over all catalogue items, the user's earlier items excluded",
-    "ties": "equal scores ranked by item index (= sorted item id)",
-    "metrics": "HR@K, NDCG@K for K in 5,10,20; MRR (full); coverage@10",
-    "cv": "users in K folds; fold k holds out its users' validation targets",
-}
+from components import lake, storage
+from components.config import MIN_EVENTS_FOR_TARGETS
+from components.lake import DatasetLayer, FeatureLayer
+from components.text import item_texts
 
 
 def assign_folds(n_users: int, eligible: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -35,12 +29,11 @@ def assign_folds(n_users: int, eligible: np.ndarray, k: int, seed: int) -> np.nd
     return folds
 
 
-def build_datasets(features: dict, lake: str, folds: int = 3, seed: int = 0) -> dict:
-    """Write 04_datasets/<key>-k<folds>-s<seed>/splits.parquet; reused when present."""
-    key = storage.name(features["uri"])
-    layer = storage.join(lake, "04_datasets", f"{key}-k{folds}-s{seed}")
-    if not storage.layer_done(layer):
-        users = storage.read_parquet(storage.join(features["uri"], "users.parquet"))
+def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int = 0) -> DatasetLayer:
+    """Write 04_datasets/<key>-k<folds>-s<seed>/splits.parquet; reused when complete."""
+
+    def compute(uri: str) -> dict:
+        users = storage.read_parquet(lake.file(features.uri, "users.parquet"))
         lengths = users["items"].map(len).to_numpy()
         eligible = lengths >= MIN_EVENTS_FOR_TARGETS
         splits = pd.DataFrame(
@@ -51,18 +44,18 @@ def build_datasets(features: dict, lake: str, folds: int = 3, seed: int = 0) -> 
                 "test_item": [int(s[-1]) if e else -1 for s, e in zip(users["items"], eligible, strict=True)],
             }
         )
-        storage.write_parquet(splits, storage.join(layer, "splits.parquet"))
-        storage.mark_done(layer, {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum())})
-    return {**features, "dataset_uri": layer, "features_uri": features["uri"], "folds": folds, "seed": seed}
+        storage.write_parquet(splits, lake.file(uri, "splits.parquet"))
+        return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum())}
+
+    uri = lake.dataset_uri(root, features, folds, seed)
+    info, _ = lake.build(uri, compute)
+    return DatasetLayer(uri=uri, features=features, folds=folds, seed=seed, n_eval_users=info["n_eval_users"])
 
 
-def prepare(spec: str, lake: str, folds: int = 3, seed: int = 0) -> dict:
-    """The data stages of the nightly flow without Prefect (benchmarks, tests): ingest ->
-    validate -> features (+ item text) -> datasets. Each stage reuses its finished layer."""
-    from components import events, features, text, validation
-
-    feats = features.build_features(validation.validate(events.ingest(spec, lake), lake), lake)
-    return build_datasets(text.embed_items(feats, lake), lake, folds, seed)
+def load_item_text(text_uri: str) -> np.ndarray:
+    """The item-text layer's vectors: (n_items, 384) float32 in item-index order."""
+    df = storage.read_parquet(lake.file(text_uri, "item_text.parquet")).sort_values("item_idx")
+    return np.stack(df["embedding"].to_numpy()).astype(np.float32)
 
 
 @dataclass
@@ -79,18 +72,13 @@ class Dataset:
     item_strings: list[str] | None = None  # each item's embedded text
 
     @classmethod
-    def load(cls, dataset: dict) -> Dataset:
-        users = storage.read_parquet(storage.join(dataset["features_uri"], "users.parquet"))
-        items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
-        splits = storage.read_parquet(storage.join(dataset["dataset_uri"], "splits.parquet"))
+    def load(cls, dataset: DatasetLayer) -> Dataset:
+        users = storage.read_parquet(lake.file(dataset.features.uri, "users.parquet"))
+        items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))
+        splits = storage.read_parquet(lake.file(dataset.uri, "splits.parquet"))
         text = {}
-        if dataset.get("text_uri"):
-            from components import text as item_text
-
-            text = {
-                "item_text": item_text.load_item_text(dataset["text_uri"]),
-                "item_strings": item_text.item_texts(items),
-            }
+        if dataset.features.text_uri:
+            text = {"item_text": load_item_text(dataset.features.text_uri), "item_strings": item_texts(items)}
         return cls(
             n_items=len(items),
             n_users=len(users),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from components import metrics
-from components.datasets import Dataset, View
-from components.models.base import pad_left
+from components.batches import pad_left, topk_table
+
+if TYPE_CHECKING:  # types only: evaluation works on any object with these fields
+    from components.datasets import Dataset, View
 
 Scorer = Callable[[dict], torch.Tensor]
 
@@ -97,16 +100,8 @@ def cold_report(ranks: np.ndarray, view: View, n_items: int, max_count: int = CO
 
 
 def topk_frame(data: Dataset, view: View, top_items: np.ndarray, top_scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Long table (user_id, rank, item_id, score), rank 1 = best."""
-    u = len(view.eval_users)
-    return pd.DataFrame(
-        {
-            "user_id": np.repeat(data.user_ids[view.eval_users], k),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), u),
-            "item_id": data.item_ids[top_items[:, :k].reshape(-1)],
-            "score": top_scores[:, :k].reshape(-1).astype(np.float32),
-        }
-    )
+    """The top-K table (user_id, rank, item_id, score) of a view's users, rank 1 = best."""
+    return topk_table(data.user_ids[view.eval_users], data.item_ids, top_items, top_scores, k)
 
 
 def popularity_scorer(view: View, n_items: int) -> Scorer:
@@ -133,52 +128,3 @@ def popularity_report(data: Dataset) -> dict:
     view = data.view("final")
     ranks, top_items, _ = rank_view(popularity_scorer(view, data.n_items), view, data.n_items)
     return {**report(ranks, top_items, data.n_items), **cold_report(ranks, view, data.n_items)}
-
-
-def evaluate_final(dataset: dict, final: dict, lake: str, cv: dict) -> dict:
-    """Test the final model as registered (loaded back through MLflow), beside popularity.
-
-    Writes ``06_recommendations/test_recommendations_<family>.parquet`` (the exact top-10
-    the metrics come from) and logs test, popularity and CV figures to the final run.
-    """
-    from components import storage, tracking
-
-    data = Dataset.load(dataset)
-    rec = tracking.load_recommender(final["model_uri"])
-    test, frame = test_report(rec, data)
-    pop = popularity_report(data)
-    uri = storage.join(lake, "06_recommendations", f"test_recommendations_{final['family']}.parquet")
-    storage.write_parquet(
-        frame, uri, metadata={"interestflow.data_hash": dataset["data_hash"], "interestflow.run_id": final["run_id"]}
-    )
-    tracking.log_metrics(
-        final["run_id"],
-        {
-            **{f"test_{k}": v for k, v in test.items()},
-            **{f"pop_test_{k}": v for k, v in pop.items()},
-            **{f"cv_{k}": v for k, v in cv.items()},
-        },
-    )
-    tracking.log_table(final["run_id"], frame.head(1000), "test_recommendations_sample.json")
-    table = pd.DataFrame(
-        [{"evaluation": "test", **test}, {"evaluation": "popularity (test)", **pop}]
-        + [{"evaluation": f"validation fold {i}", **m} for i, m in enumerate(final.get("fold_metrics", []))]
-    )
-    tracking.log_table(final["run_id"], table, "metrics_table.json")
-    if final.get("fold_metrics"):
-        from components import plots
-
-        for path, fig in plots.cv_folds(final["fold_metrics"]).items():
-            tracking.log_figure(final["run_id"], fig, path)
-    return {
-        "family": final["family"],
-        "test": test,
-        "popularity": pop,
-        "final_train_s": final["train_s"],
-        "epochs": cv["epochs"],
-        "cv": cv,
-        "run_id": final["run_id"],
-        "model_uri": final["model_uri"],
-        "test_recommendations_uri": uri,
-        "reused_training": bool(final.get("reused")),
-    }

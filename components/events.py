@@ -30,8 +30,9 @@ logs keep their recorded order.
 Pseudonymisation: with ``privacy.pseudonymise_users: true`` every user id is replaced at
 ingest by ``u_`` + HMAC-SHA256(key, id) (first 20 hex digits), so no raw user id reaches
 the lake, MLflow or the logs. The key comes from ``INTERESTFLOW_PSEUDONYM_KEY`` or, when
-that is unset, the Prefect Secret block ``interestflow-pseudonym-key``; without either the
-run stops with a clear error. The same key always gives the same pseudonyms (so models and
+that is unset, from the ``secret`` the caller passes (the ingest task reads the Prefect
+Secret block ``interestflow-pseudonym-key``, tasks/ingest.py); without either the run
+stops with a clear error. The same key always gives the same pseudonyms (so models and
 recommendations stay joinable run to run); the key's fingerprint is part of the data hash,
 so a new key never reuses layers made with the old one.
 """
@@ -42,7 +43,7 @@ import hashlib
 import hmac
 import io
 import os
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from components import storage
+from components import lake, storage
+from components.lake import RawLayer
 
 EVENT_TYPES = ("view", "click", "cart", "purchase", "review", "rating")
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "event_type", "value")
@@ -163,18 +165,12 @@ def load_spec(path: str | Path) -> DatasetSpec:
 
 
 PSEUDONYM_KEY_ENV, PSEUDONYM_KEY_BLOCK = "INTERESTFLOW_PSEUDONYM_KEY", "interestflow-pseudonym-key"
+SecretLookup = Callable[[], str | None]
 
 
-def pseudonym_key(spec_name: str) -> bytes:
-    """The pseudonymisation key: the environment first, then the Prefect Secret block."""
-    key = os.environ.get(PSEUDONYM_KEY_ENV)
-    if not key:
-        try:
-            from prefect.blocks.system import Secret
-
-            key = Secret.load(PSEUDONYM_KEY_BLOCK).get()
-        except Exception:  # noqa: BLE001 - no block, no API: the message below says what to do
-            key = None
+def pseudonym_key(spec_name: str, secret: SecretLookup | None = None) -> bytes:
+    """The pseudonymisation key: the environment first, then ``secret()`` (a secret store's lookup)."""
+    key = os.environ.get(PSEUDONYM_KEY_ENV) or (secret() if secret else None)
     if not key:
         raise SpecError(
             f"dataset spec {spec_name!r} turns privacy.pseudonymise_users on, but there is no key: set "
@@ -314,43 +310,37 @@ def k_core(events: pd.DataFrame, k: int) -> pd.DataFrame:
         events = events[keep]
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def ingest(spec_path: str | Path, lake: str) -> dict:
+def ingest(spec_path: str | Path, root: str, secret: SecretLookup | None = None) -> RawLayer:
     """Write the 01_raw layer for a spec; reuse it when the same input was ingested before.
 
-    Returns ``{"data_hash", "uri", "spec"}``; ``uri`` is the layer folder. An input that
-    cannot be read (a :class:`SpecError`) leaves a report in ``quarantine/`` and raises.
+    ``secret``: where the pseudonymisation key comes from when the environment has none.
+    An input that cannot be read (a :class:`SpecError`) leaves a report in ``quarantine/``
+    and raises.
     """
     try:
-        return _ingest(spec_path, lake)
+        return _ingest(spec_path, root, secret)
     except SpecError as e:
-        quarantine_report(lake, f"ingest-{_SAFE.sub('_', Path(str(spec_path)).stem)}", spec_path, e)
+        quarantine_report(root, f"ingest-{Path(str(spec_path)).stem}", spec_path, e)
         raise
 
 
-def quarantine_report(lake: str, name: str, spec_path: str | Path, error: Exception) -> str:
+def quarantine_report(root: str, name: str, spec_path: str | Path, error: Exception) -> str:
     """``quarantine/<name>-<UTC time>/report.md``: what could not be ingested and why."""
-    from datetime import UTC, datetime
-
-    q = storage.join(lake, "quarantine", f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    q = lake.quarantine_uri(root, name, stamped=True)
     text = f"# Rejected at ingest\n\nspec: `{spec_path}`\n\n{type(error).__name__}: {error}\n"
-    storage.write_bytes(storage.join(q, "report.md"), text.encode())
+    storage.write_bytes(lake.file(q, "report.md"), text.encode())
     return q
 
 
-def _ingest(spec_path: str | Path, lake: str) -> dict:
+def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> RawLayer:
     spec = load_spec(spec_path)
     data_hash = source_hash(spec)
-    key = pseudonym_key(spec.name) if spec.pseudonymise_users else None
+    key = pseudonym_key(spec.name, secret) if spec.pseudonymise_users else None
     if key:  # a new key must not reuse layers made with the old one
         fingerprint = hmac.new(key, b"interestflow-key-fingerprint", hashlib.sha256).hexdigest()
         data_hash = hashlib.sha256((data_hash + fingerprint).encode()).hexdigest()[:16]
-    layer = storage.join(lake, "01_raw", f"{_SAFE.sub('_', spec.name)}-{data_hash}")
-    if storage.layer_done(layer):  # ingested before: what it recorded then
-        ignored = storage.read_json(storage.join(layer, storage.MARKER)).get("ignored_columns", {})
-    else:
+
+    def compute(uri: str) -> dict:
         events = read_events(spec.events)
         if key:
             events["user_id"] = pseudonymise(events["user_id"], key)
@@ -358,24 +348,24 @@ def _ingest(spec_path: str | Path, lake: str) -> dict:
         ignored = {"events": events.attrs["ignored_columns"], "items": items.attrs["ignored_columns"]}
         if spec.k_core:
             events = k_core(events, spec.k_core)
-        storage.write_parquet(events, storage.join(layer, "events.parquet"))
-        storage.write_parquet(items, storage.join(layer, "items.parquet"))
-        storage.mark_done(
-            layer,
-            {
-                "spec": spec.name,
-                "events_uri": spec.events.uri,
-                "items_uri": spec.items.uri,
-                "n_events": len(events),
-                "n_items": len(items),
-                "ignored_columns": ignored,
-            },
-        )
-    return {
-        "ignored_columns": ignored,
-        "data_hash": data_hash,
-        "uri": layer,
-        "spec": spec.name,
-        "events_source": spec.events.uri,
-        "items_source": spec.items.uri,
-    }
+        storage.write_parquet(events, lake.file(uri, "events.parquet"))
+        storage.write_parquet(items, lake.file(uri, "items.parquet"))
+        return {
+            "spec": spec.name,
+            "events_uri": spec.events.uri,
+            "items_uri": spec.items.uri,
+            "n_events": len(events),
+            "n_items": len(items),
+            "ignored_columns": ignored,
+        }
+
+    uri = lake.raw_uri(root, spec.name, data_hash)
+    info, _ = lake.build(uri, compute)  # ingested before: what it recorded then
+    return RawLayer(
+        uri=uri,
+        spec=spec.name,
+        data_hash=data_hash,
+        events_source=spec.events.uri,
+        items_source=spec.items.uri,
+        ignored_columns=info.get("ignored_columns", {}),
+    )

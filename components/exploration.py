@@ -9,10 +9,14 @@ exploration widens the catalogue's reach. Share 0 is the plain ranking, exactly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from components import evaluation, metrics
-from components.datasets import Dataset
+
+if TYPE_CHECKING:
+    from components.datasets import Dataset
 
 
 def rerank(candidates: np.ndarray, usual: list[set[int]], item_cat: np.ndarray, k: int, share: float) -> np.ndarray:

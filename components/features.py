@@ -1,4 +1,4 @@
-"""Features (03_features): id vocabularies and time-ordered user sequences.
+"""Features (03_features): id vocabularies, time-ordered user sequences, item text vectors.
 
 Item indices follow the sorted item ids of the catalogue, user indices the sorted user
 ids, so the same data always gives the same indices, and "ties broken by item index"
@@ -7,10 +7,17 @@ means ties broken by item id.
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
-from components import storage
+from components import lake, storage, text
+from components.lake import FeatureLayer, ValidatedLayer
+
+log = logging.getLogger(__name__)
 
 
 def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,15 +42,73 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
     return items, users
 
 
-def build_features(validated: dict, lake: str) -> dict:
-    """Write 03_features/<key>: ``items.parquet`` and ``users.parquet``; reused when present."""
-    key = storage.name(validated["uri"])
-    layer = storage.join(lake, "03_features", key)
-    if not storage.layer_done(layer):
-        events = storage.read_parquet(storage.join(validated["uri"], "events.parquet"))
-        items = storage.read_parquet(storage.join(validated["uri"], "items.parquet"))
+def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
+    """Write 03_features/<key>: ``items.parquet`` and ``users.parquet``; reused when complete."""
+
+    def compute(uri: str) -> dict:
+        events = storage.read_parquet(lake.file(validated.uri, "events.parquet"))
+        items = storage.read_parquet(lake.file(validated.uri, "items.parquet"))
         items, users = build_vocab_and_sequences(events, items)
-        storage.write_parquet(items, storage.join(layer, "items.parquet"))
-        storage.write_parquet(users, storage.join(layer, "users.parquet"))
-        storage.mark_done(layer, {"n_users": len(users), "n_items": len(items)})
-    return {**validated, "uri": layer}
+        storage.write_parquet(items, lake.file(uri, "items.parquet"))
+        storage.write_parquet(users, lake.file(uri, "users.parquet"))
+        return {"n_users": len(users), "n_items": len(items)}
+
+    uri = lake.features_uri(root, validated)
+    info, _ = lake.build(uri, compute)
+    return FeatureLayer(uri=uri, validated=validated, n_users=info["n_users"], n_items=info["n_items"])
+
+
+def item_categories(items: pd.DataFrame, depth: int) -> tuple[np.ndarray, list[str]]:
+    """(category index per item in item-index order, category names); a missing path is "(none)"."""
+    paths = items.sort_values("item_idx")["categories"].astype("string").fillna("").str.split(" > ")
+    names = paths.map(lambda p: " > ".join(x for x in p[:depth] if x) or "(none)")
+    codes, uniques = pd.factorize(names, sort=True)
+    return codes.astype(np.int64), [str(u) for u in uniques]
+
+
+def _to_frame(hashes: list[str], vectors: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"text_hash": hashes, "embedding": list(vectors)})
+
+
+def embed_items(features: FeatureLayer, root: str, batch_size: int = 64, num_threads: int = 0) -> FeatureLayer:
+    """Write ``03_features/<key>/text-<model version>/item_text.parquet`` (item_idx, item_id,
+    text_hash, embedding) aligned with the item vocabulary; embed only texts the cache lacks.
+
+    Returns ``features`` with ``text_uri`` and ``text_stats`` (items, embedded, cached, seconds).
+    """
+    t0 = time.perf_counter()
+
+    def compute(uri: str) -> dict:
+        items = storage.read_parquet(lake.file(features.uri, "items.parquet"))
+        texts = text.item_texts(items)
+        hashes = [text.text_hash(t) for t in texts]
+        cache_uri = lake.text_cache_uri(root, text.model_version())
+        cache = storage.read_parquet(cache_uri) if storage.exists(cache_uri) else _to_frame([], np.zeros((0, 384)))
+        known = dict(zip(cache["text_hash"], cache["embedding"], strict=True))
+        missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
+        if missing:
+            vectors = text.TextEncoder(batch_size=batch_size, num_threads=num_threads).encode([t for _, t in missing])
+            new = _to_frame([h for h, _ in missing], vectors)
+            known.update(zip(new["text_hash"], new["embedding"], strict=True))
+            # The cache only grows; an atomic rewrite never leaves it half-written.
+            storage.write_parquet(pd.concat([cache, new], ignore_index=True), cache_uri)
+        frame = pd.DataFrame(
+            {
+                "item_idx": items["item_idx"].to_numpy(),
+                "item_id": items["item_id"].astype(str).to_numpy(),
+                "text_hash": hashes,
+                "embedding": [np.asarray(known[h], dtype=np.float32) for h in hashes],
+            }
+        )
+        storage.write_parquet(frame, lake.file(uri, "item_text.parquet"))
+        stats = {"items": len(items), "embedded": len(missing), "cached": len(items) - len(missing)}
+        return {**stats, "model_version": text.model_version()}
+
+    uri = lake.text_uri(features.uri, text.model_version())
+    info, reused = lake.build(uri, compute)
+    stats = (
+        {"items": 0, "embedded": 0, "cached": 0} if reused else {k: info[k] for k in ("items", "embedded", "cached")}
+    )
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("item text: %s", stats)
+    return replace(features, text_uri=uri, text_stats=stats)

@@ -12,11 +12,14 @@ so the same log always gives the same profiles.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
+
+from components.features import item_categories
 
 DAY = 86400
 
@@ -48,15 +51,6 @@ class ProfileConfig:
             raise ValueError("ProfileConfig: depth, top_categories, drift_recent, churn_window_days >= 1")
         if self.half_life_days <= 0 or self.min_window_events < 1:
             raise ValueError("ProfileConfig: half_life_days > 0 and min_window_events >= 1")
-
-
-# -- categories ------------------------------------------------------------------------------
-def item_categories(items: pd.DataFrame, depth: int) -> tuple[np.ndarray, list[str]]:
-    """(category index per item in item-index order, category names); a missing path is "(none)"."""
-    paths = items.sort_values("item_idx")["categories"].astype("string").fillna("").str.split(" > ")
-    names = paths.map(lambda p: " > ".join(x for x in p[:depth] if x) or "(none)")
-    codes, uniques = pd.factorize(names, sort=True)
-    return codes.astype(np.int64), [str(u) for u in uniques]
 
 
 def distribution(cats: np.ndarray, n_cats: int) -> np.ndarray:
@@ -217,41 +211,16 @@ def next_category_accuracy(
     return out
 
 
-# -- the stage ---------------------------------------------------------------------------------------
-def _topk_matrix(frame: pd.DataFrame, data, users: np.ndarray) -> np.ndarray:
-    """A written top-K (user_id, rank, item_id) as (U, K) item indices in ``users`` order."""
-    item_pos = pd.Series(np.arange(data.n_items), index=data.item_ids)
-    wide = frame.pivot(index="user_id", columns="rank", values="item_id").loc[data.user_ids[users]]
-    return item_pos.loc[wide.to_numpy().ravel()].to_numpy().reshape(wide.shape)
-
-
-def build_profiles(
-    dataset: dict,
-    lake: str,
-    cfg: ProfileConfig = ProfileConfig(),
-    scorer=None,
-    max_len: int = 512,
-    test_recommendations: dict[str, str] | None = None,
-    tags: dict | None = None,
-    data=None,
-) -> dict:
-    """Write 07_profiles/<features key>/: profiles.parquet (one row per user), transitions.parquet,
-    exploration.parquet (when a ``scorer`` is given) and summary.json; log figures and plots to
-    an MLflow run named ``profiles``. ``test_recommendations``: family -> URI of its written
-    test-time top-K (for next-category accuracy). ``data``: the loaded Dataset, when the
-    caller has it already."""
-    import json
-    import time
-
-    from components import exploration, plots, storage, tracking
-    from components.datasets import Dataset
-
+# -- the tables ------------------------------------------------------------------------------------
+def profile_tables(
+    data, tss: list[np.ndarray], items: pd.DataFrame, cfg: ProfileConfig, topk: dict[str, np.ndarray]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """Per-user profiles, the category transitions, the population summary and the churn
+    curves, from a loaded Dataset ``data``, each user's event times ``tss`` (seconds) and the
+    catalogue. ``topk``: family -> its test-time top-K as (users of the final view, K) item
+    indices (for next-category accuracy)."""
     t0 = time.perf_counter()
-    data = data if data is not None else Dataset.load(dataset)
-    users = storage.read_parquet(storage.join(dataset["features_uri"], "users.parquet"))
-    items = storage.read_parquet(storage.join(dataset["features_uri"], "items.parquet"))
     seqs = data.seqs
-    tss = [np.asarray(t, dtype=np.int64) for t in users["ts"]]
     vectors = data.item_text
     item_cat, cat_names = item_categories(items, cfg.category_depth)
     n_cats = len(cat_names)
@@ -293,12 +262,7 @@ def build_profiles(
         }
     )
     view = data.view("final")
-    topk = {
-        family: _topk_matrix(storage.read_parquet(uri), data, view.eval_users)
-        for family, uri in (test_recommendations or {}).items()
-    }
     next_cat = next_category_accuracy(view.eval_hist, view.eval_targets, item_cat, topk)
-    table = exploration.exploration_table(scorer, data, item_cat, max_len=max_len) if scorer else []
     drifts = profiles["drift_jsd"].dropna()
     summary = {
         **report,
@@ -310,45 +274,11 @@ def build_profiles(
         "categories": n_cats,
         "profile_s": time.perf_counter() - t0,
     }
-
-    layer = storage.join(lake, "07_profiles", storage.name(dataset["features_uri"]))
-    meta = {"interestflow.data_hash": dataset["data_hash"], "interestflow.config": json.dumps(cfg.__dict__)}
-    storage.write_parquet(profiles, storage.join(layer, "profiles.parquet"), metadata=meta)
-    storage.write_parquet(trans_frame, storage.join(layer, "transitions.parquet"), metadata=meta)
-    if table:
-        storage.write_parquet(pd.DataFrame(table), storage.join(layer, "exploration.parquet"), metadata=meta)
-    storage.write_json({**summary, "exploration": table, "config": cfg.__dict__}, storage.join(layer, "summary.json"))
-    storage.mark_done(layer, {"data_hash": dataset["data_hash"]})
-
-    run_id = tracking.create_run(
-        "profiles",
-        {f"profile.{k}": v for k, v in cfg.__dict__.items()},
-        {"interestflow.stage": "profiles", "interestflow.data_hash": dataset["data_hash"], **(tags or {})},
-    )
-    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if np.isfinite(v)})
-    for row in table:
-        tracking.log_metrics(
-            run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)
-        )
-    figures = plots.profile_figures(drifts.to_numpy(), curves, table)
-    for path, fig in figures.items():
-        tracking.log_figure(run_id, fig, path)
-    tracking.end_run(run_id)
-    summary["profile_s"] = time.perf_counter() - t0
-    return {"uri": layer, "run_id": run_id, "summary": summary, "exploration": table, "figures": sorted(figures)}
+    return profiles, trans_frame, summary, curves
 
 
-def profile_stage(
-    dataset: dict, lake: str, overrides: dict, model_uri: str | None, test_recommendations: dict, tags: dict
-) -> dict:
-    """The flow's stage: profiles with the serving model's exploration table (when there is one)."""
-    from components import tracking
-    from components.datasets import Dataset
-
-    cfg = ProfileConfig(**overrides)
-    data = Dataset.load(dataset)
-    scorer, max_len = None, 512
-    if model_uri:
-        rec = tracking.load_recommender(model_uri)
-        scorer, max_len = rec.scorer_for(data), rec.max_len
-    return build_profiles(dataset, lake, cfg, scorer, max_len, test_recommendations, tags, data)
+def topk_matrix(frame: pd.DataFrame, data, users: np.ndarray) -> np.ndarray:
+    """A written top-K (user_id, rank, item_id) as (U, K) item indices in ``users`` order."""
+    item_pos = pd.Series(np.arange(data.n_items), index=data.item_ids)
+    wide = frame.pivot(index="user_id", columns="rank", values="item_id").loc[data.user_ids[users]]
+    return item_pos.loc[wide.to_numpy().ravel()].to_numpy().reshape(wide.shape)

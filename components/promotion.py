@@ -93,9 +93,9 @@ def promote_version(family: str, version: str, reason: str) -> dict:
     if not reason.strip():
         raise ValueError("a manual promotion needs a reason (it is recorded on the version)")
     name = tracking.model_name(family)
-    mv = tracking.client().get_model_version(name, str(version))  # raises if the version does not exist
-    if mv.status != "READY":
-        raise ValueError(f"{name} v{version} is {mv.status}, not READY: not promoted")
+    status = tracking.version_status(name, str(version))  # raises if the version does not exist
+    if status != "READY":
+        raise ValueError(f"{name} v{version} is {status}, not READY: not promoted")
     previous = move_champion(name, str(version))
     tracking.set_version_tags(name, str(version), {"promotion.decision": "manual", "promotion.reason": reason})
     return {"name": name, "champion": str(version), "previous": previous, "reason": reason}
@@ -112,31 +112,10 @@ def rollback(family: str, reason: str) -> dict:
     current = tracking.alias_version(name, tracking.CHAMPION)
     if current is None:
         raise ValueError(f"{name} has no champion: nothing to roll back")
-    previous = tracking.client().get_model_version(name, current).tags.get("promotion.previous_champion", "none")
+    previous = tracking.version_tags(name, current).get("promotion.previous_champion", "none")
     if previous == "none":
         raise ValueError(f"{name} v{current} has no earlier champion recorded: nothing to roll back to")
     tracking.set_alias(name, tracking.CHAMPION, previous)
     tracking.set_version_tags(name, current, {"promotion.rolled_back": reason})
     tracking.set_version_tags(name, previous, {"promotion.decision": "rollback", "promotion.reason": reason})
     return {"name": name, "champion": previous, "previous": current, "reason": reason}
-
-
-def run_gate(registered: dict, report: dict, dataset: dict, gate: GateConfig = GateConfig()) -> Decision:
-    """Re-score the current champion on today's holdout, decide, and carry the decision out."""
-    from components.datasets import Dataset
-    from components.evaluation import test_report
-
-    name, version = registered["name"], registered["version"]
-    champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
-        return Decision(False, f"v{version} is already the champion", report["test"], report["test"])
-    champion, error = None, None
-    if champion_version is not None:
-        try:
-            rec = tracking.load_recommender(f"models:/{name}@{tracking.CHAMPION}")
-            champion, _ = test_report(rec, Dataset.load(dataset))
-        except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
-            error = f"{type(e).__name__}: {e}"
-    decision = decide(report["test"], champion, gate, error)
-    apply(name, version, decision, report["run_id"])
-    return decision

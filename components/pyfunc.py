@@ -1,15 +1,21 @@
 """The MLflow pyfunc face of a Recommender: DataFrame in (user_id, history), top-K out.
 
-Kept apart from components/tracking.py so that loading a model needs only this module,
-components/recommend.py and the families, not the MLflow client code.
+The model class subclasses MLflow's PythonModel (what ``mlflow models serve`` loads); logging
+and loading go through components/tracking.py, the only MLflow code. Scoring, id mapping
+and the top-K table are the Recommender's (components/recommender.py): this class only
+unpacks the request frame.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import tempfile
+from pathlib import Path
+
 import pandas as pd
-import torch
 from mlflow.pyfunc import PythonModel
+
+from components import tracking
+from components.recommender import Recommender
 
 
 class RecommenderModel(PythonModel):
@@ -17,41 +23,23 @@ class RecommenderModel(PythonModel):
     Output: ``user_id, rank, item_id, score``, top ``k`` (param, default 10), history excluded."""
 
     def load_context(self, context):
-        from components.recommender import Recommender
-
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
 
-    def predict_with(self, model_bytes: bytes, model_input: pd.DataFrame, k: int = 10) -> pd.DataFrame:
-        from components.recommender import Recommender
-
-        self.recommender = Recommender.from_bytes(model_bytes)
-        out = self.predict(None, model_input, {"k": k})
-        del self.recommender  # not pickled with the model: load_context restores it
-        return out
-
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from components import metrics
-        from components.models.base import pad_left
+        k = int((params or {}).get("k", 10))
+        return self.recommender.recommend(list(model_input["user_id"]), list(model_input["history"]), k)
 
-        rec, k = self.recommender, int((params or {}).get("k", 10))
-        n_items, n_users = len(rec.item_ids), len(rec.user_ids)
-        item_pos = {x: i for i, x in enumerate(rec.item_ids)}
-        user_pos = {x: i for i, x in enumerate(rec.user_ids)}
-        hists = [np.array([item_pos[x] for x in h if x in item_pos], dtype=np.int64) for h in model_input["history"]]
-        batch = {
-            "users": torch.tensor([user_pos.get(str(u), n_users) for u in model_input["user_id"]]),
-            "seq": pad_left(hists, rec.max_len, n_items),
-        }
-        with torch.no_grad():
-            scores = rec.model.score(batch).float()
-        metrics.exclude_seen(scores, *metrics.seen_pairs(hists))
-        vals, idx = metrics.top_k(scores, k)
-        return pd.DataFrame(
-            {
-                "user_id": np.repeat(model_input["user_id"].astype(str).to_numpy(), k),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(hists)),
-                "item_id": rec.item_ids[idx.reshape(-1).numpy()],
-                "score": vals.reshape(-1).numpy().astype(np.float64),
-            }
-        )
+
+def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:
+    """Log ``rec`` as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI."""
+    output = rec.recommend(list(input_example["user_id"]), list(input_example["history"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recommender.pt"
+        path.write_bytes(rec.to_bytes())
+        return tracking.log_pyfunc(run_id, RecommenderModel(), {"recommender": str(path)}, input_example, output)
+
+
+def load(model_uri: str) -> Recommender:
+    """A logged or registered model (``runs:/…``, ``models:/name@champion``) as a Recommender."""
+    return tracking.load_pyfunc(model_uri).recommender

@@ -1,23 +1,29 @@
 """A trained model with its vocabularies: what is registered, re-scored and served.
 
 A :class:`Recommender` is the family's weights plus the item and user ids it was trained
-on. ``scorer_for(data)`` maps it onto *today's* ids, so yesterday's champion can be
-re-scored on today's holdout: unknown users get the family's unknown-user row, unknown
-history items are dropped, items the model never saw score -inf.
+on, and the one serving path: it maps ids to indices, batches requests, and writes the
+top-K table (user_id, rank, item_id, score) that evaluation, batch recommendations and the
+MLflow pyfunc (components/pyfunc.py) all return. ``scorer_for(data)`` maps it onto
+*today's* ids, so yesterday's champion can be re-scored on today's holdout: unknown users
+get the family's unknown-user row, unknown history items are dropped, items the model never
+saw score -inf.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
-from components.datasets import Dataset
+from components import metrics
+from components.batches import pad_left, topk_table
 from components.models import MODELS
-from components.models.base import pad_left
+
+REQUEST_BATCH = 1024  # users scored at once when serving a request frame
 
 
 @dataclass
@@ -27,16 +33,24 @@ class Recommender:
     state_dict: dict
     item_ids: np.ndarray
     user_ids: np.ndarray
+    item_pos: dict = field(init=False, repr=False)
+    user_pos: dict = field(init=False, repr=False)
 
     def __post_init__(self):
         cls = MODELS[self.family]
         self.model = cls(cls.Config(**self.config), len(self.item_ids), len(self.user_ids))
         self.model.load_state_dict(self.state_dict)
         self.model.eval()
+        self.item_pos = {str(x): i for i, x in enumerate(self.item_ids)}
+        self.user_pos = {str(x): i for i, x in enumerate(self.user_ids)}
 
     @property
     def max_len(self) -> int:
-        return int(self.config.get("max_len", 512))
+        return self.model.config.max_len
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -57,17 +71,51 @@ class Recommender:
         d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return cls(d["family"], d["config"], d["state_dict"], np.array(d["item_ids"]), np.array(d["user_ids"]))
 
-    def scorer_for(self, data: Dataset) -> Callable[[dict], torch.Tensor]:
-        """A scorer over ``data``'s item and user indices; (batch) -> (B, data.n_items)."""
+    # -- id mapping -----------------------------------------------------------------------------
+    def item_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The model's indices of ``item_ids``, unknown ones dropped (order kept)."""
+        return np.array([self.item_pos[x] for x in map(str, item_ids) if x in self.item_pos], dtype=np.int64)
+
+    def user_indices(self, user_ids: Sequence[str]) -> torch.Tensor:
+        """The model's indices of ``user_ids``; an unknown user is ``n_users`` (the unknown-user row)."""
+        n_users = len(self.user_ids)
+        return torch.tensor([self.user_pos.get(str(u), n_users) for u in user_ids], dtype=torch.long)
+
+    # -- serving --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]], k: int = 10) -> pd.DataFrame:
+        """Top-``k`` per user from their ``histories`` (item ids, oldest first), history excluded.
+
+        Returns the top-K table (user_id, rank, item_id, score), users in request order."""
+        user_ids = [str(u) for u in user_ids]
+        tops, vals = [], []
+        for s in range(0, len(user_ids), REQUEST_BATCH):
+            hists = [self.item_indices(h) for h in histories[s : s + REQUEST_BATCH]]
+            batch = {"users": self.user_indices(user_ids[s : s + REQUEST_BATCH]), "seq": self.pad(hists)}
+            scores = self.model.score(batch).float()
+            metrics.exclude_seen(scores, *metrics.seen_pairs(hists))
+            v, i = metrics.top_k(scores, k)
+            tops.append(i.numpy())
+            vals.append(v.numpy())
+        top = np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
+        val = np.concatenate(vals) if vals else np.zeros((0, k), dtype=np.float32)
+        return topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
+
+    def pad(self, hists: list[np.ndarray]) -> torch.Tensor:
+        """Histories as the model reads them: the last ``max_len`` items, left-padded."""
+        return pad_left(hists, self.max_len, self.n_items)
+
+    # -- re-scoring on another day's ids --------------------------------------------------------
+    def scorer_for(self, data) -> Callable[[dict], torch.Tensor]:
+        """A scorer over ``data``'s item and user indices (a components.datasets.Dataset);
+        (batch) -> (B, data.n_items)."""
         same = np.array_equal(self.item_ids, data.item_ids) and np.array_equal(self.user_ids, data.user_ids)
         if same:
             return torch.no_grad()(self.model.score)
-        n_model_items, n_model_users = len(self.item_ids), len(self.user_ids)
-        item_pos = {x: i for i, x in enumerate(self.item_ids)}
-        user_pos = {x: i for i, x in enumerate(self.user_ids)}
+        n_model_items = self.n_items
         # today's index -> model index (unknown: the model's padding / unknown-user index)
-        item_map = torch.tensor([item_pos.get(x, n_model_items) for x in data.item_ids] + [n_model_items])
-        user_map = torch.tensor([user_pos.get(x, n_model_users) for x in data.user_ids])
+        item_map = torch.tensor([self.item_pos.get(str(x), n_model_items) for x in data.item_ids] + [n_model_items])
+        user_map = self.user_indices(data.user_ids)
         known = item_map[:-1] < n_model_items
 
         @torch.no_grad()

@@ -6,9 +6,8 @@ A lake root is either a local path (``lake``, ``/abs/lake``, ``file:///abs/lake`
 ``AWS_ENDPOINT_URL``), never from code.
 
 Writes are atomic: a local file is written to a temporary name and renamed; an S3 PUT
-is atomic per object. A *layer* (a folder of files) is complete only when its
-``_SUCCESS`` marker exists, and the marker is written last, so a run that dies half-way
-never leaves a layer that looks complete.
+is atomic per object. Layers (folders of files) and their completion markers are
+components/lake.py's business.
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ from urllib.parse import urlparse
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-MARKER = "_SUCCESS"
 
 
 def join(root: str, *parts: str) -> str:
@@ -80,6 +77,15 @@ def s3_client():
     # Cached per endpoint and credentials (by hash, so the secret is not a cache key).
     creds = hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")))
     return _s3_client(endpoint, creds)
+
+
+def reset_clients() -> None:
+    """Forget the cached S3 clients, so the next call builds one from the environment as it is now.
+
+    For when the S3 endpoint or credentials in the environment change within a process, e.g.
+    tests and benchmarks switching between servers (or to a fault-injecting proxy in front of one).
+    """
+    _s3_client.cache_clear()
 
 
 def read_bytes(uri: str) -> bytes:
@@ -163,13 +169,3 @@ def read_json(uri: str) -> Any:
 
 def write_json(obj: Any, uri: str) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-
-
-def layer_done(layer_uri: str) -> bool:
-    """True when the layer folder was completed (its marker exists)."""
-    return exists(join(layer_uri, MARKER))
-
-
-def mark_done(layer_uri: str, info: dict | None = None) -> None:
-    """Write the layer's marker last: only now does the layer count as complete."""
-    write_json(info or {}, join(layer_uri, MARKER))

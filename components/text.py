@@ -6,10 +6,11 @@ that package's folder with the hub switched off, so nothing is ever downloaded. 
 embedding is the attention-masked mean of the last hidden states, L2-normalised (the
 sentence-transformers recipe for this model).
 
-The cache lives at ``03_features/_text_cache/<model version>/embeddings.parquet`` and is
-keyed by a hash of each item's text: a re-run over an unchanged catalogue embeds nothing,
-a catalogue with new or changed items embeds only those. The model version hashes the
-weights and the pooling settings, so new weights never reuse old vectors.
+The item-text stage (components/features.py: ``embed_items``) caches the vectors in the
+lake, keyed by a hash of each item's text: a re-run over an unchanged catalogue embeds
+nothing, a catalogue with new or changed items embeds only those. The model version hashes
+the weights and the pooling settings, so new weights never reuse old vectors. This module
+touches no storage: it turns texts into vectors.
 
 This is the only module that imports transformers.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,8 +27,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
-
-from components import storage
 
 log = logging.getLogger(__name__)
 
@@ -140,56 +138,3 @@ class TextEncoder:
                 out[pos] = mean_pool(hidden.float(), mask).cpu().numpy()
                 bar.update(len(pos))
         return out
-
-
-def _cache_uri(lake: str) -> str:
-    return storage.join(lake, "03_features", "_text_cache", model_version(), "embeddings.parquet")
-
-
-def _to_frame(hashes: list[str], vectors: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"text_hash": hashes, "embedding": list(vectors)})
-
-
-def embed_items(features: dict, lake: str, batch_size: int = 64, num_threads: int = 0) -> dict:
-    """Write ``03_features/<key>/text-<model version>/item_text.parquet`` (item_idx, item_id,
-    text_hash, embedding) aligned with the item vocabulary; embed only texts the cache lacks.
-
-    Returns ``features`` with ``text_uri`` and ``text_stats`` (items, embedded, cached, seconds).
-    """
-    t0 = time.perf_counter()
-    layer = storage.join(features["uri"], f"text-{model_version()}")
-    stats = {"items": 0, "embedded": 0, "cached": 0}
-    if not storage.layer_done(layer):
-        items = storage.read_parquet(storage.join(features["uri"], "items.parquet"))
-        texts = item_texts(items)
-        hashes = [text_hash(t) for t in texts]
-        cache_uri = _cache_uri(lake)
-        cache = storage.read_parquet(cache_uri) if storage.exists(cache_uri) else _to_frame([], np.zeros((0, 384)))
-        known = dict(zip(cache["text_hash"], cache["embedding"], strict=True))
-        missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
-        if missing:
-            vectors = TextEncoder(batch_size=batch_size, num_threads=num_threads).encode([t for _, t in missing])
-            new = _to_frame([h for h, _ in missing], vectors)
-            known.update(zip(new["text_hash"], new["embedding"], strict=True))
-            # The cache only grows; an atomic rewrite never leaves it half-written.
-            storage.write_parquet(pd.concat([cache, new], ignore_index=True), cache_uri)
-        frame = pd.DataFrame(
-            {
-                "item_idx": items["item_idx"].to_numpy(),
-                "item_id": items["item_id"].astype(str).to_numpy(),
-                "text_hash": hashes,
-                "embedding": [np.asarray(known[h], dtype=np.float32) for h in hashes],
-            }
-        )
-        storage.write_parquet(frame, storage.join(layer, "item_text.parquet"))
-        stats = {"items": len(items), "embedded": len(missing), "cached": len(items) - len(missing)}
-        storage.mark_done(layer, {**stats, "model_version": model_version()})
-    stats["seconds"] = round(time.perf_counter() - t0, 3)
-    log.info("item text: %s", stats)
-    return {**features, "text_uri": layer, "text_stats": stats}
-
-
-def load_item_text(text_uri: str) -> np.ndarray:
-    """(n_items, 384) float32 in item-index order."""
-    df = storage.read_parquet(storage.join(text_uri, "item_text.parquet")).sort_values("item_idx")
-    return np.stack(df["embedding"].to_numpy()).astype(np.float32)

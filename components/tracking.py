@@ -3,21 +3,29 @@
 Embedded default: SQLite tracking and registry plus local artifacts under the project's
 home folder (``INTERESTFLOW_HOME``, default ``./var``). Any tracking server works by
 setting ``MLFLOW_TRACKING_URI``. Nothing connects at import.
+
+This module imports nothing of interestflow's (it sits at the bottom of the import graph) and
+is the only one that imports mlflow; components/pyfunc.py subclasses MLflow's PythonModel
+but logs and loads through here.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from components.config import home
-
 EXPERIMENT = os.environ.get("INTERESTFLOW_EXPERIMENT", "interestflow")
 CHAMPION, CHALLENGER = "champion", "challenger"
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow>=3,<4", "pandas", "numpy", "transformers>=5,<6"]
+
+
+def home() -> Path:
+    """The embedded store's folder: ``INTERESTFLOW_HOME`` (default ./var), as components.config.home."""
+    p = Path(os.environ.get("INTERESTFLOW_HOME", "var")).resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
 
 
 def tracking_uri() -> str:
@@ -100,34 +108,31 @@ def log_table(run_id: str, frame: pd.DataFrame, path: str) -> None:
     client().log_table(run_id, frame, path)
 
 
-def log_model(run_id: str, model_bytes: bytes, input_example: pd.DataFrame) -> str:
-    """Log a Recommender as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI."""
+def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example: pd.DataFrame, output) -> str:
+    """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI."""
     mlflow = _mlflow()
     from mlflow.models import infer_signature
 
-    from components.pyfunc import RecommenderModel
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "recommender.pt"
-        path.write_bytes(model_bytes)
-        py = RecommenderModel()
-        output = py.predict_with(model_bytes, input_example)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=py,
-                artifacts={"recommender": str(path)},
-                signature=infer_signature(input_example, output),
-                input_example=input_example,
-                pip_requirements=PIP_REQUIREMENTS,
-            )
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
     return info.model_uri if hasattr(info, "model_uri") else f"runs:/{run_id}/model"
 
 
-def load_recommender(model_uri: str):
-    """Load a logged or registered model (``runs:/…``, ``models:/name@champion``) as a Recommender."""
-    mlflow = _mlflow()
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().recommender
+def load_pyfunc(model_uri: str):
+    """The PythonModel behind a logged or registered model (``runs:/…``, ``models:/name@champion``)."""
+    return _mlflow().pyfunc.load_model(model_uri).unwrap_python_model()
+
+
+def predict(model_uri: str, frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    """``model_uri`` loaded as MLflow serves it (``mlflow.pyfunc.load_model``), asked for ``frame``."""
+    return _mlflow().pyfunc.load_model(model_uri).predict(frame, params=params)
 
 
 class RegistryUnavailable(RuntimeError):
@@ -209,6 +214,22 @@ def version_run_id(name: str, version: str) -> str:
     return client().get_model_version(name, version).run_id
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    """The tags of a model version (raises if the version does not exist)."""
+    return dict(client().get_model_version(name, version).tags)
+
+
+def version_status(name: str, version: str) -> str:
+    """READY, PENDING_REGISTRATION or FAILED_REGISTRATION (raises if the version does not exist)."""
+    return client().get_model_version(name, version).status
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The version of ``name`` registered from ``run_id``, if any."""
+    same = [v for v in client().search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    return str(same[0].version) if same else None
+
+
 def set_version_tags(name: str, version: str, tags: dict) -> None:
     c = client()
     for k, v in tags.items():
@@ -217,23 +238,6 @@ def set_version_tags(name: str, version: str, tags: dict) -> None:
 
 def model_name(family: str) -> str:
     return f"{os.environ.get('INTERESTFLOW_MODEL_PREFIX', 'interestflow')}-{family}"
-
-
-def register_challenger(report: dict, data_hash: str) -> dict:
-    """Register the final run's model as a new version with alias ``challenger``."""
-    name = model_name(report["family"])
-    tags = {
-        "data_hash": data_hash,
-        "test_ndcg10": report["test"]["ndcg10"],
-        "test_hr10": report["test"]["hr10"],
-        "cv_ndcg10_mean": report["cv"]["ndcg10_mean"],
-        "cv_ndcg10_std": report["cv"]["ndcg10_std"],
-    }
-    # Idempotent: a re-run that reused yesterday's training finds the version it registered.
-    same = [v for v in client().search_model_versions(f"name='{name}'") if v.run_id == report["run_id"]]
-    version = str(same[0].version) if same else register(report["model_uri"], name, tags)
-    set_alias(name, CHALLENGER, version)
-    return {"name": name, "version": version, "reused": bool(same)}
 
 
 def log_figure(run_id: str, figure, path: str) -> None:

@@ -3,8 +3,15 @@
 Run as ``python -m components.training --request req.json --result res.json`` (or under
 ``torchrun`` for several devices/nodes): Lightning's DDP re-executes the entry point in
 each process, which must therefore be this module, not the Prefect flow (DESIGN.md §4).
-The request carries URIs and configs; the result reports the best epoch, the metrics,
-the checkpoint URI and, for the final fit, the logged model's URI.
+:func:`launch` starts it; the request carries URIs and the TrainConfig (serialised only
+here, at the process boundary); the result reports the best epoch, the metrics, the
+checkpoint URI and, for the final fit, where the trained Recommender was written (the
+caller logs it to MLflow, components/pipeline.py).
+
+Training you can watch: the Lightning progress bar reaches the caller's terminal when it
+has one, and rank 0 prints one line per epoch (``EPOCH {json}``) that :func:`launch` hands
+to its ``log`` callback while the training runs (the flow's tasks pass the Prefect run
+logger).
 
 Stages: ``fold`` trains on all but one fold's validation targets with early stopping on
 their NDCG@10; ``final`` trains on everything but the test targets for a fixed number
@@ -15,11 +22,16 @@ lake after every epoch; a killed training restarts from the last one.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -28,14 +40,20 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from components import evaluation, storage, tracking
+from components import evaluation, lake, storage, tracking
+from components.batches import pad_left
 from components.config import TrainConfig
 from components.datasets import Dataset, View
-from components.models import MODELS
-from components.models.base import OptimConfig, RecSystem, pad_left
+from components.lake import DatasetLayer
+from components.models import MODELS, SideInputs
+from components.models.system import OptimConfig, RecSystem
 from components.recommender import Recommender
 
 RESULT = "result.json"  # a finished training's result, beside its checkpoints
+RECOMMENDER = "recommender.pt"  # the final fit's trained model, beside its checkpoints
+EXAMPLE = "input_example.json"  # a request frame for the logged model's signature
+EPOCH = "EPOCH "  # prefix of the per-epoch lines rank 0 prints for launch()
+PROGRESS_ENV = "INTERESTFLOW_PROGRESS"  # "1": show Lightning's progress bar (the caller has a terminal)
 
 
 class _Users(torch.utils.data.Dataset):
@@ -75,7 +93,7 @@ class LakeCheckpoint(Callback):
     """Copies the last checkpoint to the lake after every epoch (rank 0)."""
 
     def __init__(self, local_dir: Path, uri: str):
-        self.local, self.uri = local_dir / "last.ckpt", storage.join(uri, "last.ckpt")
+        self.local, self.uri = local_dir / "last.ckpt", lake.file(uri, "last.ckpt")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         trainer.save_checkpoint(self.local)
@@ -84,10 +102,11 @@ class LakeCheckpoint(Callback):
 
 
 class EpochLog(Callback):
-    """Per-epoch metrics to MLflow on rank 0 (the learning curve), with each epoch's training time."""
+    """Per-epoch metrics to MLflow on rank 0 (the learning curve), with each epoch's training
+    time, and one ``EPOCH {json}`` line on stdout for the launching process."""
 
-    def __init__(self, run_id: str | None):
-        self.run_id, self.history, self._t0, self._last = run_id, [], 0.0, 0.0
+    def __init__(self, run_id: str | None, label: dict):
+        self.run_id, self.label, self.history, self._t0, self._last = run_id, label, [], 0.0, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = self._last = time.perf_counter()
@@ -103,6 +122,7 @@ class EpochLog(Callback):
             return
         row["train_epoch_s"] = self._last - self._t0
         self.history.append({"epoch": trainer.current_epoch + 1, **row})
+        print(EPOCH + json.dumps({**self.label, "epoch": trainer.current_epoch + 1, **row}), flush=True)
         if self.run_id:
             tracking.log_metrics(self.run_id, row, step=trainer.current_epoch + 1)
 
@@ -140,20 +160,20 @@ def resolve_strategy(cfg: TrainConfig) -> str:
     return "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
 
 
-def side_inputs(cls, data: Dataset, view: View) -> dict:
-    """What a text-reading family gets beside ids (see components/models/base.py)."""
-    if not getattr(cls, "uses_text", False):
-        return {}
+def side_inputs(cls, data: Dataset, view: View) -> SideInputs | None:
+    """What a text-reading family gets beside ids (see components/models/contract.py)."""
+    if not cls.uses_text:
+        return None
     if data.item_text is None:
         raise ValueError(
             f"{cls.__name__} reads item text, but the dataset has no text embeddings: "
             "run the item-text stage (tasks/features.py: embed_items) before training it"
         )
-    return {
-        "item_text": torch.from_numpy(data.item_text),
-        "item_strings": data.item_strings,
-        "item_counts": torch.as_tensor(evaluation.item_counts(view, data.n_items)),
-    }
+    return SideInputs(
+        item_text=torch.from_numpy(data.item_text),
+        item_strings=data.item_strings,
+        item_counts=torch.as_tensor(evaluation.item_counts(view, data.n_items)),
+    )
 
 
 def fit(request: dict) -> dict:
@@ -163,7 +183,7 @@ def fit(request: dict) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed + (fold or 0), workers=True, verbose=False)
-    data = Dataset.load(request["dataset"])
+    data = Dataset.load(lake.dataset_from_dict(request["dataset"]))
     view = data.view(stage, fold)
     cls = MODELS[family]
     model_cfg = cls.Config(**cfg.model)
@@ -171,12 +191,12 @@ def fit(request: dict) -> dict:
         lr=cfg.lr if cfg.lr is not None else model_cfg.lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else model_cfg.weight_decay,
     )
-    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, **side_inputs(cls, data, view)), optim)
-    max_len = int(getattr(model_cfg, "max_len", 512))
+    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, side_inputs(cls, data, view)), optim)
+    max_len = model_cfg.max_len
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])
     tmp = Path(tempfile.mkdtemp(prefix="interestflow-train-"))
-    epoch_log = EpochLog(request.get("run_id"))
+    epoch_log = EpochLog(request.get("run_id"), {"family": family, "stage": stage, "fold": fold})
     audit = SamplerAudit(data.n_users)
     callbacks: list[Callback] = [LakeCheckpoint(tmp, ckpt_uri), epoch_log, audit]
     best = None
@@ -193,15 +213,15 @@ def fit(request: dict) -> dict:
         callbacks=callbacks,
         logger=False,
         enable_checkpointing=stage == "fold",
-        enable_progress_bar=sys.stderr.isatty(),
+        enable_progress_bar=sys.stderr.isatty() or os.environ.get(PROGRESS_ENV) == "1",
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if stage == "fold" else 0,
         deterministic=False,
     )
     resume = None
-    if storage.exists(storage.join(ckpt_uri, "last.ckpt")) and not storage.layer_done(ckpt_uri):
-        resume = storage.download_file(storage.join(ckpt_uri, "last.ckpt"), tmp / "resume.ckpt")
+    if storage.exists(lake.file(ckpt_uri, "last.ckpt")) and not lake.is_complete(ckpt_uri):
+        resume = storage.download_file(lake.file(ckpt_uri, "last.ckpt"), tmp / "resume.ckpt")
     t0 = time.perf_counter()
     trainer.fit(
         system,
@@ -232,7 +252,7 @@ def fit(request: dict) -> dict:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
         system.load_state_dict(state["state_dict"])
         result["best_epoch"] = int(state["epoch"]) + 1
-        storage.upload_file(best.best_model_path, storage.join(ckpt_uri, "best.ckpt"))
+        storage.upload_file(best.best_model_path, lake.file(ckpt_uri, "best.ckpt"))
         system.eval()
         ranks, top, _ = evaluation.rank_view(torch.no_grad()(system.model.score), view, data.n_items, max_len=max_len)
         result["metrics"] = {
@@ -248,27 +268,20 @@ def fit(request: dict) -> dict:
             data.item_ids,
             data.user_ids,
         )
-        model_bytes = rec.to_bytes()
-        storage.write_bytes(storage.join(ckpt_uri, "recommender.pt"), model_bytes)
-        if request.get("run_id"):
-            example = _input_example(data, view)
-            result["model_uri"] = tracking.log_model(request["run_id"], model_bytes, example)
-        result["model_bytes_uri"] = storage.join(ckpt_uri, "recommender.pt")
-    storage.write_json(result, storage.join(ckpt_uri, RESULT))
-    storage.mark_done(ckpt_uri, {"stage": stage, "fold": fold})
+        storage.write_bytes(lake.file(ckpt_uri, RECOMMENDER), rec.to_bytes())
+        storage.write_json(_input_example(data, view), lake.file(ckpt_uri, EXAMPLE))
+    storage.write_json(result, lake.file(ckpt_uri, RESULT))
+    lake.mark_complete(ckpt_uri, {"stage": stage, "fold": fold})
     return result
 
 
-def _input_example(data: Dataset, view: View, n: int = 2):
-    import pandas as pd
-
+def _input_example(data: Dataset, view: View, n: int = 2) -> dict:
+    """Two users' request rows (user_id, their last 5 items) as columns."""
     users = [u for u in view.eval_users[:n]] or [0]
-    return pd.DataFrame(
-        {
-            "user_id": [str(data.user_ids[u]) for u in users],
-            "history": [[str(data.item_ids[i]) for i in data.seqs[u][-5:]] for u in users],
-        }
-    )
+    return {
+        "user_id": [str(data.user_ids[u]) for u in users],
+        "history": [[str(data.item_ids[i]) for i in data.seqs[u][-5:]] for u in users],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", required=True, help="where rank 0 writes the result JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    result = fit(json.loads(Path(args.request).read_text()))
+    request = json.loads(Path(args.request).read_text())
+    result = fit(request)
     # Lightning leaves the DDP process group up. A rank leaving the interpreter with it
     # alive now and then aborts in gloo's threads ("terminate called without an active
     # exception", SIGABRT; seen once in CI on rank 1 while rank 0 registered the model),
@@ -289,20 +303,25 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.result).write_text(json.dumps(result, indent=2, default=str))
 
 
-if __name__ == "__main__":
-    main()
-
-
-def launch(request: dict, workdir: str | Path | None = None, timeout: float | None = None) -> dict:
+def launch(
+    request: dict,
+    log: Callable[[str], None] | None = None,
+    workdir: str | Path | None = None,
+    timeout: float | None = None,
+) -> dict:
     """Run :func:`fit` in its own process (``torchrun`` across nodes) and return its result.
 
     A separate process is what lets Lightning's DDP re-execute the entry point, isolates
-    memory, and lets a killed training be retried from its last lake checkpoint.
+    memory, and lets a killed training be retried from its last lake checkpoint. ``log``
+    receives one line per epoch while it trains; the child's stderr (Lightning's progress
+    bar) goes through to this process's terminal when it has one. The request folder is
+    removed when the training ends, successful or not (unless ``workdir`` is given).
     """
-    import subprocess
-
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="interestflow-req-") as tmp:
+            return launch(request, log, tmp, timeout)
     cfg = TrainConfig(**request["train_config"])
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="interestflow-req-"))
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     req, res = workdir / "request.json", workdir / "result.json"
     req.write_text(json.dumps(request, default=str))
@@ -319,128 +338,103 @@ def launch(request: dict, workdir: str | Path | None = None, timeout: float | No
         ]
     else:  # Lightning launches the other local processes itself
         cmd = [sys.executable, "-m", "components.training"]
-    proc = subprocess.run(
-        [*cmd, "--request", str(req), "--result", str(res)], timeout=timeout, capture_output=True, text=True
+    terminal = sys.stderr.isatty()
+    env = {**os.environ, PROGRESS_ENV: "1" if terminal else "0", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "--request", str(req), "--result", str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    readers = [
+        threading.Thread(target=_epoch_lines, args=(proc.stdout, log or (lambda line: None)), daemon=True),
+        threading.Thread(target=_stderr, args=(proc.stderr, tail, terminal), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for t in readers:
+            t.join(timeout=10)
     if proc.returncode != 0 or not res.exists():
-        tail = "\n".join((proc.stderr or "").strip().splitlines()[-30:])
         raise RuntimeError(
             f"training {request['family']}/{request['stage']}"
             f"{'' if request.get('fold') is None else ' fold ' + str(request['fold'])} "
-            f"failed (exit {proc.returncode}):\n{tail}"
+            f"failed (exit {proc.returncode}):\n" + "\n".join(tail)
         )
     return json.loads(res.read_text())
 
 
-def summarize_folds(results: list[dict]) -> dict:
+def epoch_line(e: dict) -> str:
+    """One readable line per epoch: family, stage, fold, epoch, loss, validation NDCG@10, seconds."""
+    where = f"{e['family']} {e['stage']}" + ("" if e.get("fold") is None else f" fold {e['fold']}")
+    val = f" val_ndcg10 {e['val_ndcg10']:.4f}" if "val_ndcg10" in e else ""
+    loss = e.get("train_loss", float("nan"))
+    return f"{where} epoch {e['epoch']}: train_loss {loss:.4f}{val} ({e['train_epoch_s']:.1f} s)"
+
+
+def _epoch_lines(stream, log: Callable[[str], None]) -> None:
+    """The child's stdout: EPOCH lines become log lines; anything else is passed through."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\n")
+        if line.startswith(EPOCH):
+            log(epoch_line(json.loads(line[len(EPOCH) :])))
+        elif line:
+            print(line, flush=True)
+
+
+def _stderr(stream, tail: collections.deque, terminal: bool) -> None:
+    """The child's stderr: through to this terminal as it comes (progress bars redraw with \\r),
+    and its last lines kept for the error message."""
+    buf = b""
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        if terminal:
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+        buf = (buf + chunk)[-20000:]
+    text = buf.decode(errors="replace").replace("\r", "\n")
+    tail.extend(x for x in text.splitlines() if x.strip())
+
+
+def summarize_folds(results) -> dict:
     """CV summary: per-metric mean and std over folds, and the final fit's epoch budget
-    (the median of the folds' best epochs)."""
+    (the median of the folds' best epochs). ``results``: the folds' ModelResults."""
     from components.metrics import mean_std
 
-    summary = mean_std([r["metrics"] for r in results])
-    summary["epochs"] = int(np.median([r["best_epoch"] for r in results]))
-    summary["folds_train_s"] = float(sum(r["train_s"] for r in results))
+    summary = mean_std([r.metrics for r in results])
+    summary["epochs"] = int(np.median([r.best_epoch for r in results]))
+    summary["folds_train_s"] = float(sum(r.train_s for r in results))
     return summary
 
 
-def fold_metrics(results: list[dict]) -> list[dict]:
+def fold_metrics(results) -> list[dict]:
     """Each fold's validation figures, in fold order (for the per-fold CV plot)."""
-    return [r["metrics"] for r in sorted(results, key=lambda r: r["fold"])]
+    return [r.metrics for r in sorted(results, key=lambda r: r.fold)]
 
 
 def checkpoint_uri(
-    lake: str, dataset: dict, family: str, train_config: dict, stage: str, fold: int | None, epochs: int | None = None
+    root: str, dataset: DatasetLayer, family: str, cfg: TrainConfig, stage: str, fold, epochs=None
 ) -> str:
-    """05_models/<dataset>/<family>-<config hash>/<fold N | final-eE>: one place per distinct
-    training (a final fit for another epoch count is another training)."""
-    import hashlib
-
-    key = hashlib.sha256(json.dumps(train_config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """05_models/...: one place per distinct training (a final fit for another epoch count is
+    another training)."""
     name = f"fold{fold}" if stage == "fold" else f"{stage}-e{epochs}"
-    return storage.join(lake, "05_models", storage.name(dataset["dataset_uri"]), f"{family}-{key}", name)
+    return lake.model_uri(root, dataset, family, asdict(cfg), name)
 
 
 def finished(ckpt_uri: str) -> dict | None:
     """The result of a training that already finished on the same data and config: its
-    layer is done and its MLflow run still exists. Then it is reused (``reused: True``)
-    instead of trained again; otherwise None."""
-    if not storage.layer_done(ckpt_uri) or not storage.exists(storage.join(ckpt_uri, RESULT)):
+    layer is complete and its MLflow run still exists. Then it is reused instead of trained
+    again; otherwise None."""
+    if not lake.is_complete(ckpt_uri) or not storage.exists(lake.file(ckpt_uri, RESULT)):
         return None
-    result = storage.read_json(storage.join(ckpt_uri, RESULT))
+    result = storage.read_json(lake.file(ckpt_uri, RESULT))
     if not tracking.run_exists(result.get("run_id")):
         return None
-    return {**result, "reused": True}
-
-
-def run_stage(
-    dataset: dict,
-    family: str,
-    stage: str,
-    train_config: dict,
-    lake: str,
-    parent_run_id: str | None,
-    fold: int | None = None,
-    epochs: int | None = None,
-    extra_tags: dict | None = None,
-) -> dict:
-    """One training (a fold or the final fit) as one MLflow run: params, curve, metrics, model.
-
-    The same data and config trained before (a re-run of the same night) reuses that
-    training's result and trains nothing."""
-    from components.datasets import PROTOCOL
-
-    ckpt_uri = checkpoint_uri(lake, dataset, family, train_config, stage, fold, epochs)
-    if (done := finished(ckpt_uri)) is not None:
-        return done
-    cfg = TrainConfig(**train_config)
-    model_cfg = MODELS[family].Config(**cfg.model)
-    params = {
-        **{f"train.{k}": v for k, v in cfg.__dict__.items() if k != "model"},
-        **{f"model.{k}": v for k, v in model_cfg.__dict__.items()},
-        **{f"protocol.{k}": v for k, v in PROTOCOL.items()},
-        "family": family,
-        "stage": stage,
-        "fold": fold if fold is not None else "",
-        "epochs": epochs or "",
-        "data_hash": dataset["data_hash"],
-        "dataset_uri": dataset["dataset_uri"],
-        "folds": dataset["folds"],
-    }
-    tags = {
-        "interestflow.family": family,
-        "interestflow.stage": stage,
-        "interestflow.data_hash": dataset["data_hash"],
-        **(extra_tags or {}),
-    }
-    name = f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
-    run_id = tracking.create_run(name, params, tags, parent_run_id)
-    request = {
-        "dataset": dataset,
-        "family": family,
-        "stage": stage,
-        "fold": fold,
-        "epochs": epochs,
-        "train_config": train_config,
-        "run_id": run_id,
-        "checkpoint_uri": ckpt_uri,
-    }
-    try:
-        result = launch(request)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    result["reused"] = False
-    summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
-    if stage == "fold":
-        summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})
-        import pandas as pd
-
-        tracking.log_table(run_id, pd.DataFrame([result["metrics"]]), "metrics_table.json")
-    tracking.log_metrics(run_id, summary)
-    if result["history"]:
-        from components import plots
-
-        for path, fig in plots.learning_curve(result["history"], name).items():
-            tracking.log_figure(run_id, fig, path)
-    tracking.end_run(run_id)
     return result
+
+
+if __name__ == "__main__":
+    main()

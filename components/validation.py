@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import storage
-from components.datasets import MIN_EVENTS_FOR_TARGETS
+from components import lake, storage
+from components.config import MIN_EVENTS_FOR_TARGETS
+from components.lake import RawLayer, ValidatedLayer
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MIN_TS = pd.Timestamp("1990-01-01", tz="UTC")
@@ -156,24 +157,30 @@ def _short_histories(events: pd.DataFrame, source: str) -> list[Finding]:
     ]
 
 
-def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
-    """Validate the 01_raw layer described by ``raw`` (the ingest result).
+def validate(raw: RawLayer, root: str, now: datetime | None = None) -> ValidatedLayer:
+    """Validate the 01_raw layer ``raw``; write 02_validated (reused when complete).
 
-    Returns ``{"data_hash", "uri", "warnings": [...]}``; raises DataValidationError on
-    a critical failure after writing ``quarantine/<key>/`` (the batch and the report).
+    Raises DataValidationError on a critical failure after writing ``quarantine/<key>/``
+    (the batch and the report).
     """
-    key = storage.name(raw["uri"])
-    layer = storage.join(lake, "02_validated", key)
-    if storage.layer_done(layer):
-        return {**raw, "uri": layer, "warnings": storage.read_json(storage.join(layer, "warnings.json"))}
-    events = storage.read_parquet(storage.join(raw["uri"], "events.parquet"))
-    items = storage.read_parquet(storage.join(raw["uri"], "items.parquet"))
-    now = pd.Timestamp(now or datetime.now(UTC))
-    findings = run_suite("items", items, raw["items_source"])
+    uri = lake.validated_uri(root, raw)
+
+    def compute(uri: str) -> dict:
+        return _validate(raw, root, uri, pd.Timestamp(now or datetime.now(UTC)))
+
+    lake.build(uri, compute)
+    warnings = tuple(storage.read_json(lake.file(uri, "warnings.json")))
+    return ValidatedLayer(uri=uri, raw=raw, warnings=warnings)
+
+
+def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
+    events = storage.read_parquet(lake.file(raw.uri, "events.parquet"))
+    items = storage.read_parquet(lake.file(raw.uri, "items.parquet"))
+    findings = run_suite("items", items, raw.items_source)
     findings += run_suite(
         "events",
         events,
-        raw["events_source"],
+        raw.events_source,
         {
             "now": now,
             "min_ts": MIN_TS,
@@ -184,7 +191,7 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
         findings.append(
             Finding(
                 "events",
-                raw["events_source"],
+                raw.events_source,
                 "critical",
                 "expect_table_row_count_to_be_above_0",
                 None,
@@ -194,24 +201,26 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
                 [],
             )
         )
-    findings += _short_histories(events, raw["events_source"])
-    for table, columns in (raw.get("ignored_columns") or {}).items():
+    findings += _short_histories(events, raw.events_source)
+    sources = {"events": raw.events_source, "items": raw.items_source}
+    for table, columns in (raw.ignored_columns or {}).items():
         if columns:  # a file's columns that the spec does not map: harmless, but say so
-            source = raw[f"{table}_source"]
             guards = "columns the dataset spec does not map are not used"
             findings.append(
-                Finding(table, source, "warning", "column_mapped_by_spec", ", ".join(columns), guards, None, 0, [])
+                Finding(
+                    table, sources[table], "warning", "column_mapped_by_spec", ", ".join(columns), guards, None, 0, []
+                )
             )
     critical = [f for f in findings if f.severity == "critical"]
     warnings = [f.message() for f in findings if f.severity != "critical"]
     for w in warnings:
         log.warning(w)
     if critical:
-        q = storage.join(lake, "quarantine", key)
-        storage.write_parquet(events, storage.join(q, "events.parquet"))
-        storage.write_parquet(items, storage.join(q, "items.parquet"))
-        storage.write_json([f.__dict__ for f in findings], storage.join(q, "report.json"))
-        storage.write_bytes(storage.join(q, "report.md"), _report_md(findings, key).encode())
+        q = lake.quarantine_uri(root, lake.key(raw.uri))
+        storage.write_parquet(events, lake.file(q, "events.parquet"))
+        storage.write_parquet(items, lake.file(q, "items.parquet"))
+        storage.write_json([f.__dict__ for f in findings], lake.file(q, "report.json"))
+        storage.write_bytes(lake.file(q, "report.md"), _report_md(findings, lake.key(raw.uri)).encode())
         raise DataValidationError(
             f"{len(critical)} critical expectation(s) failed; nothing was trained or promoted. "
             f"Rejected batch and report: {q}/report.md\n" + "\n".join(f.message() for f in critical)
@@ -219,8 +228,7 @@ def validate(raw: dict, lake: str, now: datetime | None = None) -> dict:
     events = events.drop(columns=["ts_source"])
     events["value"] = events["value"].astype("float64")
     items["price"] = items["price"].astype("float64")
-    storage.write_parquet(events, storage.join(layer, "events.parquet"))
-    storage.write_parquet(items, storage.join(layer, "items.parquet"))
-    storage.write_json(warnings, storage.join(layer, "warnings.json"))
-    storage.mark_done(layer, {"n_events": len(events), "n_items": len(items), "validated_at": str(now)})
-    return {**raw, "uri": layer, "warnings": warnings}
+    storage.write_parquet(events, lake.file(uri, "events.parquet"))
+    storage.write_parquet(items, lake.file(uri, "items.parquet"))
+    storage.write_json(warnings, lake.file(uri, "warnings.json"))
+    return {"n_events": len(events), "n_items": len(items), "validated_at": str(now)}

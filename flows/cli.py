@@ -4,19 +4,40 @@ registry (promote, rollback) and ask for one user's recommendations."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_SPEC = str(ROOT / "specs" / "beauty_sample.yaml")
+EPHEMERAL_STARTUP_TIMEOUT_S = 120  # seconds; see _env()
+FLOW_COMMANDS = {
+    # command: (help, defaults that differ from the flow's own)
+    "demo": ("the nightly flow on the shipped sample", {"spec": SAMPLE_SPEC}),
+    "nightly": ("the nightly flow", {"spec": SAMPLE_SPEC}),
+    "train": (
+        "train, evaluate, register, promote and recommend (no profiles)",
+        {"spec": SAMPLE_SPEC, "profiles": False},
+    ),
+}
 
 
 def _env() -> None:
-    """Embedded default: Prefect, MLflow and the lake under INTERESTFLOW_HOME (default ./var)."""
+    """Embedded default: Prefect, MLflow and the lake under INTERESTFLOW_HOME (default ./var).
+
+    Call it before anything imports prefect: Prefect reads its settings from the environment
+    once, when ``prefect.context`` is first imported.
+    """
     home = Path(os.environ.setdefault("INTERESTFLOW_HOME", str(Path("var").resolve())))
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # Without PREFECT_API_URL every run starts Prefect's ephemeral API server in a subprocess
+    # and waits server.ephemeral.startup_timeout_seconds (Prefect's default: 20) for its
+    # /health. On a loaded machine (four jobs on two cores) that start-up took longer and the
+    # run died with "Timed out while attempting to connect to ephemeral Prefect API server".
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -31,43 +52,44 @@ def _print_summary(out: dict) -> None:
     from components.report import METRICS
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
-    for r in out["results"]:
-        t = Table(title=f"{r['family']}: cross-validation and test (data {out['data_hash']})")
+    for fr in out.results:
+        r = fr.report
+        t = Table(title=f"{r.family}: cross-validation and test (data {out.data_hash})")
         for col in ("metric", "CV mean ± std", "test", "popularity (test)"):
             t.add_column(col, justify="right" if col != "metric" else "left")
         for m in METRICS:
             t.add_row(
                 m,
-                f"{r['cv'][m + '_mean']:.4f} ± {r['cv'][m + '_std']:.4f}",
-                f"{r['test'][m]:.4f}",
-                f"{r['popularity'][m]:.4f}",
+                f"{r.cv[m + '_mean']:.4f} ± {r.cv[m + '_std']:.4f}",
+                f"{r.test[m]:.4f}",
+                f"{r.popularity[m]:.4f}",
             )
         t.add_row(
-            f"cold ndcg10 ({r['test']['cold_n']} targets)",
+            f"cold ndcg10 ({r.test['cold_n']} targets)",
             "",
-            f"{r['test']['cold_ndcg10']:.4f}",
-            f"{r['popularity']['cold_ndcg10']:.4f}",
+            f"{r.test['cold_ndcg10']:.4f}",
+            f"{r.popularity['cold_ndcg10']:.4f}",
         )
         console.print(t)
-        d = r.get("decision")
+        d = fr.decision
         if d:
-            v = r["registered"]
+            v = fr.registered
             console.print(
-                f"[bold]{v['name']} v{v['version']}[/]: "
-                f"{'PROMOTED to champion' if d['promote'] else 'not promoted'} — {d['reason']}"
+                f"[bold]{v.name} v{v.version}[/]: "
+                f"{'PROMOTED to champion' if d.promote else 'not promoted'} — {d.reason}"
             )
-    if out.get("recommendations"):
-        rc = out["recommendations"]
+    if out.recommendations:
+        rc = out.recommendations
         console.print(
-            f"Top-{rc['rows'] // max(rc['users'], 1)} recommendations for {rc['users']} users "
-            f"(champion {rc['family']} v{rc['version']}): {rc['uri']}"
+            f"Top-{rc.rows // max(rc.users, 1)} recommendations for {rc.users} users "
+            f"(champion {rc.family} v{rc.version}): {rc.uri}"
         )
-    if out.get("profiles"):
-        p = out["profiles"]["summary"]
+    if out.profiles:
+        p = out.profiles.summary
         console.print(
             f"Profiles of {p['users']} users: churn AUC {p['churn_auc']:.3f} (recency only "
             f"{p['churn_auc_recency_baseline']:.3f}), median drift {p['drift_jsd_median']:.3f} nats -> "
-            f"{out['profiles']['uri']}"
+            f"{out.profiles.uri}"
         )
     from components.tracking import tracking_uri
 
@@ -86,13 +108,13 @@ def _print_user_recommendations(args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from components import datasets, recommend
+    from components import pipeline
     from components.config import default_lake
     from components.models import MODELS
 
-    ds = datasets.prepare(args.spec, args.lake or default_lake(), 1, 0)  # finished layers are reused
+    ds = pipeline.data_path(args.spec, args.lake or default_lake(), 1, 0)  # finished layers are reused
     try:
-        top = recommend.for_user(args.user, ds, list(MODELS), args.k, args.family)
+        top = pipeline.recommend_for_user(args.user, ds, list(MODELS), args.k, args.family)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"interestflow recommend: {e}")
     t = Table(
@@ -122,7 +144,7 @@ def _print_registry() -> None:
             v = tracking.alias_version(name, alias)
             if v is None:
                 continue
-            tags = tracking.client().get_model_version(name, v).tags
+            tags = tracking.version_tags(name, v)
             t.add_row(
                 name,
                 alias,
@@ -135,24 +157,141 @@ def _print_registry() -> None:
     Console(width=None if sys.stdout.isatty() else 120).print(t)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _resolve(prop: dict, defs: dict) -> dict:
+    """A JSON-schema property with its $ref / single allOf resolved against the definitions."""
+    prop = dict(prop)
+    while True:
+        if "$ref" in prop:
+            target = defs.get(prop.pop("$ref").split("/")[-1], {})
+            prop = {**target, **prop}
+        elif len(prop.get("allOf", ())) == 1:
+            prop = {**prop.pop("allOf")[0], **prop}
+        else:
+            return prop
+
+
+def _alternatives(prop: dict, defs: dict) -> tuple[list[dict], bool]:
+    """The non-null types a property allows, and whether it also allows null (``X | None``)."""
+    prop = _resolve(prop, defs)
+    alts = [_resolve(a, defs) for a in prop.get("anyOf", [prop])]
+    typed = [a for a in alts if a.get("type") != "null"]
+    return typed, len(typed) < len(alts)
+
+
+def _json_type(option: str, kind: str | None, values: str | None = None):
+    """argparse type: the text parsed as JSON, checked against the schema's top-level type."""
+    python = {"object": dict, "array": list}.get(kind or "")
+
+    def parse(text: str):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}, char {e.pos}): {text!r}") from None
+        if python and not isinstance(value, python):
+            raise argparse.ArgumentTypeError(f"expected a JSON {kind}, got {text!r}")
+        if values == "object" and isinstance(value, dict):
+            bad = [k for k, v in value.items() if not isinstance(v, dict)]
+            if bad:
+                raise argparse.ArgumentTypeError(f"expected a JSON object for each key, not for {bad}: {text!r}")
+        return value
+
+    return parse
+
+
+def _json_or_text(text: str):
+    """argparse type for a parameter of several (or no declared) types: JSON if it parses, else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+_SCALARS = {"integer": int, "number": float, "string": str}
+
+
+def _show(value, option: str) -> str:
+    if isinstance(value, bool):
+        return option if value else "--no-" + option[2:]
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "[]"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return "none" if value is None else str(value)
+
+
+def add_flow_options(parser: argparse.ArgumentParser, flow, exclude=(), defaults=None) -> list[str]:
+    """One ``--kebab-name`` option per parameter of the Prefect ``flow``, from its own schema.
+
+    The schema (``flow.parameters``) is the one the Prefect UI shows: built from the flow's
+    signature and the ``Args:`` of its docstring, so nothing is listed twice. Each option's help
+    is the parameter's description plus its default; ints, floats, strings, ``Literal`` choices,
+    lists (``nargs="+"``), ``--x/--no-x`` booleans and dicts as JSON. An option the user does not
+    give stays out of the parsed namespace (the flow's own default applies), except for those in
+    ``defaults``: the command's own defaults, always passed. Returns the parameter names.
+    """
+    defaults = defaults or {}
+    schema = flow.parameters.model_dump_for_openapi()
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    props = sorted(schema["properties"].items(), key=lambda kv: kv[1].get("position", 0))
+    names = []
+    for name, prop in props:
+        if name in exclude:
+            continue
+        names.append(name)
+        option = "--" + name.replace("_", "-")
+        typed, _ = _alternatives(prop, defs)  # X | None: the option's absence is the None
+        default = defaults.get(name, prop.get("default"))
+        description = (prop.get("description") or prop.get("title") or name).strip()
+        help_ = description.replace("%", "%%")
+        if not (default is None and "default" in description.lower()):  # "(default: each family's own)"
+            help_ += f" (default: {_show(default, option)})".replace("%", "%%")
+        kw = {"dest": name, "help": help_, "default": defaults.get(name, argparse.SUPPRESS)}
+        spec = typed[0] if len(typed) == 1 else {}
+        kind = spec.get("type")
+        if kind == "boolean":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind == "array":
+            items = _resolve(spec.get("items", {}), defs)
+            kw["nargs"] = "+"
+            kw["type"] = _SCALARS.get(items.get("type"), _json_or_text)
+            if "enum" in items:
+                kw["choices"] = items["enum"]
+        elif kind == "object":
+            values = spec.get("additionalProperties")  # true, or the schema of each value
+            values = _resolve(values, defs).get("type") if isinstance(values, dict) else None
+            kw["type"] = _json_type(option, "object", values)
+            kw["metavar"] = "JSON"
+        elif kind in _SCALARS or "enum" in spec:
+            kw["type"] = _SCALARS.get(kind, _json_or_text)
+            if "enum" in spec:
+                kw["choices"] = spec["enum"]
+        else:  # several types, or none declared: JSON if it parses, else the text
+            kw["type"] = _json_or_text
+        parser.add_argument(option, **kw)
+    return names
+
+
+def flow_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
+    """The flow's keyword arguments: the options given, plus the command's own defaults."""
+    given = vars(args)
+    return {n: given[n] for n in names if n in given}
+
+
+def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The ``interestflow`` parser; demo, nightly and train get one option per ``flow`` parameter."""
     parser = argparse.ArgumentParser(prog="interestflow", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (
-        ("demo", "the nightly flow on the shipped sample"),
-        ("nightly", "the nightly flow"),
-        ("train", "train, evaluate, register, promote and recommend (no profiles)"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
-        p.add_argument("--lake", default=None)
-        p.add_argument("--families", nargs="+", default=["mf"])
-        p.add_argument("--folds", type=int, default=3)
-        p.add_argument("--max-epochs", type=int, default=30)
-        p.add_argument("--patience", type=int, default=5)
-        p.add_argument("--devices", type=int, default=1)
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
+    names: list[str] = []
+    for name, (help_, defaults) in FLOW_COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=f"{help_}. Every parameter of the flow {flow.name!r} is an option.",
+        )
+        names = add_flow_options(p, flow, exclude=("json",), defaults=defaults)
+        p.add_argument(
+            "--json", action="store_true", help="print the result as JSON instead of tables (default: tables)"
+        )
     sub.add_parser("registry", help="each family's champion and challenger")
     from components.models import MODELS
 
@@ -170,24 +309,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--family", choices=families, default=None, help="default: the best champion")
     p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
     p.add_argument("--lake", default=None)
-    args = parser.parse_args(argv)
-    _env()
-    if args.cmd in ("demo", "nightly", "train"):
-        from flows.nightly import nightly
+    return parser, names
 
-        out = nightly(
-            spec=args.spec,
-            lake=args.lake,
-            families=args.families,
-            folds=args.folds,
-            max_epochs=args.max_epochs,
-            patience=args.patience,
-            devices=args.devices,
-            dry_run=args.dry_run,
-            profiles=args.cmd != "train",
-        )
+
+def main(argv: list[str] | None = None) -> None:
+    _env()  # before prefect is imported (by flows.nightly): its settings are read at import
+    import flows.nightly
+
+    flow = flows.nightly.nightly
+    parser, names = build_parser(flow)
+    args = parser.parse_args(argv)
+    if args.cmd in FLOW_COMMANDS:
+        out = flow(**flow_kwargs(args, names))
         if args.json:
-            print(json.dumps(out, indent=2, default=str))
+            print(json.dumps(dataclasses.asdict(out), indent=2, default=str))
         else:
             _print_summary(out)
     elif args.cmd == "registry":

@@ -9,9 +9,11 @@ from typing import Literal
 from prefect import flow
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
+from components import pipeline
 from components.config import TrainConfig, default_lake
+from components.profiles import ProfileConfig  # noqa: F401 - named in the docstring of ``profile``
+from components.promotion import GateConfig
 from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
 from tasks.features import build_features, embed_items
@@ -21,8 +23,26 @@ from tasks.promote import promote
 from tasks.recommend import recommend
 from tasks.register import register
 from tasks.report import publish
-from tasks.train import train_final, train_fold
+from tasks.train import train_final, train_folds
 from tasks.validate import validate
+
+# The pipeline's stages as Prefect tasks: the flows run components/pipeline.py's one data path
+# through these (retries, logs, artifacts), the benchmarks and tests run it with pipeline.PLAIN.
+TASKS = pipeline.Stages(
+    ingest=ingest,
+    validate=validate,
+    features=build_features,
+    item_text=embed_items,
+    datasets=build_datasets,
+    train_folds=train_folds,
+    train_final=train_final,
+    evaluate=evaluate,
+    register=register,
+    promote=promote,
+    recommend=recommend,
+    profiles=build_profiles,
+    report=publish,
+)
 
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
 # Fold trainings run concurrently up to this many at a time (each is its own process).
@@ -54,7 +74,7 @@ def nightly(
     profiles: bool = True,
     profile: dict | None = None,
     dry_run: bool = False,
-) -> dict:
+) -> pipeline.NightlyResult:
     """Retrain, evaluate, register and (maybe) promote each family, then recommend.
 
     Args:
@@ -82,50 +102,31 @@ def nightly(
         profile: Overrides of components.profiles.ProfileConfig, e.g. {"half_life_days": 90, "drift_by": "days"}.
         dry_run: Train and evaluate, but register, promote and recommend nothing.
     """
-    lake = lake or default_lake()
-    cfg = TrainConfig(
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=precision,
-    ).__dict__
-    raw = ingest(spec, lake)
-    validated = validate(raw, lake)
-    features = embed_items(build_features(validated, lake), lake)
-    dataset = build_datasets(features, lake, folds, seed)
-    tags = {
-        "interestflow.spec": raw["spec"],
-        "interestflow.dry_run": dry_run,
-        "interestflow.flow_run_id": prefect_flow_run.id,
-    }  # MLflow run -> the Prefect run that made it
-    results = []
-    for family in families:
-        family_cfg = {**cfg, "model": (model or {}).get(family, {})}
-        fold_runs = [train_fold.submit(quote(dataset), family, f, family_cfg, lake, tags) for f in range(folds)]
-        final = train_final(dataset, family, [r.result() for r in fold_runs], family_cfg, lake, tags)
-        report = evaluate(dataset, final, lake)
-        if not dry_run:
-            report["registered"] = register(report, dataset)
-            report["decision"] = promote(report["registered"], report, dataset, min_gain, tolerance)
-        results.append(report)
-    recs = None if dry_run else recommend(dataset, list(families), lake, k, serve_family, explore_share)
-    prof = None
-    if profiles:  # the serving champion, or in a dry run this run's best final model, re-ranks
-        best = max(results, key=lambda r: r["test"]["ndcg10"])["model_uri"] if results else None
-        test_recs = {r["family"]: r["test_recommendations_uri"] for r in results}
-        prof = build_profiles(dataset, lake, profile or {}, recs["model_uri"] if recs else best, test_recs, tags)
-    summary = publish(results, recs, raw["data_hash"], prof)
-    print(summary)
-    return {
-        "data_hash": raw["data_hash"],
-        "results": results,
-        "recommendations": recs,
-        "profiles": prof,
-        "summary": summary,
-    }
+    settings = pipeline.NightlySettings(
+        families=tuple(families),
+        folds=folds,
+        train=TrainConfig(
+            max_epochs=max_epochs,
+            patience=patience,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+        ),
+        model=model or {},
+        gate=GateConfig(min_gain=min_gain, tolerance=tolerance),
+        k=k,
+        serve_family=serve_family,
+        explore_share=explore_share,
+        profiles=profiles,
+        profile=profile or {},
+        dry_run=dry_run,
+    )
+    tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it
+    out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
+    print(out.summary)
+    return out

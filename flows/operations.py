@@ -5,15 +5,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components import pipeline
 from components.config import default_lake
-from flows.nightly import Family
-from tasks.datasets import build_datasets
-from tasks.features import build_features, embed_items
-from tasks.ingest import ingest
-from tasks.profiles import build_profiles
+from flows.nightly import TASKS, Family
 from tasks.promote import move_champion
-from tasks.recommend import recommend as recommend_task
-from tasks.validate import validate
 
 
 @flow(name="promote", log_prints=True)
@@ -54,14 +49,8 @@ def recommend(
         profiles: Also write user interest profiles (07_profiles).
         profile: Overrides of components.profiles.ProfileConfig.
     """
-    lake = lake or default_lake()
-    raw = ingest(spec, lake)
-    features = embed_items(build_features(validate(raw, lake), lake), lake)
-    dataset = build_datasets(features, lake, 1, 0)  # one fold: only the serving view is read
-    recs = recommend_task(dataset, list(families), lake, k, serve_family, explore_share)
-    prof = None
-    if profiles:
-        tags = {"interestflow.spec": raw["spec"], "interestflow.flow": "recommend"}
-        prof = build_profiles(dataset, lake, profile or {}, recs["model_uri"], {}, tags)
-    print(f"{recs['rows']} recommendations for {recs['users']} users from {recs['family']} v{recs['version']}")
-    return {"data_hash": raw["data_hash"], "recommendations": recs, "profiles": prof}
+    dataset, recs, prof = pipeline.recommend_path(
+        spec, lake or default_lake(), list(families), k, serve_family, explore_share, profiles, profile, stages=TASKS
+    )
+    print(f"{recs.rows} recommendations for {recs.users} users from {recs.family} v{recs.version}")
+    return {"data_hash": dataset.data_hash, "recommendations": recs, "profiles": prof}

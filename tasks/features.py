@@ -1,18 +1,17 @@
 from prefect import task
 
-from components import features
+from components import pipeline
+from components.lake import FeatureLayer, ValidatedLayer
 from tasks._retry import IO_RETRIES
 
 
-@task(name="features", **IO_RETRIES)
-def build_features(validated: dict, lake: str) -> dict:
+@task(name="features", **IO_RETRIES, task_run_name="features-{validated.raw.spec}")
+def build_features(validated: ValidatedLayer, lake: str) -> FeatureLayer:
     """03_features: id vocabularies and time-ordered user sequences."""
-    return features.build_features(validated, lake)
+    return pipeline.build_features(validated, lake)
 
 
-@task(name="item-text", **IO_RETRIES)
-def embed_items(features: dict, lake: str) -> dict:
+@task(name="item-text", **IO_RETRIES, task_run_name="item-text-{features.validated.raw.spec}")
+def embed_items(features: FeatureLayer, lake: str) -> FeatureLayer:
     """03_features text layer: MiniLM embeddings of item texts, only for texts not cached yet."""
-    from components import text
-
-    return text.embed_items(features, lake)
+    return pipeline.embed_items(features, lake)

@@ -1,12 +1,13 @@
 from prefect import task
 
-from components import profiles
+from components import pipeline
+from components.lake import DatasetLayer, ProfilesLayer
 from tasks._retry import IO_RETRIES
 
 
-@task(name="profiles", **IO_RETRIES)
+@task(name="profiles", **IO_RETRIES, task_run_name="profiles-{dataset.features.validated.raw.spec}")
 def build_profiles(
-    dataset: dict, lake: str, overrides: dict, model_uri: str | None, test_recommendations: dict, tags: dict
-) -> dict:
+    dataset: DatasetLayer, lake: str, overrides: dict, model_uri: str | None, test_recommendations: dict, tags: dict
+) -> ProfilesLayer:
     """07_profiles: interests, drift, churn risk, next-category accuracy, exploration table."""
-    return profiles.profile_stage(dataset, lake, overrides, model_uri, test_recommendations, tags)
+    return pipeline.build_profiles(dataset, lake, overrides, model_uri, test_recommendations, tags)

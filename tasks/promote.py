@@ -1,24 +1,26 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from components import promotion
+from components import pipeline, promotion
+from components.lake import DatasetLayer, Registered, TestReport
+from components.promotion import Decision, GateConfig
 from tasks._retry import IO_RETRIES
 
 
-@task(name="promote", **IO_RETRIES, task_run_name="promote-{registered[name]}")
-def promote(registered: dict, report: dict, dataset: dict, min_gain: float, tolerance: float) -> dict:
+@task(name="promote", **IO_RETRIES, task_run_name="promote-{registered.name}")
+def promote(registered: Registered, report: TestReport, dataset: DatasetLayer, gate: GateConfig) -> Decision:
     """The promotion gate: re-score the champion on today's holdout, move the alias or not."""
-    d = promotion.run_gate(registered, report, dataset, promotion.GateConfig(min_gain=min_gain, tolerance=tolerance))
+    d = pipeline.promote(registered, report, dataset, gate)
     verdict = "promoted" if d.promote else "not promoted"
     create_markdown_artifact(
-        f"**{registered['name']} v{registered['version']}**: {verdict} — {d.reason}",
-        key=f"promotion-{report['family']}",
+        f"**{registered.name} v{registered.version}**: {verdict} — {d.reason}",
+        key=f"promotion-{report.family}",
         description="Promotion decision",
     )
-    return d.as_dict()
+    return d
 
 
-@task(name="move-champion", **IO_RETRIES)
+@task(name="move-champion", **IO_RETRIES, task_run_name="move-champion-{family}")
 def move_champion(family: str, version: str | None, rollback: bool, reason: str) -> dict:
     """A manual promotion of ``version``, or a rollback to the previous champion."""
     if rollback:

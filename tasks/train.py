@@ -1,21 +1,28 @@
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.utilities.annotations import quote
 
-from components import training
+from components import pipeline
+from components.config import TrainConfig
+from components.lake import DatasetLayer, ModelResult
 
 
 @task(
     name="train-fold", retries=1, retry_delay_seconds=10, tags=["training"], task_run_name="train-{family}-fold{fold}"
 )
-def train_fold(dataset: dict, family: str, fold: int, train_config: dict, lake: str, tags: dict) -> dict:
+def train_fold(dataset: DatasetLayer, family: str, fold: int, cfg: TrainConfig, lake: str, tags: dict) -> ModelResult:
     """One cross-validation fold in its own process; a retry resumes from the lake checkpoint."""
-    return training.run_stage(dataset, family, "fold", train_config, lake, None, fold=fold, extra_tags=tags)
+    return pipeline.train(dataset, family, "fold", cfg, lake, fold=fold, tags=tags, on_epoch=get_run_logger().info)
+
+
+def train_folds(dataset: DatasetLayer, family: str, cfg: TrainConfig, lake: str, tags: dict) -> list[ModelResult]:
+    """Every fold as its own task, submitted together (they run in parallel on the flow's task runner)."""
+    runs = [train_fold.submit(quote(dataset), family, f, cfg, lake, tags) for f in range(dataset.folds)]
+    return [r.result() for r in runs]
 
 
 @task(name="train-final", retries=1, retry_delay_seconds=10, tags=["training"], task_run_name="train-{family}-final")
-def train_final(dataset: dict, family: str, folds: list[dict], train_config: dict, lake: str, tags: dict) -> dict:
+def train_final(
+    dataset: DatasetLayer, family: str, folds: list[ModelResult], cfg: TrainConfig, lake: str, tags: dict
+) -> ModelResult:
     """Final fit on everything but the test targets, for the epochs the folds chose."""
-    cv = training.summarize_folds(folds)
-    result = training.run_stage(
-        dataset, family, "final", train_config, lake, None, epochs=cv["epochs"], extra_tags=tags
-    )
-    return {**result, "cv": cv, "fold_metrics": training.fold_metrics(folds)}
+    return pipeline.train_final(dataset, family, folds, cfg, lake, tags, on_epoch=get_run_logger().info)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from components.models import SideInputs
 from components.models.bert import BERT, BERTConfig
 
 N = 30
@@ -13,7 +14,7 @@ N = 30
 def model(**overrides) -> BERT:
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
-    return BERT(BERTConfig(**{"dim": 16, "dropout": 0.0, **overrides}), N, 5, item_text=text).eval()
+    return BERT(BERTConfig(**{"dim": 16, "dropout": 0.0, **overrides}), N, 5, SideInputs(item_text=text)).eval()
 
 
 def test_causal_objective_never_reads_later_items():
@@ -49,7 +50,7 @@ def test_text_only_fusion_scores_items_by_their_text_alone():
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
     text[N - 1] = text[2]  # item N-1: never interacted with, same text as item 2
-    m = BERT(BERTConfig(dim=16, fusion="text", dropout=0.0), N, 5, item_text=text).eval()
+    m = BERT(BERTConfig(dim=16, fusion="text", dropout=0.0), N, 5, SideInputs(item_text=text)).eval()
     scores = m.score({"seq": torch.tensor([[5, 6, 7]])})
     assert m.ids is None and torch.allclose(scores[0, N - 1], scores[0, 2])
 
@@ -62,7 +63,7 @@ def test_id_shrink_scores_an_item_never_trained_on_by_its_text_alone():
     text[N - 1] = text[N - 2]
     counts = torch.full((N,), 10.0)
     counts[N - 2 :] = 0
-    m = BERT(BERTConfig(dim=16, id_shrink=5.0, dropout=0.0), N, 5, item_text=text, item_counts=counts)
+    m = BERT(BERTConfig(dim=16, id_shrink=5.0, dropout=0.0), N, 5, SideInputs(item_text=text, item_counts=counts))
     with torch.no_grad():
         m.ids.weight.normal_()  # as if trained: every id differs
         m.bias.normal_()
@@ -78,9 +79,11 @@ def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
     counts = torch.arange(N, dtype=torch.float32)
-    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, item_text=text)
+    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, SideInputs(item_text=text))
     torch.manual_seed(0)
-    adjusted = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5, item_text=text, item_counts=counts)
+    adjusted = BERT(
+        BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5, SideInputs(item_text=text, item_counts=counts)
+    )
     adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
     batch = {"seq": torch.tensor([[5, 6, 7]])}
     diff = plain.eval().score(batch) - adjusted.eval().score(batch)
@@ -97,13 +100,15 @@ def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
 def test_early_stopping_reads_scores_before_popularity_adjust():
     """Validation (what early stopping and the best checkpoint read) ranks by fit_score, so
     popularity_adjust never changes what is trained; the served score is adjusted."""
-    from components.models.base import RecSystem
+    from components.models.system import RecSystem
 
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
     counts = torch.arange(N, dtype=torch.float32) ** 2
-    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, item_text=text).eval()
-    adjusted = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=3.0), N, 5, item_text=text, item_counts=counts)
+    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, SideInputs(item_text=text)).eval()
+    adjusted = BERT(
+        BERTConfig(dim=16, dropout=0.0, popularity_adjust=3.0), N, 5, SideInputs(item_text=text, item_counts=counts)
+    )
     adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
     adjusted.eval()
     empty = torch.zeros(0, dtype=torch.long)
@@ -136,7 +141,9 @@ def test_every_fusion_learns(fusion):
 def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inputs():
     strings = [f"item {i} | Acme | Beauty > Skin Care" for i in range(N)]
     torch.manual_seed(0)
-    m = BERT(BERTConfig(dim=16, finetune_layers=1), N, 5, item_text=torch.zeros(N, 384), item_strings=strings)
+    m = BERT(
+        BERTConfig(dim=16, finetune_layers=1), N, 5, SideInputs(item_text=torch.zeros(N, 384), item_strings=strings)
+    )
     before = m.text_top[0].output.dense.weight.detach().clone()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     for _ in range(3):

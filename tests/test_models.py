@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from components.datasets import Dataset
-from components.models import MODELS
-from components.models.base import pad_left
-from components.recommender import Recommender
+from components.batches import pad_left
+from components.models import MODELS, Family, FamilyConfig, SideInputs
 
 N_ITEMS, N_USERS = 40, 30
 
@@ -21,13 +24,23 @@ def tiny_batch(seed=0):
     return seqs, {"users": torch.arange(N_USERS), "seq": pad_left(seqs, 16, N_ITEMS)}
 
 
+def side_inputs(seed=0) -> SideInputs:
+    """Unit-length stand-ins for MiniLM vectors, item strings and training counts."""
+    g = torch.Generator().manual_seed(seed)
+    return SideInputs(
+        item_text=torch.nn.functional.normalize(torch.randn(N_ITEMS, 384, generator=g), dim=1),
+        item_strings=[f"item {i}" for i in range(N_ITEMS)],
+        item_counts=torch.randint(0, 20, (N_ITEMS,), generator=g).float(),
+    )
+
+
 def build(family, **overrides):
     cls = MODELS[family]
     torch.manual_seed(0)
-    text = {}
-    if getattr(cls, "uses_text", False):  # unit-length stand-ins for MiniLM vectors
-        text = {"item_text": torch.nn.functional.normalize(torch.randn(N_ITEMS, 384), dim=1)}
-    return cls(cls.Config(**{"dim": 8, **overrides}), N_ITEMS, N_USERS, **text)
+    side = None
+    if cls.uses_text:
+        side = SideInputs(item_text=torch.nn.functional.normalize(torch.randn(N_ITEMS, 384), dim=1))
+    return cls(cls.Config(**{"dim": 8, **overrides}), N_ITEMS, N_USERS, side)
 
 
 def test_registry_names_are_the_families():
@@ -35,6 +48,96 @@ def test_registry_names_are_the_families():
     for name, cls in MODELS.items():
         assert hasattr(cls, "Config") and callable(cls.loss) and callable(cls.score), name
         assert cls.__module__ == f"components.models.{name}"
+
+
+# Each family's own defaults for the shared fields: the figures in bench/RESULTS.md were
+# trained with these, so a change here is a change of results, not a refactor.
+SHARED_DEFAULTS = {
+    "mf": {"max_len": 512, "lr": 1e-2, "weight_decay": 0.0},
+    "lstm": {"max_len": 50, "lr": 5e-3, "weight_decay": 0.0},
+    "cnn": {"max_len": 50, "lr": 5e-3, "weight_decay": 0.3},
+    "bert": {"max_len": 50, "lr": 1e-3, "weight_decay": 0.0},
+}
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_every_family_follows_the_one_contract(family):
+    cls = MODELS[family]
+    assert issubclass(cls, Family) and issubclass(cls.Config, FamilyConfig)
+    assert cls.Config.__dataclass_params__.frozen
+    params = list(inspect.signature(cls.__init__).parameters.values())
+    assert [p.name for p in params] == ["self", "config", "n_items", "n_users", "side"]
+    assert params[-1].default is None
+    assert {k: getattr(cls.Config(), k) for k in SHARED_DEFAULTS[family]} == SHARED_DEFAULTS[family]
+
+
+@pytest.mark.parametrize("bad", [{"max_len": 0}, {"lr": 0.0}, {"weight_decay": -0.1}])
+@pytest.mark.parametrize("family", MODELS)
+def test_shared_config_fields_are_checked_for_every_family(family, bad):
+    with pytest.raises(ValueError):
+        MODELS[family].Config(**bad)
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_every_family_takes_side_inputs_positionally_or_by_keyword(family):
+    cls, cfg = MODELS[family], MODELS[family].Config(dim=8)
+    torch.manual_seed(0)
+    by_position = cls(cfg, N_ITEMS, N_USERS, side_inputs())
+    torch.manual_seed(0)
+    by_keyword = cls(config=cfg, n_items=N_ITEMS, n_users=N_USERS, side=side_inputs())
+    a, b = by_position.state_dict(), by_keyword.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (by_position.config, by_position.n_items, by_position.n_users) == (cfg, N_ITEMS, N_USERS)
+    assert by_position.max_len == cfg.max_len
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_a_model_is_rebuilt_from_config_sizes_and_weights_alone(family):
+    """What a family learns from its side inputs lives in its state dict (SideInputs' rule)."""
+    cls, cfg = MODELS[family], MODELS[family].Config(dim=8)
+    torch.manual_seed(0)
+    trained = cls(cfg, N_ITEMS, N_USERS, side_inputs()).eval()
+    served = cls(cfg, N_ITEMS, N_USERS)
+    served.load_state_dict(trained.state_dict())
+    _, batch = tiny_batch()
+    with torch.no_grad():
+        assert torch.equal(served.eval().score(batch), trained.score(batch))
+        assert torch.equal(served.fit_score(batch), trained.fit_score(batch))
+
+
+def test_family_defaults_fit_score_is_score_and_max_len_is_the_config_s():
+    class Constant(Family):
+        Config = FamilyConfig
+
+        def score(self, batch):
+            return torch.ones(len(batch["users"]), self.n_items)
+
+    model = Constant(FamilyConfig(max_len=7), N_ITEMS, N_USERS)
+    _, batch = tiny_batch()
+    assert torch.equal(model.fit_score(batch), model.score(batch)) and model.max_len == 7
+    with pytest.raises(NotImplementedError):
+        model.loss(batch)
+    for name, cls in MODELS.items():  # only a family with a ranking-time adjustment overrides it
+        assert (cls.fit_score is Family.fit_score) == (name != "bert"), name
+
+
+def test_loading_and_scoring_a_model_does_not_import_lightning():
+    """Evaluation and serving pad and score without the training stack (components/models/system.py)."""
+    code = """
+import sys
+import torch
+from components.batches import pad_left
+from components.models import MODELS
+seq = pad_left([[1, 2, 3], [4]], 50, 10)
+for cls in MODELS.values():
+    model = cls(cls.Config(), 10, 3).eval()
+    with torch.no_grad():
+        assert model.score({"users": torch.tensor([0, 3]), "seq": seq}).shape == (2, 10)
+print(sorted(m for m in ("lightning", "lightning.pytorch", "components.models.system") if m in sys.modules))
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("family", MODELS)
@@ -66,6 +169,8 @@ def test_unknown_user_still_gets_finite_scores(family):
 
 
 def _recommender(family):
+    from components.recommender import Recommender
+
     model = build(family)
     items = np.array([f"i{j:03d}" for j in range(N_ITEMS)])
     users = np.array([f"u{j:03d}" for j in range(N_USERS)])
@@ -74,6 +179,8 @@ def _recommender(family):
 
 @pytest.mark.parametrize("family", MODELS)
 def test_recommender_bytes_round_trip_gives_the_same_scores(family):
+    from components.recommender import Recommender
+
     rec = _recommender(family)
     again = Recommender.from_bytes(rec.to_bytes())
     _, batch = tiny_batch()
@@ -83,6 +190,8 @@ def test_recommender_bytes_round_trip_gives_the_same_scores(family):
 @pytest.mark.parametrize("family", MODELS)
 def test_scorer_maps_a_model_onto_new_ids(family):
     """Yesterday's model on today's catalogue: known items keep their scores, new ones are -inf."""
+    from components.datasets import Dataset
+
     rec = _recommender(family)
     seqs, batch = tiny_batch()
     today_items = np.concatenate([rec.item_ids[::-1], ["new-item"]])  # reordered + one new
@@ -156,10 +265,10 @@ def test_fused_cross_entropy_equals_torch_value_and_gradients(monkeypatch, with_
     """LinearCrossEntropy gives F.cross_entropy's loss and gradients, whatever the chunking."""
     from torch.nn import functional as F
 
-    from components.models import base
+    from components.models import loss as fused
 
     n_items = 50
-    monkeypatch.setitem(base._CHUNK_ELEMS, "cpu", chunk_rows * n_items)
+    monkeypatch.setitem(fused._CHUNK_ELEMS, "cpu", chunk_rows * n_items)
     g = torch.Generator().manual_seed(0)
     leaf_q = torch.randn(23, 6, generator=g, requires_grad=True)
     table = torch.randn(n_items, 6, generator=g, requires_grad=True)
@@ -176,7 +285,7 @@ def test_fused_cross_entropy_equals_torch_value_and_gradients(monkeypatch, with_
         return loss.detach(), [None if t is None else t.grad for t in (leaf_q, table, bias)]
 
     ref, ref_g = grads(lambda q: F.cross_entropy(q @ table.T + (0 if bias is None else bias), target))
-    got, got_g = grads(lambda q: base.full_ce(q, target, table, bias))
+    got, got_g = grads(lambda q: fused.full_ce(q, target, table, bias))
     torch.testing.assert_close(got, ref)
     for a, b in zip(got_g, ref_g, strict=True):
         assert (a is None) == (b is None)
@@ -188,7 +297,7 @@ def test_fused_cross_entropy_under_bf16_autocast_stays_close_and_fp32():
     """bf16 matmuls (Lightning's bf16-mixed), softmax and gradients in fp32."""
     from torch.nn import functional as F
 
-    from components.models import base
+    from components.models.loss import full_ce
 
     g = torch.Generator().manual_seed(1)
     q = torch.randn(300, 32, generator=g, requires_grad=True)
@@ -197,14 +306,14 @@ def test_fused_cross_entropy_under_bf16_autocast_stays_close_and_fp32():
     ref = F.cross_entropy(q @ table.T, target)
     ref_gq, ref_gw = torch.autograd.grad(ref, (q, table))
     with torch.autocast("cpu", torch.bfloat16):
-        got = base.full_ce(q, target, table, None)
+        got = full_ce(q, target, table, None)
     gq, gw = torch.autograd.grad(got, (q, table))
     assert got.dtype == gq.dtype == gw.dtype == torch.float32
     assert abs(got.item() - ref.item()) < 1e-2 * ref.item()
     for a, b in ((gq, ref_gq), (gw, ref_gw)):
         assert ((a - b).norm() / b.norm()).item() < 3e-2
     with torch.no_grad():  # no gradients wanted: the loss alone
-        assert abs(base.full_ce(q, target, table, None).item() - ref.item()) < 1e-5
+        assert abs(full_ce(q, target, table, None).item() - ref.item()) < 1e-5
 
 
 def test_cnn_convolutions_as_matmuls_equal_the_conv_layers():

@@ -2,16 +2,18 @@
 killed training resumes from its checkpoint.
 
 One module lake holds a validated layer and a champion made by a real nightly run; every
-bad input of the matrix (tests/faults.py) then runs the real nightly flow against it.
+bad input of the flow matrix (the 25 kinds of testkit/faults.py's catalogue marked ``flow``;
+tests/test_validation.py runs every entry through ingest and validate) then runs the real
+nightly flow against it.
 """
 
 from __future__ import annotations
 
 import pytest
 from conftest import sample_frames, write_slice
-from faults import BAD_INPUTS, killed_final_fit, registry_state, try_bad_input
 
 from components import storage, tracking
+from testkit.faults import FLOW_MATRIX, killed_final_fit, registry_state, try_bad_input
 
 PREFIX = "reliab"
 NIGHTLY = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
@@ -35,9 +37,9 @@ def guarded(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("case", FLOW_MATRIX)
 def test_bad_input_is_rejected_clearly_and_changes_nothing(guarded, case, tmp_path):
-    bad, registry = BAD_INPUTS[case], registry_state(PREFIX)
+    bad, registry = FLOW_MATRIX[case], registry_state(PREFIX)
     got = try_bad_input(
         bad,
         tmp_path / "src",

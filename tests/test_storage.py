@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faults
 import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
 from components import datasets, events, storage
+from testkit import faults
 
 BUCKET = faults.S3_BUCKET
 
@@ -60,13 +60,13 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path):
 
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    storage._s3_client.cache_clear()
+    storage.reset_clients()
     try:
         with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
             storage.read_bytes(storage.join(seaweed, "raw", "events.csv"))
     finally:
         monkeypatch.undo()
-        storage._s3_client.cache_clear()
+        storage.reset_clients()
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def _task_runs(flow_run_id) -> dict[str, int]:
 @pytest.mark.slow
 def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_server, tmp_path, monkeypatch):
     """The whole flow with the lake at s3:// and MLflow artifacts in S3 behind a tracking
-    server, both behind a fault-injecting proxy (tests/faults.py; the real SeaweedFS and
+    server, both behind a fault-injecting proxy (testkit/faults.py; the real SeaweedFS and
     mlflow server sit behind it).
 
     Night 1: the first 6 PUTs of the raw layer fail (more than boto3's 5 attempts, so the
@@ -115,7 +115,7 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
         prefect_test_harness(server_startup_timeout=120),
     ):
         monkeypatch.setenv("INTERESTFLOW_S3_ENDPOINT_URL", s3.url)
-        storage._s3_client.cache_clear()
+        storage.reset_clients()
         registry_down.times = 0  # night 1: the registry is up
         state = nightly(
             spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=2, profiles=False, return_state=True

@@ -25,14 +25,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.base import sampled_or_full_ce
+from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.loss import sampled_or_full_ce
 
 FUSIONS = ("sum", "concat", "gate", "text", "id")
 OBJECTIVES = ("causal", "masked")
 
 
 @dataclass(frozen=True)
-class BERTConfig:
+class BERTConfig(FamilyConfig):
     dim: int = 64
     """Hidden size of the transformer and of the fused item vectors."""
     layers: int = 2
@@ -41,8 +42,6 @@ class BERTConfig:
     """Attention heads."""
     dropout: float = 0.3
     """Dropout on hidden states and attention probabilities."""
-    max_len: int = 50
-    """How many of the most recent items the model reads."""
     objective: str = "causal"
     """causal (next item at every position, SASRec-style) or masked (BERT4Rec cloze)."""
     mask_prob: float = 0.2
@@ -54,10 +53,6 @@ class BERTConfig:
     """Size of the item text embeddings (MiniLM: 384)."""
     finetune_layers: int = 0
     """Top text-encoder layers trained with the recommender (0: text embeddings frozen)."""
-    lr: float = 1e-3
-    """Default learning rate for this family (the flow's ``lr`` overrides it)."""
-    weight_decay: float = 0.0
-    """Default decoupled weight decay (AdamW)."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N negatives."""
     id_dropout: float = 0.0
@@ -80,12 +75,13 @@ class BERTConfig:
     family's, and the largest that keeps NDCG@10 within 15% of tau = 0."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"BERTConfig.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"BERTConfig.fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if min(self.dim, self.layers, self.heads, self.max_len, self.text_dim) < 1 or self.dim % self.heads:
-            raise ValueError("BERTConfig: dim, layers, heads, max_len >= 1 and dim divisible by heads")
+        if min(self.dim, self.layers, self.heads, self.text_dim) < 1 or self.dim % self.heads:
+            raise ValueError("BERTConfig: dim, layers, heads, text_dim >= 1 and dim divisible by heads")
         if not (0 <= self.dropout < 1 and 0 < self.mask_prob < 1 and self.finetune_layers >= 0):
             raise ValueError("BERTConfig: 0 <= dropout < 1, 0 < mask_prob < 1, finetune_layers >= 0")
         if not 0 <= self.id_dropout < 1 or (self.id_dropout and self.fusion in ("text", "id")):
@@ -96,27 +92,19 @@ class BERTConfig:
             raise ValueError("BERTConfig.popularity_adjust must be >= 0")
 
 
-class BERT(nn.Module):
+class BERT(Family):
     Config = BERTConfig
-    uses_text = True  # training passes item_text (n_items, text_dim); see components/models/base.py
+    uses_text = True  # training passes side.item_text (n_items, text_dim), item_strings, item_counts
 
-    def __init__(
-        self,
-        config: BERTConfig,
-        n_items: int,
-        n_users: int,
-        item_text: torch.Tensor | None = None,
-        item_strings: list[str] | None = None,
-        item_counts: torch.Tensor | None = None,
-    ):
-        super().__init__()
+    def __init__(self, config: BERTConfig, n_items: int, n_users: int, side: SideInputs | None = None):
+        super().__init__(config, n_items, n_users, side)
         from transformers import BertConfig as HFBertConfig
         from transformers import BertModel
 
-        c = self.config = config
-        self.n_items, self.pad, self.mask = n_items, n_items, n_items + 1
+        c, side = config, side or SideInputs()  # no side inputs: loading a trained model
+        self.pad, self.mask = n_items, n_items + 1
         # Frozen text vectors, saved with the weights so a registered model needs no encoder.
-        text = torch.zeros(n_items, c.text_dim) if item_text is None else torch.as_tensor(item_text).float()
+        text = torch.zeros(n_items, c.text_dim) if side.item_text is None else torch.as_tensor(side.item_text).float()
         if text.shape != (n_items, c.text_dim):
             raise ValueError(f"item_text must be ({n_items}, {c.text_dim}), got {tuple(text.shape)}")
         self.register_buffer("text", text)
@@ -124,7 +112,7 @@ class BERT(nn.Module):
         # as it was evaluated); only where a setting reads them.
         counts = None
         if c.id_shrink or c.popularity_adjust:
-            counts = torch.zeros(n_items) if item_counts is None else torch.as_tensor(item_counts).float()
+            counts = torch.zeros(n_items) if side.item_counts is None else torch.as_tensor(side.item_counts).float()
         self.register_buffer("counts", counts)  # None: not in the state dict
         self.ids = nn.Embedding(n_items, c.dim) if c.fusion != "text" else None
         self.proj = nn.Linear(c.text_dim, c.dim) if c.fusion != "id" else None
@@ -154,7 +142,7 @@ class BERT(nn.Module):
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.text_top = None
         if c.finetune_layers:
-            self._init_finetuning(item_strings)
+            self._init_finetuning(side.item_strings)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A model saved before item counts were kept (an earlier champion) ranks as it

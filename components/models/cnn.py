@@ -14,15 +14,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.base import sampled_or_full_ce
+from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.loss import sampled_or_full_ce
 
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(FamilyConfig):
     dim: int = 64
     """Item and user embedding size."""
     window: int = 5
-    """L: how many recent items the convolutions see."""
+    """L: how many recent items the convolutions see (each of a training batch's ``max_len``
+    positions is one window)."""
     n_h: int = 16
     """Horizontal filters per height (heights 1..L)."""
     n_v: int = 4
@@ -31,24 +33,23 @@ class CNNConfig:
     """Dropout before the output layer."""
     sampled: int = 0
     """0: full cross-entropy; N > 0: sampled softmax with N shared uniform negatives."""
-    max_len: int = 50
-    """How many recent items a training batch carries (each position is one training window)."""
     lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     weight_decay: float = 0.3
     """Default decoupled weight decay (AdamW) for this family."""
 
     def __post_init__(self):
-        if min(self.dim, self.window, self.n_h, self.n_v, self.max_len) < 1 or not 0 <= self.dropout < 1:
+        super().__post_init__()
+        if min(self.dim, self.window, self.n_h, self.n_v) < 1 or not 0 <= self.dropout < 1:
             raise ValueError("CNNConfig: sizes must be >= 1 and 0 <= dropout < 1")
 
 
-class CNN(nn.Module):
+class CNN(Family):
     Config = CNNConfig
 
-    def __init__(self, config: CNNConfig, n_items: int, n_users: int):
-        super().__init__()
-        c, self.config, self.n_items, self.n_users = config, config, n_items, n_users
+    def __init__(self, config: CNNConfig, n_items: int, n_users: int, side: SideInputs | None = None):
+        super().__init__(config, n_items, n_users, side)
+        c = config
         self.embed = nn.Embedding(n_items + 1, c.dim, padding_idx=n_items)
         self.user = nn.Embedding(n_users + 1, c.dim, padding_idx=n_users)  # row n_users = unknown user
         self.vertical = nn.Conv2d(1, c.n_v, (c.window, 1))

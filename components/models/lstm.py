@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.base import sampled_or_full_ce
+from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.loss import sampled_or_full_ce
 
 
 @dataclass(frozen=True)
-class LSTMConfig:
+class LSTMConfig(FamilyConfig):
     dim: int = 64
     """Item embedding size (and output space: logits = h · item embeddings)."""
     hidden: int = 128
@@ -27,26 +28,22 @@ class LSTMConfig:
     """Stacked LSTM layers."""
     dropout: float = 0.3
     """Dropout on the input embeddings and the LSTM output."""
-    max_len: int = 50
-    """How many of the most recent items the model reads."""
     lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
-    weight_decay: float = 0.0
-    """Default decoupled weight decay (AdamW) for this family."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N shared uniform negatives."""
 
     def __post_init__(self):
-        if min(self.dim, self.hidden, self.layers, self.max_len) < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("LSTMConfig: dim, hidden, layers, max_len >= 1 and 0 <= dropout < 1")
+        super().__post_init__()
+        if min(self.dim, self.hidden, self.layers) < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("LSTMConfig: dim, hidden, layers >= 1 and 0 <= dropout < 1")
 
 
-class LSTM(nn.Module):
+class LSTM(Family):
     Config = LSTMConfig
 
-    def __init__(self, config: LSTMConfig, n_items: int, n_users: int):
-        super().__init__()
-        self.config, self.n_items = config, n_items
+    def __init__(self, config: LSTMConfig, n_items: int, n_users: int, side: SideInputs | None = None):
+        super().__init__(config, n_items, n_users, side)
         self.items = nn.Embedding(n_items + 1, config.dim, padding_idx=n_items)  # row n_items = padding
         self.drop = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(config.dim, config.hidden, num_layers=config.layers, batch_first=True)

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from components.models.contract import Family, FamilyConfig, SideInputs
+
 
 @dataclass(frozen=True)
-class MFConfig:
+class MFConfig(FamilyConfig):
     dim: int = 128
     """Embedding size of users and items."""
     loss: str = "ials"
@@ -39,22 +41,20 @@ class MFConfig:
     """How many of the user's most recent items the training batch carries."""
     lr: float = 1e-2
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
-    weight_decay: float = 0.0
-    """Default decoupled weight decay (AdamW) for this family."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.loss not in ("ials", "softmax"):
             raise ValueError(f"MFConfig.loss must be 'ials' or 'softmax', got {self.loss!r}")
         if self.dim <= 0 or self.alpha < 0 or self.reg < 0:
             raise ValueError("MFConfig: dim must be > 0, alpha and reg >= 0")
 
 
-class MF(nn.Module):
+class MF(Family):
     Config = MFConfig
 
-    def __init__(self, config: MFConfig, n_items: int, n_users: int):
-        super().__init__()
-        self.config, self.n_items, self.n_users = config, n_items, n_users
+    def __init__(self, config: MFConfig, n_items: int, n_users: int, side: SideInputs | None = None):
+        super().__init__(config, n_items, n_users, side)
         # Row n_users is the unknown user: zeros, never trained, so it scores by the item bias.
         self.users = nn.Embedding(n_users + 1, config.dim, padding_idx=n_users)
         self.items = nn.Embedding(n_items, config.dim)

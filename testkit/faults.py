@@ -1,4 +1,5 @@
-"""Fault injection shared by the reliability tests and bench/chaos.py.
+"""Fault injection shared by the tests (tests/test_reliability.py, tests/test_storage.py,
+tests/test_validation.py) and bench/chaos.py.
 
 - :func:`seaweed` and :func:`mlflow_server`: the real servers (SeaweedFS S3 with enforced
   SigV4 credentials, ``mlflow server``), started and stopped around a block.
@@ -7,8 +8,11 @@
   and forwards everything else unchanged. The Host header is forwarded as sent, so S3
   signatures still verify. Hand-written: it is a few dozen lines over the standard
   library, and the fault rules are the point of it.
-- :data:`BAD_INPUTS`: the bad-input matrix, each case a corruption of a good slice and
-  what the rejection (or warning) must name.
+- :data:`BAD_INPUTS`: the one bad-input catalogue, each entry a corruption of a good slice,
+  whether it is rejected or warned about, and what the message must name (file, column,
+  rule, example). tests/test_validation.py runs every entry through ingest and validate;
+  :data:`FLOW_MATRIX`, the 25 kinds marked ``flow``, also runs through the real nightly flow
+  (:func:`try_bad_input`, in tests/test_reliability.py and bench/chaos.py).
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
+
+from testkit.slices import write_slice
 
 BIN = Path(sys.executable).parent
 S3_KEY, S3_SECRET, S3_BUCKET, S3_PORT = "interestflow-test", "interestflow-test-secret", "lake", 8333
@@ -85,7 +92,7 @@ def seaweed(folder: Path):
             "INTERESTFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
         }
     )
-    storage._s3_client.cache_clear()
+    storage.reset_clients()
     try:
         deadline = time.time() + 60
         while True:
@@ -106,7 +113,7 @@ def seaweed(folder: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        storage._s3_client.cache_clear()
+        storage.reset_clients()
 
 
 @contextlib.contextmanager
@@ -227,35 +234,49 @@ class FaultProxy:
         self.server.server_close()
 
 
-# -- the bad-input matrix -------------------------------------------------------------------
+# -- the bad-input catalogue -----------------------------------------------------------------
 @dataclass(frozen=True)
 class BadInput:
-    """A corruption of a good (events, items) slice written as CSV files and a spec.
+    """A corruption of a good (events, items) slice, written as CSV files and a spec.
 
+    ``corrupts``: what it corrupts: ``"events"``, ``"items"`` or ``"spec"`` (the dataset spec).
     ``make(folder, events, items)`` writes the bad input and returns the spec path.
-    ``outcome``: "reject" (the run stops before training) or "warn" (it goes on and says why).
-    ``names``: what the message must contain (file, column, rule, an example value).
+    ``outcome``: ``"reject"`` (the run stops before training), ``"warn"`` (it goes on and
+    says why) or ``"accept"``.
+    ``file``, ``column``, ``rule``, ``example``: text the message (the rejection, or the
+    warnings) must contain, None where there is nothing of the kind to name: the file's
+    name, the column as the message names it, the rule (an expectation, or what reading the
+    input found wrong) and an example value, named in that order on one line.
+    ``flow``: one of the 25 kinds of the matrix that tests/test_reliability.py and
+    bench/chaos.py run through the real nightly flow (tests/test_validation.py runs every
+    entry through ingest and validate).
     """
 
-    make: object
+    corrupts: str
+    make: Callable[[Path, pd.DataFrame, pd.DataFrame], Path]
     outcome: str
-    names: tuple[str, ...]
+    file: str
+    column: str | None = None
+    rule: str | None = None
+    example: str | None = None
+    flow: bool = True
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Everything the message must contain."""
+        return tuple(part for part in (self.file, self.column, self.rule, self.example) if part)
 
 
-def _write(folder: Path, ev: pd.DataFrame, items: pd.DataFrame, spec_edit=None, **files) -> Path:
-    from conftest import write_slice
-
+def _write(folder: Path, ev: pd.DataFrame, items: pd.DataFrame, spec_edit=None) -> Path:
     spec = write_slice(folder, ev, items, name="bad")
-    for name, data in files.items():
-        (folder / name.replace("_", ".")).write_bytes(data)
     if spec_edit:
         spec.write_text(spec_edit(spec.read_text()))
     return spec
 
 
-def _ev(fn):
-    """An events corruption: ``fn(ev, items) -> ev``."""
-    return lambda folder, ev, items: _write(folder, fn(ev.copy(), items), items)
+def _ev(fn, spec_edit=None):
+    """An events corruption: ``fn(ev, items) -> ev`` (and optionally an edit of the spec's text)."""
+    return lambda folder, ev, items: _write(folder, fn(ev.copy(), items), items, spec_edit)
 
 
 def _it(fn):
@@ -297,9 +318,29 @@ def _with_title(n_chars: int):
     return fn
 
 
+def _without_titles(items, ev):
+    items.loc[: len(items) // 5, "title"] = None  # 20% without a title: above the 5% warning threshold
+    return items
+
+
 def _one_event_user(ev, items):
     extra = ev.iloc[[0]].assign(user_id="ONE-EVENT-USER")
     return pd.concat([ev, extra], ignore_index=True)
+
+
+def _event_type_column(ev, items):
+    return ev.assign(kind=["review"] * (len(ev) - 1) + ["wishlist"])
+
+
+def _map_event_type(text: str) -> str:
+    return text.replace("  event_type: review\n", "").replace("ts: timestamp}", "ts: timestamp, event_type: kind}")
+
+
+def _text_value(ev, items):
+    ev["value"] = 1.0
+    ev["value"] = ev["value"].astype(object)
+    ev.loc[4, "value"] = "lots"
+    return ev
 
 
 def _non_utf8(ev):
@@ -311,115 +352,173 @@ def _truncated_gzip(ev):
     return gzip.compress(ev.to_csv(index=False).encode())[:200]
 
 
+NOT_NULL = "expect_column_values_to_not_be_null"
+BETWEEN = "expect_column_values_to_be_between"
+IN_SET = "expect_column_values_to_be_in_set"
+IN_TYPES = "expect_column_values_to_be_in_type_list"
+
 BAD_INPUTS: dict[str, BadInput] = {
     # events
     "events: missing column": BadInput(
-        _ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", ("events.csv", "'timestamp'")
+        "events", _ev(lambda e, i: e.drop(columns=["timestamp"])), "reject", "events.csv", "'timestamp'"
     ),
     "events: extra columns": BadInput(
+        "events",
         _ev(lambda e, i: e.assign(extra="x", more=1)),
         "warn",
-        ("events.csv", "column 'extra, more'", "column_mapped_by_spec"),
+        "events.csv",
+        "column 'extra, more'",
+        "column_mapped_by_spec",
     ),
     "events: null user id": BadInput(
-        _ev(_set("user_id", None)), "reject", ("events.csv", "column 'user_id'", "expect_column_values_to_not_be_null")
+        "events", _ev(_set("user_id", None)), "reject", "events.csv", "column 'user_id'", NOT_NULL
     ),
     "events: null item id": BadInput(
-        _ev(_set("item_id", None)), "reject", ("events.csv", "column 'item_id'", "expect_column_values_to_not_be_null")
+        "events", _ev(_set("item_id", None)), "reject", "events.csv", "column 'item_id'", NOT_NULL
     ),
     "events: timestamp as text": BadInput(
-        _ev(_set("timestamp", "yesterday")),
-        "reject",
-        ("events.csv", "column 'ts'", "expect_column_values_to_not_be_null", "yesterday"),
+        "events", _ev(_set("timestamp", "yesterday")), "reject", "events.csv", "column 'ts'", NOT_NULL, "yesterday"
     ),
     "events: timestamp in the future": BadInput(
-        _ev(_set("timestamp", 4102444800)),
-        "reject",
-        ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "2100-01-01"),
+        "events", _ev(_set("timestamp", 4102444800)), "reject", "events.csv", "column 'ts'", BETWEEN, "2100-01-01"
     ),
     "events: timestamp before 1990": BadInput(
-        _ev(_set("timestamp", 315532800)),
-        "reject",
-        ("events.csv", "column 'ts'", "expect_column_values_to_be_between", "1980-01-01"),
+        "events", _ev(_set("timestamp", 315532800)), "reject", "events.csv", "column 'ts'", BETWEEN, "1980-01-01"
     ),
     "events: orphan item id": BadInput(
+        "events",
         _ev(_set("item_id", "NOT-IN-CATALOGUE")),
         "reject",
-        ("events.csv", "column 'item_id'", "expect_column_values_to_be_in_set", "NOT-IN-CATALOGUE"),
+        "events.csv",
+        "column 'item_id'",
+        IN_SET,
+        "NOT-IN-CATALOGUE",
     ),
     "events: duplicate rows": BadInput(
+        "events",
         _ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True)),
         "reject",
-        ("events.csv", "expect_compound_columns_to_be_unique"),
+        "events.csv",
+        "column 'user_id,item_id,ts,event_type,seq'",
+        "expect_compound_columns_to_be_unique",
     ),
     "events: a user with one event": BadInput(
+        "events",
         _ev(_one_event_user),
         "warn",
-        ("events.csv", "column 'user_id'", "user_event_count_at_least_3", "ONE-EVENT-USER"),
+        "events.csv",
+        "column 'user_id'",
+        "user_event_count_at_least_3",
+        "ONE-EVENT-USER",
     ),
-    "events: empty file": BadInput(_raw_events(b""), "reject", ("events.csv", "is empty")),
+    "events: empty file": BadInput("events", _raw_events(b""), "reject", "events.csv", rule="is empty"),
     "events: header only": BadInput(
+        "events",
         _raw_events(lambda e: e.head(0).to_csv(index=False).encode()),
         "reject",
-        ("events.csv", "expect_table_row_count_to_be_above_0"),
+        "events.csv",
+        rule="expect_table_row_count_to_be_above_0",
     ),
     "events: truncated gzip": BadInput(
-        _raw_events(_truncated_gzip, "events.csv.gz"), "reject", ("events.csv.gz", "cannot be read")
+        "events", _raw_events(_truncated_gzip, "events.csv.gz"), "reject", "events.csv.gz", rule="cannot be read"
     ),
-    "events: non-UTF-8 bytes": BadInput(_raw_events(_non_utf8), "reject", ("events.csv", "not UTF-8")),
+    "events: non-UTF-8 bytes": BadInput("events", _raw_events(_non_utf8), "reject", "events.csv", rule="not UTF-8"),
     "events: unknown event type": BadInput(
-        lambda folder, ev, items: _write(
-            folder,
-            ev.assign(kind=["review"] * (len(ev) - 1) + ["wishlist"]),
-            items,
-            spec_edit=lambda t: t.replace("  event_type: review\n", "").replace(
-                "ts: timestamp}", "ts: timestamp, event_type: kind}"
-            ),
-        ),
+        "events",
+        _ev(_event_type_column, _map_event_type),
         "reject",
-        ("events.csv", "column 'event_type'", "expect_column_values_to_be_in_set", "wishlist"),
+        "events.csv",
+        "column 'event_type'",
+        IN_SET,
+        "wishlist",
+    ),
+    "events: text in the value column": BadInput(
+        "events",
+        _ev(_text_value, lambda t: t.replace("ts: timestamp}", "ts: timestamp, value: value}")),
+        "reject",
+        "events.csv",
+        "column 'value'",
+        IN_TYPES,
+        flow=False,
     ),
     # items
     "items: duplicate item id": BadInput(
+        "items",
         _it(lambda i, e: pd.concat([i, i.iloc[[0]]], ignore_index=True)),
         "reject",
-        ("items.csv", "column 'item_id'", "expect_column_values_to_be_unique"),
+        "items.csv",
+        "column 'item_id'",
+        "expect_column_values_to_be_unique",
     ),
     "items: negative price": BadInput(
+        "items",
         _it(lambda i, e: i.assign(price=i["price"].where(i.index != 2, -4.5))),
         "reject",
-        ("items.csv", "column 'price'", "expect_column_values_to_be_between", "-4.5"),
+        "items.csv",
+        "column 'price'",
+        BETWEEN,
+        "-4.5",
     ),
     "items: text in price": BadInput(
+        "items",
         _it(lambda i, e: i.assign(price=i["price"].astype(object).where(i.index != 2, "cheap"))),
         "reject",
-        ("items.csv", "column 'price'", "expect_column_values_to_be_in_type_list"),
+        "items.csv",
+        "column 'price'",
+        IN_TYPES,
     ),
     "items: missing item_id column": BadInput(
-        _it(lambda i, e: i.drop(columns=["item_id"])), "reject", ("items.csv", "'item_id'")
+        "items", _it(lambda i, e: i.drop(columns=["item_id"])), "reject", "items.csv", "'item_id'"
+    ),
+    "items: an event's item missing from the catalogue": BadInput(
+        "items",
+        _it(lambda i, e: i[i["item_id"] != e.loc[0, "item_id"]]),
+        "reject",
+        "events.csv",  # the events name an item the catalogue lacks
+        "column 'item_id'",
+        IN_SET,
+        flow=False,
     ),
     "items: a 10 MB title": BadInput(
+        "items",
         _it(_with_title(10 * 2**20)),
         "warn",
-        ("items.csv", "column 'title'", "expect_column_value_lengths_to_be_between"),
+        "items.csv",
+        "column 'title'",
+        "expect_column_value_lengths_to_be_between",
+    ),
+    "items: a fifth of the titles missing": BadInput(
+        "items", _it(_without_titles), "warn", "items.csv", "column 'title'", NOT_NULL, flow=False
     ),
     # the dataset spec
     "spec: missing events file": BadInput(
-        _spec(lambda t: t.replace("uri: events.csv", "uri: gone.csv")), "reject", ("gone.csv", "does not exist")
+        "spec",
+        _spec(lambda t: t.replace("uri: events.csv", "uri: gone.csv")),
+        "reject",
+        "gone.csv",
+        rule="does not exist",
     ),
     "spec: wrong column": BadInput(
-        _spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", ("events.csv", "['when']")
+        "spec", _spec(lambda t: t.replace("ts: timestamp}", "ts: when}")), "reject", "events.csv", "['when']"
     ),
     "spec: unknown constant event type": BadInput(
+        "spec",
         _spec(lambda t: t.replace("event_type: review", "event_type: wish")),
         "reject",
-        ("spec.yaml", "'events'", "event_type 'wish' is not one of"),
+        "spec.yaml",
+        "'events'",
+        "event_type 'wish' is not one of",
     ),
-    "spec: not YAML": BadInput(_spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", ("spec.yaml", "not valid YAML")),
+    "spec: not YAML": BadInput(
+        "spec", _spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", "spec.yaml", rule="not valid YAML"
+    ),
     "spec: missing timestamp mapping": BadInput(
-        _spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", ("spec.yaml", "must map ['ts']")
+        "spec", _spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", "spec.yaml", rule="must map ['ts']"
     ),
 }
+
+FLOW_MATRIX: dict[str, BadInput] = {name: bad for name, bad in BAD_INPUTS.items() if bad.flow}
+"""The 25 kinds that run through the real nightly flow."""
 
 
 # -- checks shared by the tests and bench/chaos.py --------------------------------------------
@@ -462,7 +561,7 @@ def try_bad_input(bad: BadInput, folder: Path, events: pd.DataFrame, items: pd.D
             outcome, message = "accept", ""
         else:
             out = validation.validate(ev_mod.ingest(spec, str(lake)), str(lake))
-            outcome, message = ("warn" if out["warnings"] else "accept"), "\n".join(out["warnings"])
+            outcome, message = ("warn" if out.warnings else "accept"), "\n".join(out.warnings)
     except (ev_mod.SpecError, validation.DataValidationError) as e:
         outcome, message = "reject", str(e)
     except Exception as e:  # noqa: BLE001 - anything else is a crash, not a clear rejection
@@ -541,5 +640,5 @@ def killed_final_fit(spec: str, lake: str, epochs: int) -> dict:
     killer = kill_training(training.checkpoint_uri(lake, dataset, "mf", cfg, "final", None, epochs))
     final, registered = final_fit()
     killer["thread"].join(timeout=5)
-    versions = [v.run_id for v in tracking.client().search_model_versions(f"name='{registered['name']}'")]
+    versions = [v.run_id for v in tracking.client().search_model_versions(f"name='{registered.name}'")]
     return {"killed": "pid" in killer, "final": final, "versions": versions}

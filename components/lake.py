@@ -1,0 +1,296 @@
+"""The lake (DESIGN.md §2): every layer's path and key, the records that name them, and the one
+pattern "reuse the layer if it is complete, else compute it, write it, mark it complete".
+
+No other module builds a layer path or writes a completion marker. A layer is a folder
+(local or ``s3://``) whose files are each written atomically (components/storage.py); its
+``_SUCCESS`` marker is written last, so a run that dies half-way never leaves a layer that
+looks complete, and a re-run with the same input reuses it.
+
+Layers and their keys (``<key>`` = ``<spec name>-<data hash>``, the hash of the spec and
+its source files)::
+
+    01_raw/<key>                         events.parquet, items.parquet
+    02_validated/<key>                   events.parquet, items.parquet, warnings.json
+    03_features/<key>                    items.parquet (vocabulary), users.parquet (sequences)
+    03_features/<key>/text-<model>       item_text.parquet (MiniLM vectors per item)
+    03_features/_text_cache/<model>      embeddings.parquet (by text hash, grows)
+    04_datasets/<key>-k<K>-s<seed>       splits.parquet (folds, targets)
+    05_models/<dataset>/<family>-<cfg>/<fold N | final-eE>   checkpoints, result.json
+    06_recommendations/                  test_recommendations_<family>.parquet, recommendations.parquet
+    07_profiles/<key>                    profiles, transitions, exploration, summary
+    quarantine/<key>                     what a failed validation rejected, with its report
+
+Each stage returns a small frozen record of the layer it wrote (:class:`RawLayer`,
+:class:`ValidatedLayer`, :class:`FeatureLayer`, :class:`DatasetLayer`, :class:`ModelResult`,
+...): its URI, its key and the few facts the next stage needs. Records are plain frozen
+dataclasses, so Prefect passes and persists them as task results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from components import storage
+
+MARKER = "_SUCCESS"
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+# -- the pattern --------------------------------------------------------------------------------
+def is_complete(uri: str) -> bool:
+    """True when the layer at ``uri`` was completed (its marker exists)."""
+    return storage.exists(storage.join(uri, MARKER))
+
+
+def facts(uri: str) -> dict:
+    """What the layer recorded in its marker when it was completed."""
+    return storage.read_json(storage.join(uri, MARKER))
+
+
+def mark_complete(uri: str, info: dict | None = None) -> None:
+    """Write the layer's marker last: only now does the layer count as complete."""
+    storage.write_json(info or {}, storage.join(uri, MARKER))
+
+
+def build(uri: str, compute: Callable[[str], dict | None]) -> tuple[dict, bool]:
+    """Reuse the layer at ``uri`` if it is complete; else ``compute(uri)`` writes its files
+    and returns the facts to record, and the layer is marked complete.
+
+    Returns (facts, reused)."""
+    if is_complete(uri):
+        return facts(uri), True
+    info = compute(uri) or {}
+    mark_complete(uri, info)
+    return info, False
+
+
+def file(uri: str, name: str) -> str:
+    """A file inside a layer."""
+    return storage.join(uri, name)
+
+
+def key(uri: str) -> str:
+    """A layer's key: the last part of its URI."""
+    return storage.name(uri)
+
+
+# -- paths --------------------------------------------------------------------------------------
+def raw_uri(root: str, spec: str, data_hash: str) -> str:
+    return storage.join(root, "01_raw", f"{_SAFE.sub('_', spec)}-{data_hash}")
+
+
+def validated_uri(root: str, raw: RawLayer) -> str:
+    return storage.join(root, "02_validated", key(raw.uri))
+
+
+def features_uri(root: str, validated: ValidatedLayer) -> str:
+    return storage.join(root, "03_features", key(validated.uri))
+
+
+def text_uri(features_layer_uri: str, model_version: str) -> str:
+    return storage.join(features_layer_uri, f"text-{model_version}")
+
+
+def text_cache_uri(root: str, model_version: str) -> str:
+    return storage.join(root, "03_features", "_text_cache", model_version, "embeddings.parquet")
+
+
+def dataset_uri(root: str, features: FeatureLayer, folds: int, seed: int) -> str:
+    return storage.join(root, "04_datasets", f"{key(features.uri)}-k{folds}-s{seed}")
+
+
+def model_uri(root: str, dataset: DatasetLayer, family: str, config: dict, name: str) -> str:
+    """05_models/<dataset>/<family>-<config hash>/<name>: one place per distinct training."""
+    cfg = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return storage.join(root, "05_models", key(dataset.uri), f"{family}-{cfg}", name)
+
+
+def test_recommendations_uri(root: str, family: str) -> str:
+    return storage.join(root, "06_recommendations", f"test_recommendations_{family}.parquet")
+
+
+def recommendations_uri(root: str) -> str:
+    return storage.join(root, "06_recommendations", "recommendations.parquet")
+
+
+def profiles_uri(root: str, features: FeatureLayer) -> str:
+    return storage.join(root, "07_profiles", key(features.uri))
+
+
+def quarantine_uri(root: str, name: str, stamped: bool = False) -> str:
+    """quarantine/<name> (a rejected validation), or quarantine/<name>-<UTC time> (a rejected ingest)."""
+    name = _SAFE.sub("_", name)
+    return storage.join(root, "quarantine", f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}" if stamped else name)
+
+
+def relative(root: str, uri: str) -> str:
+    """A lake URI relative to the lake root (for summaries); other URIs unchanged."""
+    prefix = root.rstrip("/") + "/"
+    return uri[len(prefix) :] if uri.startswith(prefix) else uri
+
+
+# -- records ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RawLayer:
+    """01_raw: the spec's sources mapped onto the data contract."""
+
+    uri: str
+    spec: str
+    """The dataset spec's name."""
+    data_hash: str
+    """Hash of the spec and its source files: the key of every layer made from them."""
+    events_source: str
+    """The event file as the spec names it (for reports)."""
+    items_source: str
+    """The catalogue file as the spec names it."""
+    ignored_columns: dict = field(default_factory=dict)
+    """Per table, the source columns the spec does not map."""
+
+
+@dataclass(frozen=True)
+class ValidatedLayer:
+    """02_validated: what passed the expectation suites."""
+
+    uri: str
+    raw: RawLayer
+    warnings: tuple[str, ...] = ()
+    """Messages of the warning expectations that failed (the run went on)."""
+
+    @property
+    def data_hash(self) -> str:
+        return self.raw.data_hash
+
+
+@dataclass(frozen=True)
+class FeatureLayer:
+    """03_features: vocabularies and user sequences, and (after the item-text stage) the text layer."""
+
+    uri: str
+    validated: ValidatedLayer
+    n_users: int
+    n_items: int
+    text_uri: str | None = None
+    """03_features/<key>/text-<model>: MiniLM vectors per item, once the item-text stage ran."""
+    text_stats: dict | None = None
+    """Items, embedded, cached, seconds of the item-text stage."""
+
+    @property
+    def data_hash(self) -> str:
+        return self.validated.data_hash
+
+    @property
+    def spec(self) -> str:
+        return self.validated.raw.spec
+
+
+@dataclass(frozen=True)
+class DatasetLayer:
+    """04_datasets: leave-one-out targets and user folds over a feature layer."""
+
+    uri: str
+    features: FeatureLayer
+    folds: int
+    seed: int
+    n_eval_users: int
+
+    @property
+    def data_hash(self) -> str:
+        return self.features.data_hash
+
+    @property
+    def spec(self) -> str:
+        return self.features.spec
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """05_models: one training (a cross-validation fold or the final fit) and where it lives."""
+
+    family: str
+    stage: str
+    """fold or final."""
+    fold: int | None
+    checkpoint_uri: str
+    """05_models/... folder: checkpoints, result.json, recommender.pt (final)."""
+    run_id: str | None
+    """The MLflow run of this training."""
+    train_s: float
+    epochs_run: int
+    history: tuple = ()
+    """Per epoch: train_loss, val_ndcg10, val_hr10, train_epoch_s."""
+    best_epoch: int | None = None
+    """fold: the epoch with the best validation NDCG@10."""
+    metrics: dict = field(default_factory=dict)
+    """fold: validation figures of the best epoch."""
+    model_uri: str | None = None
+    """final: the logged MLflow model (runs:/...)."""
+    resumed_from_epoch: int | None = None
+    sampler: dict | None = None
+    world_size: int = 1
+    train_users: int = 0
+    train_samples: int = 0
+    reused: bool = False
+    """True when the same data and config trained before and nothing was trained now."""
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """A final model's test figures beside popularity, and the 06 top-K they came from."""
+
+    family: str
+    test: dict
+    popularity: dict
+    cv: dict
+    """Cross-validation mean and std per metric, and the epoch budget chosen."""
+    fold_metrics: tuple
+    epochs: int
+    final_train_s: float
+    run_id: str
+    model_uri: str
+    test_recommendations_uri: str
+    reused_training: bool = False
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered model version (alias challenger)."""
+
+    name: str
+    version: str
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class RecommendationsLayer:
+    """06_recommendations/recommendations.parquet from a champion."""
+
+    uri: str
+    family: str
+    version: str
+    rows: int
+    users: int
+    explore_share: float
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class ProfilesLayer:
+    """07_profiles: interest profiles, drift, churn risk, exploration table."""
+
+    uri: str
+    run_id: str
+    summary: dict
+    exploration: tuple = ()
+    figures: tuple = ()
+
+
+def dataset_from_dict(d: dict) -> DatasetLayer:
+    """A DatasetLayer back from ``dataclasses.asdict`` (the training request crosses a process)."""
+    f, v = d["features"], d["features"]["validated"]
+    validated = ValidatedLayer(**{**v, "raw": RawLayer(**v["raw"]), "warnings": tuple(v["warnings"])})
+    return DatasetLayer(**{**d, "features": FeatureLayer(**{**f, "validated": validated})})

@@ -1,0 +1,537 @@
+"""The data path, written once: the stages of the nightly retrain in order, as plain functions.
+
+    ingest -> validate -> features -> item text -> datasets            (01_raw .. 04_datasets)
+    per family: train folds -> final fit -> evaluate -> register -> promote   (05_models, MLflow)
+    recommend -> profiles -> report                                   (06_recommendations, 07_profiles)
+
+Each stage takes and returns the frozen layer records of components/lake.py. :func:`nightly`
+and :func:`recommend_path` run them in order through a :class:`Stages` table: :data:`PLAIN`
+calls the functions below directly (benchmarks, tests, the CLI's one-user lookup);
+flows/nightly.py passes the same functions wrapped as Prefect tasks (tasks/), so the flow,
+the benchmarks and the tests run one data path. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from components import datasets as datasets_
+from components import evaluation, events, features, lake, plots, pyfunc, storage, tracking, training
+from components import profiles as profiles_
+from components import recommend as recommend_
+from components import validation as validation_
+from components.config import PROTOCOL, TrainConfig
+from components.datasets import Dataset
+from components.lake import (
+    DatasetLayer,
+    FeatureLayer,
+    ModelResult,
+    ProfilesLayer,
+    RawLayer,
+    RecommendationsLayer,
+    Registered,
+    TestReport,
+    ValidatedLayer,
+)
+from components.models import MODELS
+from components.profiles import ProfileConfig
+from components.promotion import Decision, GateConfig
+from components.recommender import Recommender
+
+log = logging.getLogger("interestflow")
+Log = Callable[[str], None]
+
+
+# -- 01..04: the data stages --------------------------------------------------------------------
+def ingest(spec: str, root: str, secret: events.SecretLookup | None = None) -> RawLayer:
+    """01_raw: map the spec's sources onto the data contract."""
+    raw = events.ingest(spec, root, secret)
+    log.info("ingest: %s -> %s", raw.spec, lake.relative(root, raw.uri))
+    return raw
+
+
+def validate(raw: RawLayer, root: str) -> ValidatedLayer:
+    """02_validated: the expectation suites; a critical failure stops here (quarantine/)."""
+    return validation_.validate(raw, root)
+
+
+def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
+    """03_features: id vocabularies and time-ordered user sequences."""
+    return features.build_features(validated, root)
+
+
+def embed_items(feats: FeatureLayer, root: str) -> FeatureLayer:
+    """03_features text layer: MiniLM embeddings of the item texts the cache lacks."""
+    return features.embed_items(feats, root)
+
+
+def build_datasets(feats: FeatureLayer, root: str, folds: int, seed: int) -> DatasetLayer:
+    """04_datasets: leave-one-out targets and user folds."""
+    return datasets_.build_datasets(feats, root, folds, seed)
+
+
+# -- 05: training ---------------------------------------------------------------------------------
+def train(
+    dataset: DatasetLayer,
+    family: str,
+    stage: str,
+    cfg: TrainConfig,
+    root: str,
+    fold: int | None = None,
+    epochs: int | None = None,
+    tags: dict | None = None,
+    parent_run_id: str | None = None,
+    on_epoch: Log | None = None,
+) -> ModelResult:
+    """One training (a fold or the final fit) in its own process, as one MLflow run: params,
+    live per-epoch curve, metrics, plots and, for the final fit, the logged model.
+
+    The same data and config trained before (a re-run of the same night) reuses that
+    training's result and trains nothing. ``on_epoch`` gets one line per epoch as it trains."""
+    ckpt_uri = training.checkpoint_uri(root, dataset, family, cfg, stage, fold, epochs)
+    if (done := training.finished(ckpt_uri)) is not None:
+        return _model_result(done, reused=True)
+    model_cfg = MODELS[family].Config(**cfg.model)
+    params = {
+        **{f"train.{k}": v for k, v in asdict(cfg).items() if k != "model"},
+        **{f"model.{k}": v for k, v in asdict(model_cfg).items()},
+        **{f"protocol.{k}": v for k, v in PROTOCOL.items()},
+        "family": family,
+        "stage": stage,
+        "fold": fold if fold is not None else "",
+        "epochs": epochs or "",
+        "data_hash": dataset.data_hash,
+        "dataset_uri": dataset.uri,
+        "folds": dataset.folds,
+    }
+    run_tags = {
+        "interestflow.family": family,
+        "interestflow.stage": stage,
+        "interestflow.data_hash": dataset.data_hash,
+        **(tags or {}),
+    }
+    name = f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
+    run_id = tracking.create_run(name, params, run_tags, parent_run_id)
+    request = {
+        "dataset": asdict(dataset),
+        "family": family,
+        "stage": stage,
+        "fold": fold,
+        "epochs": epochs,
+        "train_config": asdict(cfg),  # serialised here, where the training process is launched
+        "run_id": run_id,
+        "checkpoint_uri": ckpt_uri,
+    }
+    try:
+        result = training.launch(request, log=on_epoch or log.info)
+        if stage == "final":
+            rec = Recommender.from_bytes(storage.read_bytes(lake.file(ckpt_uri, training.RECOMMENDER)))
+            example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))
+            result["model_uri"] = pyfunc.log(run_id, rec, example)
+            storage.write_json(result, lake.file(ckpt_uri, training.RESULT))  # a re-run reuses the logged model
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
+    if stage == "fold":
+        summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})
+        tracking.log_table(run_id, pd.DataFrame([result["metrics"]]), "metrics_table.json")
+    tracking.log_metrics(run_id, summary)
+    if result["history"]:
+        for path, fig in plots.learning_curve(result["history"], name).items():
+            tracking.log_figure(run_id, fig, path)
+    tracking.end_run(run_id)
+    return _model_result(result, reused=False)
+
+
+def _model_result(result: dict, reused: bool) -> ModelResult:
+    names = {f for f in ModelResult.__dataclass_fields__}
+    kept = {k: v for k, v in result.items() if k in names and k != "reused"}
+    return ModelResult(**{**kept, "history": tuple(result.get("history") or ()), "reused": reused})
+
+
+def train_folds(
+    dataset: DatasetLayer, family: str, cfg: TrainConfig, root: str, tags: dict | None = None
+) -> list[ModelResult]:
+    """Every cross-validation fold, one after the other (the flow runs them as parallel tasks)."""
+    return [train(dataset, family, "fold", cfg, root, fold=f, tags=tags) for f in range(dataset.folds)]
+
+
+def train_final(
+    dataset: DatasetLayer,
+    family: str,
+    folds: list[ModelResult],
+    cfg: TrainConfig,
+    root: str,
+    tags: dict | None = None,
+    on_epoch: Log | None = None,
+) -> ModelResult:
+    """The final fit on everything but the test targets, for the epochs the folds chose."""
+    epochs = training.summarize_folds(folds)["epochs"]
+    return train(dataset, family, "final", cfg, root, epochs=epochs, tags=tags, on_epoch=on_epoch)
+
+
+# -- test, registry, promotion ---------------------------------------------------------------------
+def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult], root: str) -> TestReport:
+    """Test the final model as registered (loaded back through MLflow), beside popularity.
+
+    Writes ``06_recommendations/test_recommendations_<family>.parquet`` (the exact top-10
+    the metrics come from) and logs test, popularity and CV figures to the final run."""
+    cv = training.summarize_folds(folds) if folds else {"epochs": final.epochs_run}
+    fold_metrics = training.fold_metrics(folds)
+    data = Dataset.load(dataset)
+    test, frame = evaluation.test_report(pyfunc.load(final.model_uri), data)
+    pop = evaluation.popularity_report(data)
+    uri = lake.test_recommendations_uri(root, final.family)
+    storage.write_parquet(
+        frame, uri, metadata={"interestflow.data_hash": dataset.data_hash, "interestflow.run_id": final.run_id}
+    )
+    tracking.log_metrics(
+        final.run_id,
+        {
+            **{f"test_{k}": v for k, v in test.items()},
+            **{f"pop_test_{k}": v for k, v in pop.items()},
+            **{f"cv_{k}": v for k, v in cv.items()},
+        },
+    )
+    tracking.log_table(final.run_id, frame.head(1000), "test_recommendations_sample.json")
+    table = pd.DataFrame(
+        [{"evaluation": "test", **test}, {"evaluation": "popularity (test)", **pop}]
+        + [{"evaluation": f"validation fold {i}", **m} for i, m in enumerate(fold_metrics)]
+    )
+    tracking.log_table(final.run_id, table, "metrics_table.json")
+    if fold_metrics:
+        for path, fig in plots.cv_folds(fold_metrics).items():
+            tracking.log_figure(final.run_id, fig, path)
+    log.info("evaluate %s: test NDCG@10 %.4f, HR@10 %.4f", final.family, test["ndcg10"], test["hr10"])
+    return TestReport(
+        family=final.family,
+        data_hash=dataset.data_hash,
+        test=test,
+        popularity=pop,
+        cv=cv,
+        fold_metrics=tuple(fold_metrics),
+        epochs=cv["epochs"],
+        final_train_s=final.train_s,
+        run_id=final.run_id,
+        model_uri=final.model_uri,
+        test_recommendations_uri=uri,
+        reused_training=final.reused,
+    )
+
+
+def register(report: TestReport) -> Registered:
+    """The final run's model as a new registered version with alias ``challenger``."""
+    name = tracking.model_name(report.family)
+    tags = {
+        "data_hash": report.data_hash,
+        "test_ndcg10": report.test["ndcg10"],
+        "test_hr10": report.test["hr10"],
+        "cv_ndcg10_mean": report.cv.get("ndcg10_mean", ""),
+        "cv_ndcg10_std": report.cv.get("ndcg10_std", ""),
+    }
+    # Idempotent: a re-run that reused yesterday's training finds the version it registered.
+    version = tracking.version_of_run(name, report.run_id)
+    reused = version is not None
+    if version is None:
+        version = tracking.register(report.model_uri, name, tags)
+    tracking.set_alias(name, tracking.CHALLENGER, version)
+    return Registered(name=name, version=version, reused=reused)
+
+
+def promote(registered: Registered, report: TestReport, dataset: DatasetLayer, gate: GateConfig) -> Decision:
+    """The promotion gate: re-score the current champion on today's holdout, decide, carry it out."""
+    from components import promotion
+
+    name, version = registered.name, registered.version
+    champion_version = tracking.alias_version(name, tracking.CHAMPION)
+    if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
+        return Decision(False, f"v{version} is already the champion", report.test, report.test)
+    champion, error = None, None
+    if champion_version is not None:
+        try:
+            rec = pyfunc.load(f"models:/{name}@{tracking.CHAMPION}")
+            champion, _ = evaluation.test_report(rec, Dataset.load(dataset))
+        except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
+            error = f"{type(e).__name__}: {e}"
+    decision = promotion.decide(report.test, champion, gate, error)
+    promotion.apply(name, version, decision, report.run_id)
+    log.info("promote %s v%s: %s (%s)", name, version, "promoted" if decision.promote else "kept", decision.reason)
+    return decision
+
+
+# -- 06, 07: recommendations and profiles ------------------------------------------------------------
+def recommend(
+    dataset: DatasetLayer,
+    families: list[str],
+    root: str,
+    k: int = 10,
+    family: str | None = None,
+    explore_share: float = 0.0,
+    category_depth: int = 3,
+) -> RecommendationsLayer:
+    """06_recommendations/recommendations.parquet: top-k for every user from a family's champion
+    (default: the champion with the best test NDCG@10 recorded on its version)."""
+    c = recommend_.serving_champion(families, family)
+    rec = pyfunc.load(c["model_uri"])
+    item_cat = None
+    if explore_share:
+        items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))
+        item_cat, _ = features.item_categories(items, category_depth)
+    frame = recommend_.recommend(rec, Dataset.load(dataset), k, explore_share, item_cat)
+    uri = lake.recommendations_uri(root)
+    meta = {
+        "family": c["family"],
+        "model": c["name"],
+        "version": c["version"],
+        "data_hash": dataset.data_hash,
+        "explore_share": explore_share,
+    }
+    storage.write_parquet(frame, uri, metadata={f"interestflow.{k}": str(v) for k, v in meta.items()})
+    return RecommendationsLayer(
+        uri=uri,
+        family=c["family"],
+        version=c["version"],
+        rows=len(frame),
+        users=int(frame["user_id"].nunique()),
+        explore_share=explore_share,
+        model_uri=c["model_uri"],
+    )
+
+
+def recommend_for_user(
+    user_id: str, dataset: DatasetLayer, families: list[str], k: int = 10, family: str | None = None
+) -> pd.DataFrame:
+    """Top-k for one user through the served MLflow model (``models:/<name>@champion``), with
+    the items' titles and categories; the user's history is read from the dataset."""
+    data = Dataset.load(dataset)
+    pos = np.flatnonzero(data.user_ids == str(user_id))
+    if not len(pos):
+        raise ValueError(f"user {user_id!r} is not in the event log of spec {dataset.spec!r} ({dataset.uri})")
+    history = [str(x) for x in data.item_ids[data.seqs[pos[0]]]]
+    c = recommend_.serving_champion(families, family)
+    top = tracking.predict(c["model_uri"], pd.DataFrame({"user_id": [str(user_id)], "history": [history]}), {"k": k})
+    items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))[["item_id", "title", "categories"]]
+    out = top.merge(items.astype({"item_id": str}), on="item_id", how="left")
+    out.attrs.update({"model": f"{c['name']} v{c['version']}", "history": len(history)})
+    return out
+
+
+def write_profiles(
+    dataset: DatasetLayer,
+    root: str,
+    cfg: ProfileConfig = ProfileConfig(),
+    scorer=None,
+    max_len: int = 512,
+    test_recommendations: dict[str, str] | None = None,
+    tags: dict | None = None,
+    data: Dataset | None = None,
+) -> ProfilesLayer:
+    """Write 07_profiles/<features key>/: profiles.parquet (one row per user), transitions.parquet,
+    exploration.parquet (when a ``scorer`` is given) and summary.json; log figures and plots to
+    an MLflow run named ``profiles``. ``test_recommendations``: family -> URI of its written
+    test-time top-K (for next-category accuracy)."""
+    import json
+
+    from components import exploration
+
+    t0 = time.perf_counter()
+    data = data if data is not None else Dataset.load(dataset)
+    users = storage.read_parquet(lake.file(dataset.features.uri, "users.parquet"))
+    items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))
+    tss = [np.asarray(t, dtype=np.int64) for t in users["ts"]]
+    view = data.view("final")
+    topk = {
+        f: profiles_.topk_matrix(storage.read_parquet(uri), data, view.eval_users)
+        for f, uri in (test_recommendations or {}).items()
+    }
+    profiles, trans, summary, curves = profiles_.profile_tables(data, tss, items, cfg, topk)
+    item_cat, _ = features.item_categories(items, cfg.category_depth)
+    table = exploration.exploration_table(scorer, data, item_cat, max_len=max_len) if scorer else []
+    summary["profile_s"] = time.perf_counter() - t0
+
+    uri = lake.profiles_uri(root, dataset.features)
+    meta = {"interestflow.data_hash": dataset.data_hash, "interestflow.config": json.dumps(asdict(cfg))}
+    storage.write_parquet(profiles, lake.file(uri, "profiles.parquet"), metadata=meta)
+    storage.write_parquet(trans, lake.file(uri, "transitions.parquet"), metadata=meta)
+    if table:
+        storage.write_parquet(pd.DataFrame(table), lake.file(uri, "exploration.parquet"), metadata=meta)
+    storage.write_json({**summary, "exploration": table, "config": asdict(cfg)}, lake.file(uri, "summary.json"))
+    lake.mark_complete(uri, {"data_hash": dataset.data_hash})
+
+    run_id = tracking.create_run(
+        "profiles",
+        {f"profile.{k}": v for k, v in asdict(cfg).items()},
+        {"interestflow.stage": "profiles", "interestflow.data_hash": dataset.data_hash, **(tags or {})},
+    )
+    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if np.isfinite(v)})
+    for row in table:
+        tracking.log_metrics(
+            run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)
+        )
+    drifts = profiles["drift_jsd"].dropna().to_numpy()
+    figures = plots.profile_figures(drifts, curves, table)
+    for path, fig in figures.items():
+        tracking.log_figure(run_id, fig, path)
+    tracking.end_run(run_id)
+    summary["profile_s"] = time.perf_counter() - t0
+    return ProfilesLayer(
+        uri=uri, run_id=run_id, summary=summary, exploration=tuple(table), figures=tuple(sorted(figures))
+    )
+
+
+def build_profiles(
+    dataset: DatasetLayer,
+    root: str,
+    overrides: dict | None = None,
+    model_uri: str | None = None,
+    test_recommendations: dict[str, str] | None = None,
+    tags: dict | None = None,
+) -> ProfilesLayer:
+    """07_profiles, with the serving model's exploration table when there is a model."""
+    cfg = ProfileConfig(**(overrides or {}))
+    data = Dataset.load(dataset)
+    scorer, max_len = None, 512
+    if model_uri:
+        rec = pyfunc.load(model_uri)
+        scorer, max_len = rec.scorer_for(data), rec.max_len
+    return write_profiles(dataset, root, cfg, scorer, max_len, test_recommendations, tags, data)
+
+
+def report(
+    results: list[FamilyResult], recommendations: RecommendationsLayer | None, data_hash: str, profiles=None
+) -> str:
+    """The run summary (markdown); the flow also publishes it and the leaderboard as artifacts."""
+    from components import report as report_
+
+    return report_.markdown(results, recommendations, data_hash, profiles)
+
+
+# -- the path --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FamilyResult:
+    """One family's night: its test report, the version it registered, the promotion decision."""
+
+    report: TestReport
+    registered: Registered | None = None
+    decision: Decision | None = None
+
+    @property
+    def family(self) -> str:
+        return self.report.family
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    data_hash: str
+    results: tuple[FamilyResult, ...]
+    recommendations: RecommendationsLayer | None
+    profiles: ProfilesLayer | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The callables the path runs, in the order it runs them. :data:`PLAIN` = this module's
+    functions; flows/nightly.py builds one of Prefect tasks with the same signatures."""
+
+    ingest: Callable = ingest
+    validate: Callable = validate
+    features: Callable = build_features
+    item_text: Callable = embed_items
+    datasets: Callable = build_datasets
+    train_folds: Callable = train_folds
+    train_final: Callable = train_final
+    evaluate: Callable = evaluate
+    register: Callable = register
+    promote: Callable = promote
+    recommend: Callable = recommend
+    profiles: Callable = build_profiles
+    report: Callable = report
+
+
+PLAIN = Stages()
+
+
+def data_path(spec: str, root: str, folds: int, seed: int, stages: Stages = PLAIN) -> DatasetLayer:
+    """01_raw -> 02_validated -> 03_features (+ item text) -> 04_datasets; finished layers are reused."""
+    raw = stages.ingest(spec, root)
+    validated = stages.validate(raw, root)
+    feats = stages.item_text(stages.features(validated, root), root)
+    return stages.datasets(feats, root, folds, seed)
+
+
+@dataclass(frozen=True)
+class NightlySettings:
+    """What a nightly run is asked to do beside the data (the flow's parameters, typed)."""
+
+    families: tuple[str, ...] = ("mf",)
+    folds: int = 3
+    train: TrainConfig = TrainConfig()
+    model: dict = field(default_factory=dict)
+    """Per-family config overrides, e.g. {"mf": {"dim": 64}}."""
+    gate: GateConfig = GateConfig()
+    k: int = 10
+    serve_family: str | None = None
+    explore_share: float = 0.0
+    profiles: bool = True
+    profile: dict = field(default_factory=dict)
+    dry_run: bool = False
+
+
+def nightly(
+    spec: str, root: str, settings: NightlySettings = NightlySettings(), tags: dict | None = None, stages=PLAIN
+) -> NightlyResult:
+    """The nightly retrain, stage by stage (DESIGN.md §2): data, then per family CV, final fit,
+    test, registry and promotion, then recommendations, profiles and the summary."""
+    s = settings
+    dataset = data_path(spec, root, s.folds, s.train.seed, stages)
+    tags = {"interestflow.spec": dataset.spec, "interestflow.dry_run": s.dry_run, **(tags or {})}
+    results = []
+    for family in s.families:
+        cfg = replace(s.train, model=dict(s.model.get(family, {})))
+        folds = stages.train_folds(dataset, family, cfg, root, tags)
+        final = stages.train_final(dataset, family, folds, cfg, root, tags)
+        test = stages.evaluate(dataset, final, folds, root)
+        if s.dry_run:
+            results.append(FamilyResult(test))
+            continue
+        registered = stages.register(test)
+        results.append(FamilyResult(test, registered, stages.promote(registered, test, dataset, s.gate)))
+    recs = (
+        None if s.dry_run else stages.recommend(dataset, list(s.families), root, s.k, s.serve_family, s.explore_share)
+    )
+    prof = None
+    if s.profiles:  # the serving champion, or in a dry run this run's best final model, re-ranks
+        best = max(results, key=lambda r: r.report.test["ndcg10"]).report.model_uri if results else None
+        test_recs = {r.family: r.report.test_recommendations_uri for r in results}
+        prof = stages.profiles(dataset, root, s.profile, recs.model_uri if recs else best, test_recs, tags)
+    summary = stages.report(results, recs, dataset.data_hash, prof)
+    return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary)
+
+
+def recommend_path(
+    spec: str,
+    root: str,
+    families: list[str],
+    k: int = 10,
+    serve_family: str | None = None,
+    explore_share: float = 0.0,
+    profiles: bool = True,
+    profile: dict | None = None,
+    stages=PLAIN,
+) -> tuple[DatasetLayer, RecommendationsLayer, ProfilesLayer | None]:
+    """Top-k for every user of today's log from the current champions, then their profiles."""
+    dataset = data_path(spec, root, 1, 0, stages)  # one fold: only the serving view is read
+    recs = stages.recommend(dataset, list(families), root, k, serve_family, explore_share)
+    prof = None
+    if profiles:
+        tags = {"interestflow.spec": dataset.spec, "interestflow.flow": "recommend"}
+        prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags)
+    return dataset, recs, prof

@@ -1,0 +1,217 @@
+"""`interestflow demo|nightly|train`: one option per flow parameter, generated from the flow itself,
+and the embedded default's ephemeral Prefect API server given time to start on a loaded machine."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from flows import cli
+
+TIMEOUT_VAR = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
+@pytest.fixture(scope="module")
+def flow():
+    from flows.nightly import nightly
+
+    return nightly
+
+
+@pytest.fixture(scope="module")
+def parser(flow):
+    return cli.build_parser(flow)
+
+
+def subparser(parser, cmd: str):
+    parser, _ = parser
+    return next(a for a in parser._actions if a.dest == "cmd").choices[cmd]
+
+
+def parse(parser, *argv: str) -> dict:
+    p, names = parser
+    return cli.flow_kwargs(p.parse_args(list(argv)), names)
+
+
+def test_every_flow_parameter_is_an_option_with_its_default_in_the_help(parser, flow):
+    params = inspect.signature(flow.fn).parameters
+    assert len(params) >= 15
+    for cmd in cli.FLOW_COMMANDS:
+        actions = {a.dest: a for a in subparser(parser, cmd)._actions}
+        for name in params:
+            assert name in actions, f"interestflow {cmd} has no option for the flow parameter {name!r}"
+            a = actions[name]
+            assert "--" + name.replace("_", "-") in a.option_strings
+            assert "default" in (a.help or ""), f"interestflow {cmd} --{name}: no default in the help"
+    help_ = subparser(parser, "nightly").format_help()
+    assert "(default: 30)" in help_ and "(default: mf)" in help_ and "--no-profiles" in help_
+
+
+def test_options_parse_to_the_flows_keyword_arguments(parser):
+    kw = parse(
+        parser,
+        "nightly",
+        "--precision",
+        "bf16-mixed",
+        "--model",
+        '{"mf": {"dim": 8}}',
+        "--seed",
+        "3",
+        "--lr",
+        "0.01",
+        "--serve-family",
+        "mf",
+        "--explore-share",
+        "0.2",
+        "--no-profiles",
+        "--families",
+        "mf",
+        "lstm",
+        "--profile",
+        '{"half_life_days": 90}',
+    )
+    assert kw == {
+        "spec": cli.SAMPLE_SPEC,
+        "precision": "bf16-mixed",
+        "model": {"mf": {"dim": 8}},
+        "seed": 3,
+        "lr": 0.01,
+        "serve_family": "mf",
+        "explore_share": 0.2,
+        "profiles": False,
+        "families": ["mf", "lstm"],
+        "profile": {"half_life_days": 90},
+    }
+    assert type(kw["seed"]) is int and type(kw["lr"]) is float and type(kw["explore_share"]) is float
+
+
+def test_options_not_given_leave_the_flows_own_defaults(parser):
+    assert parse(parser, "nightly") == {"spec": cli.SAMPLE_SPEC}
+    assert parse(parser, "demo") == {"spec": cli.SAMPLE_SPEC}
+    assert parse(parser, "train") == {"spec": cli.SAMPLE_SPEC, "profiles": False}  # train: no profiles
+    assert parse(parser, "train", "--profiles")["profiles"] is True
+    assert parse(parser, "nightly", "--dry-run")["dry_run"] is True
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--model", '{"mf": {"dim": 8}'], ["--model", "not valid JSON"]),
+        (["--model", '["mf"]'], ["--model", "JSON object"]),
+        (["--model", '{"mf": 8}'], ["--model", "JSON object"]),
+        (["--profile", "half_life_days=90"], ["--profile", "not valid JSON"]),
+        (["--serve-family", "gpt"], ["--serve-family", "invalid choice"]),
+        (["--families", "mf", "gpt"], ["--families", "invalid choice"]),
+        (["--seed", "three"], ["--seed", "invalid int"]),
+    ],
+)
+def test_a_bad_value_is_an_argparse_error_naming_the_option(parser, capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        parse(parser, "nightly", *argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+
+
+def test_main_calls_the_flow_with_the_options_given(flow, monkeypatch, capsys):
+    calls = []
+
+    class Recorder:
+        """Stands in for the nightly flow only so that no training runs: same parameters, records the call."""
+
+        name = flow.name
+        parameters = flow.parameters
+        fn = flow.fn
+
+        def __call__(self, **kwargs):
+            calls.append(kwargs)
+            return {"results": [], "recorded": True}
+
+    monkeypatch.setattr("flows.nightly.nightly", Recorder())
+    monkeypatch.setenv(TIMEOUT_VAR, "120")  # what _env() would set; undone after the test
+    cli.main(
+        [
+            "nightly",
+            "--precision",
+            "bf16-mixed",
+            "--model",
+            '{"mf": {"dim": 8}}',
+            "--seed",
+            "3",
+            "--lr",
+            "0.01",
+            "--serve-family",
+            "mf",
+            "--explore-share",
+            "0.2",
+            "--no-profiles",
+            "--json",
+        ]
+    )
+    assert calls == [
+        {
+            "spec": cli.SAMPLE_SPEC,
+            "precision": "bf16-mixed",
+            "model": {"mf": {"dim": 8}},
+            "seed": 3,
+            "lr": 0.01,
+            "serve_family": "mf",
+            "explore_share": 0.2,
+            "profiles": False,
+        }
+    ]
+    assert json.loads(capsys.readouterr().out) == {"results": [], "recorded": True}
+    cli.main(["train", "--json"])
+    assert calls[-1] == {"spec": cli.SAMPLE_SPEC, "profiles": False}
+
+
+PROBE = """
+import json
+from flows import cli
+
+cli._env()  # as `interestflow` does, before prefect is imported
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import get_current_settings
+
+
+@flow
+def probe():
+    server = SubprocessASGIServer._instances.get(None)
+    return {
+        "startup_timeout_seconds": get_current_settings().server.ephemeral.startup_timeout_seconds,
+        "flow_run_id": str(flow_run.id),
+        "ephemeral_server_running": bool(server and server.running),
+    }
+
+
+print("PROBE " + json.dumps(probe()))
+"""
+
+
+def test_a_run_starts_with_the_longer_ephemeral_server_startup_timeout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "INTERESTFLOW_"))}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        INTERESTFLOW_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )  # no PREFECT_API_URL: the run needs the ephemeral server; no timeout set: _env() must set it
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("PROBE "))
+    out = json.loads(line.removeprefix("PROBE "))
+    assert out["startup_timeout_seconds"] == cli.EPHEMERAL_STARTUP_TIMEOUT_S == 120
+    assert out["ephemeral_server_running"] and out["flow_run_id"] not in ("", "None")
+    print(f"probe run took {time.time() - t0:.1f}s")
