@@ -242,7 +242,9 @@ class ModelResult:
 class TestReport:
     """A final model's test figures beside popularity, and the 06 top-K they came from."""
 
+    __test__ = False  # not a pytest class
     family: str
+    data_hash: str
     test: dict
     popularity: dict
     cv: dict

@@ -13,6 +13,10 @@ import pytest
 from testkit.slices import sample_frames, write_slice  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
+# Prefect reads its settings when it is first imported (test modules import flows at
+# collection): the ephemeral API server's start-up timeout must be set here, not in a
+# fixture. 120 s, as flows/cli.py and the Makefile set it: two loaded cores need more than 20.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @pytest.fixture(scope="session", autouse=True)

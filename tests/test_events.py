@@ -30,11 +30,11 @@ items:
   columns: {item_id: sku, title: name}
 """)
     raw = events.ingest(spec, str(tmp_path / "lake"))
-    ev = storage.read_parquet(storage.join(raw["uri"], "events.parquet"))
+    ev = storage.read_parquet(storage.join(raw.uri, "events.parquet"))
     assert ev["user_id"].tolist() == ["1", "2"]  # ids become strings
     assert ev["ts"].iloc[1] == pd.Timestamp("2024-01-03 11:30", tz="UTC")
     assert ev["event_type"].tolist() == ["view", "purchase"] and ev["value"].tolist() == [0.0, 9.5]
-    items = storage.read_parquet(storage.join(raw["uri"], "items.parquet"))
+    items = storage.read_parquet(storage.join(raw.uri, "items.parquet"))
     assert list(items.columns) == list(events.ITEM_COLUMNS) and items["categories"].isna().all()
 
 
@@ -50,7 +50,7 @@ def test_same_input_same_key_and_a_changed_event_changes_it(tmp_path):
     first, again = events.ingest(spec, lake), events.ingest(spec, lake)
     assert first == again
     (tmp_path / "e.csv").write_text("u,i,t\nx,a,1700000000\ny,a,1700000002\n")
-    assert events.ingest(spec, lake)["data_hash"] != first["data_hash"]
+    assert events.ingest(spec, lake).data_hash != first.data_hash
 
 
 @pytest.mark.parametrize(

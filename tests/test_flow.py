@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import metrics, storage, tracking
+from components import lake, metrics, pipeline, pyfunc, storage, tracking
 from components.validation import DataValidationError
 
 
@@ -41,11 +41,11 @@ def run_nightly(env, **kw):
 @pytest.mark.slow
 def test_nightly_produces_a_champion_and_recommendations(flow_env):
     out = run_nightly(flow_env)
-    r = out["results"][0]
-    assert r["decision"]["promote"] and r["registered"]["version"] == "1"
+    r = out.results[0]
+    assert r.decision.promote and r.registered.version == "1"
     assert tracking.alias_version("interestflow-mf", "champion") == "1"
-    assert r["test"]["ndcg10"] > r["popularity"]["ndcg10"]  # a trained model beats popularity here
-    recs = storage.read_parquet(out["recommendations"]["uri"])
+    assert r.report.test["ndcg10"] > r.report.popularity["ndcg10"]  # a trained model beats popularity here
+    recs = storage.read_parquet(out.recommendations.uri)
     assert list(recs.columns) == ["user_id", "rank", "item_id", "score"]
     assert recs["user_id"].nunique() == flow_env["events"]["user_id"].nunique()
     assert (recs.groupby("user_id").size() == 10).all()
@@ -53,40 +53,40 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
     assert not any((u, i) in seen for u, i in zip(recs.user_id, recs.item_id, strict=True))
 
     # The test-time top-10 reproduces the logged HR@10 / NDCG@10 independently of our code.
-    top = storage.read_parquet(r["test_recommendations_uri"])
+    top = storage.read_parquet(r.report.test_recommendations_uri)
     ev = flow_env["events"].sort_values(["user_id", "timestamp", "seq_pos"], kind="stable")
     last = ev.groupby("user_id")["item_id"].last()
     hit_rank = top.merge(last.rename("target"), left_on="user_id", right_index=True)
     hit_rank = hit_rank[hit_rank.item_id == hit_rank.target].set_index("user_id")["rank"]
     ranks = np.array([hit_rank.get(u, 10_000) - 1 for u in last.index])
     m = metrics.rank_metrics(ranks, ks=(10,))
-    assert m["hr10"] == pytest.approx(r["test"]["hr10"]) and m["ndcg10"] == pytest.approx(r["test"]["ndcg10"])
+    assert m["hr10"] == pytest.approx(r.report.test["hr10"]) and m["ndcg10"] == pytest.approx(r.report.test["ndcg10"])
 
     # What people look at in MLflow: curves, per-fold CV, the metric table.
     c = tracking.client()
     assert {"plots/learning_curve.png", "plots/cv_folds.png"} <= {
-        a.path for a in c.list_artifacts(r["run_id"], "plots")
+        a.path for a in c.list_artifacts(r.report.run_id, "plots")
     }
-    assert "metrics_table.json" in {a.path for a in c.list_artifacts(r["run_id"])}
-    png = c.download_artifacts(r["run_id"], "plots/cv_folds.png", str(flow_env["root"]))
+    assert "metrics_table.json" in {a.path for a in c.list_artifacts(r.report.run_id)}
+    png = c.download_artifacts(r.report.run_id, "plots/cv_folds.png", str(flow_env["root"]))
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     # Profiles from the serving champion, summarised in the run's report.
-    prof = out["profiles"]
-    assert storage.layer_done(prof["uri"]) and "## Interest profiles" in out["summary"]
-    assert len(storage.read_parquet(storage.join(prof["uri"], "profiles.parquet"))) == recs["user_id"].nunique()
-    assert set(prof["summary"]) >= {"churn_auc", "churn_auc_recency_baseline", "next_category_acc_mf"}
+    prof = out.profiles
+    assert lake.is_complete(prof.uri) and "## Interest profiles" in out.summary
+    assert len(storage.read_parquet(storage.join(prof.uri, "profiles.parquet"))) == recs["user_id"].nunique()
+    assert set(prof.summary) >= {"churn_auc", "churn_auc_recency_baseline", "next_category_acc_mf"}
 
 
 @pytest.mark.slow
 def test_a_worse_model_does_not_take_the_champion_alias(flow_env):
     before = tracking.alias_version("interestflow-mf", "champion")
     out = run_nightly(flow_env, max_epochs=1, patience=1)
-    r = out["results"][0]
-    assert not r["decision"]["promote"], r["decision"]
+    r = out.results[0]
+    assert not r.decision.promote, r.decision
     assert tracking.alias_version("interestflow-mf", "champion") == before
-    assert tracking.alias_version("interestflow-mf", "challenger") == r["registered"]["version"]
-    tags = tracking.client().get_run(r["run_id"]).data.tags
+    assert tracking.alias_version("interestflow-mf", "challenger") == r.registered.version
+    tags = tracking.client().get_run(r.report.run_id).data.tags
     assert tags["promotion.decision"] == "rejected" and "champion" in tags["promotion.reason"]
     assert tags["interestflow.flow_run_id"] not in ("", "None")  # the MLflow run names its Prefect run
 
@@ -116,11 +116,11 @@ def test_bad_data_stops_the_flow_before_training_and_changes_nothing(flow_env):
 @pytest.mark.slow
 def test_bert_trains_registers_and_serves_with_exploration(flow_env):
     out = run_nightly(flow_env, families=["bert"], max_epochs=3, folds=2, explore_share=0.2, profiles=False)
-    r = out["results"][0]
-    assert r["registered"]["name"] == "interestflow-bert" and r["decision"]["promote"]
-    assert {"cold_ndcg10", "cold_hr10", "cold_n"} <= set(r["test"])
-    recs = storage.read_parquet(out["recommendations"]["uri"])
-    assert out["recommendations"]["family"] == "bert" and (recs.groupby("user_id").size() == 10).all()
+    r = out.results[0]
+    assert r.registered.name == "interestflow-bert" and r.decision.promote
+    assert {"cold_ndcg10", "cold_hr10", "cold_n"} <= set(r.report.test)
+    recs = storage.read_parquet(out.recommendations.uri)
+    assert out.recommendations.family == "bert" and (recs.groupby("user_id").size() == 10).all()
     assert recs.groupby("user_id")["item_id"].nunique().eq(10).all()
 
 
@@ -132,12 +132,12 @@ def test_cli_recommends_for_one_user_through_the_served_model(flow_env, capsys):
     user = sorted(flow_env["events"]["user_id"].unique())[3]
     main(["recommend", "--user", user, "--family", "mf", "--spec", flow_env["spec"], "--lake", flow_env["lake"]])
     printed = capsys.readouterr().out
-    from components import datasets, recommend
+    from components import recommend
     from components.datasets import Dataset
 
-    ds = datasets.prepare(flow_env["spec"], flow_env["lake"], 1, 0)
-    top = recommend.for_user(user, ds, ["mf"], 10)
-    champion = tracking.load_recommender("models:/interestflow-mf@champion")
+    ds = pipeline.data_path(flow_env["spec"], flow_env["lake"], 1, 0)
+    top = pipeline.recommend_for_user(user, ds, ["mf"], 10)
+    champion = pyfunc.load("models:/interestflow-mf@champion")
     batch = recommend.recommend(champion, Dataset.load(ds), 10)
     assert top["item_id"].tolist() == batch[batch.user_id == user]["item_id"].tolist()
     assert "interestflow-mf v1" in printed and all(i in printed for i in top["item_id"])

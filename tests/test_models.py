@@ -214,9 +214,10 @@ def test_scorer_maps_a_model_onto_new_ids(family):
 def test_pyfunc_predict_returns_top_k_without_history(family):
     from components.pyfunc import RecommenderModel
 
-    rec = _recommender(family)
+    model = RecommenderModel()
+    model.recommender = _recommender(family)  # what load_context restores from the artifact
     frame = pd.DataFrame({"user_id": ["u001", "nobody"], "history": [["i001", "i002"], ["i003"]]})
-    out = RecommenderModel().predict_with(rec.to_bytes(), frame, k=5)
+    out = model.predict(None, frame, {"k": 5})
     assert list(out.columns) == ["user_id", "rank", "item_id", "score"] and len(out) == 10
     assert not set(out[out.user_id == "u001"].item_id) & {"i001", "i002"}
     assert out.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
@@ -244,14 +245,13 @@ def test_sampled_softmax_option_also_learns(family):
 def test_mlflow_pyfunc_round_trip_gives_the_same_top10(family):
     import mlflow
 
-    from components import tracking
-    from components.pyfunc import RecommenderModel
+    from components import pyfunc, tracking
 
     rec = _recommender(family)
     frame = pd.DataFrame({"user_id": ["u001", "u007"], "history": [["i001", "i002", "i010"], ["i003"]]})
-    direct = RecommenderModel().predict_with(rec.to_bytes(), frame, k=10)
+    direct = rec.recommend(frame["user_id"], list(frame["history"]), k=10)
     run_id = tracking.create_run(f"roundtrip-{family}", {}, {"test": "pyfunc"})
-    uri = tracking.log_model(run_id, rec.to_bytes(), frame)
+    uri = pyfunc.log(run_id, rec, frame)
     loaded = mlflow.pyfunc.load_model(uri)
     again = loaded.predict(frame)
     assert again["item_id"].tolist() == direct["item_id"].tolist()

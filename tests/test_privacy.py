@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import datasets, evaluation, events, storage, tracking, training
-from components.config import home
+from components import events, pipeline, storage, tracking
+from components.config import TrainConfig, home
 
 MARKER = "RAWUSER-MARKER-7731"
 SECRET = "pseudonym-key-s3cr3t-4410"
@@ -26,14 +26,14 @@ def test_user_ids_are_keyed_hashes_and_the_key_matters(tmp_path, monkeypatch):
     spec = private_slice(tmp_path)
     monkeypatch.setenv("INTERESTFLOW_PSEUDONYM_KEY", SECRET)
     a = events.ingest(spec, str(tmp_path / "lake"))
-    ids = storage.read_parquet(storage.join(a["uri"], "events.parquet"))["user_id"]
+    ids = storage.read_parquet(storage.join(a.uri, "events.parquet"))["user_id"]
     assert ids.str.fullmatch(r"u_[0-9a-f]{20}").all() and MARKER not in set(ids)
     again = events.ingest(spec, str(tmp_path / "lake"))
-    assert again["uri"] == a["uri"]  # same key, same pseudonyms, same layer
+    assert again.uri == a.uri  # same key, same pseudonyms, same layer
     monkeypatch.setenv("INTERESTFLOW_PSEUDONYM_KEY", "another key")
     b = events.ingest(spec, str(tmp_path / "lake"))
-    other = storage.read_parquet(storage.join(b["uri"], "events.parquet"))["user_id"]
-    assert b["data_hash"] != a["data_hash"] and not set(other) & set(ids)
+    other = storage.read_parquet(storage.join(b.uri, "events.parquet"))["user_id"]
+    assert b.data_hash != a.data_hash and not set(other) & set(ids)
 
 
 def test_a_missing_key_is_a_clear_error(tmp_path, monkeypatch):
@@ -49,13 +49,12 @@ def test_no_raw_id_or_secret_reaches_mlflow_or_the_logs(tmp_path, monkeypatch, c
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET + "-aws")
     monkeypatch.setenv("INTERESTFLOW_MODEL_PREFIX", "privacy")
     lake = str(tmp_path / "lake")
-    ds = datasets.prepare(private_slice(tmp_path), lake, 2, 0)
-    cfg = {"max_epochs": 2, "num_threads": 1, "model": {"dim": 8}}
-    final = training.run_stage(ds, "mf", "final", cfg, lake, None, epochs=2)
-    report = evaluation.evaluate_final(ds, {**final, "fold_metrics": []}, lake, {"epochs": 2})
-    tracking.register_challenger({**report, "cv": {"ndcg10_mean": 0, "ndcg10_std": 0}}, ds["data_hash"])
+    ds = pipeline.data_path(private_slice(tmp_path), lake, 2, 0)
+    cfg = TrainConfig(max_epochs=2, num_threads=1, model={"dim": 8})
+    final = pipeline.train(ds, "mf", "final", cfg, lake, epochs=2)
+    pipeline.register(pipeline.evaluate(ds, final, [], lake))
 
-    run = tracking.client().get_run(final["run_id"])
+    run = tracking.client().get_run(final.run_id)
     texts = [str(run.data.params), str(run.data.tags), capfd.readouterr().out, caplog.text]
     files = [home() / "mlflow.db", *(p for p in (home() / "mlartifacts").rglob("*") if p.is_file())]
     blobs = [f.read_bytes() for f in files]

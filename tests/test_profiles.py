@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import datasets, evaluation, exploration, profiles
+from components import evaluation, exploration, features, pipeline, profiles
 from components.datasets import Dataset
 from components.profiles import DAY, ProfileConfig
 
@@ -84,7 +84,7 @@ def slice_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("profiles")
     spec = write_slice(root / "src", *sample_frames(400), name="profslice")
     lake = str(root / "lake")
-    return datasets.prepare(str(spec), lake, 2, 0), lake
+    return pipeline.data_path(str(spec), lake, 2, 0), lake
 
 
 def test_exploration_table_share_zero_matches_the_plain_evaluation(slice_dataset):
@@ -93,8 +93,8 @@ def test_exploration_table_share_zero_matches_the_plain_evaluation(slice_dataset
     view = data.view("final")
     pop = evaluation.popularity_scorer(view, data.n_items)
     plain = evaluation.popularity_report(data)
-    items = pd.read_parquet(ds["features_uri"] + "/items.parquet")
-    item_cat, _ = profiles.item_categories(items, 3)
+    items = pd.read_parquet(ds.features.uri + "/items.parquet")
+    item_cat, _ = features.item_categories(items, 3)
     table = exploration.exploration_table(pop, data, item_cat, shares=(0.0, 0.3))
     assert table[0]["ndcg10"] == pytest.approx(plain["ndcg10"]) and table[0]["coverage10"] == pytest.approx(
         plain["coverage10"]
@@ -108,8 +108,8 @@ def test_profile_stage_writes_the_documented_schema(slice_dataset):
     ds, lake = slice_dataset
     data = Dataset.load(ds)
     scorer = evaluation.popularity_scorer(data.view("final"), data.n_items)
-    out = profiles.build_profiles(ds, lake, ProfileConfig(churn_window_days=120), scorer=scorer)
-    frame = storage.read_parquet(storage.join(out["uri"], "profiles.parquet"))
+    out = pipeline.write_profiles(ds, lake, ProfileConfig(churn_window_days=120), scorer=scorer)
+    frame = storage.read_parquet(storage.join(out.uri, "profiles.parquet"))
     assert list(frame.columns) == [
         "user_id", "top_categories", "top_weights", "interest_vector", "n_events", "first_ts", "last_ts",
         "recency_days", "span_days", "events_per_30d", "drift_jsd", "churn_risk",
@@ -120,8 +120,8 @@ def test_profile_stage_writes_the_documented_schema(slice_dataset):
     assert frame["churn_risk"].between(0, 1).all()
     assert all(abs(sum(w) - 1) < 1e-6 or len(w) == 3 for w in frame["top_weights"])
     assert frame["drift_jsd"].dropna().between(0, math.log(2) + 1e-9).all()
-    s = out["summary"]
+    s = out.summary
     assert 0 <= s["churn_auc"] <= 1 and 0 <= s["churn_auc_recency_baseline"] <= 1
-    assert [r["share"] for r in out["exploration"]] == [0.0, 0.1, 0.2, 0.3]
-    arts = {a.path for a in tracking.client().list_artifacts(out["run_id"], "plots")}
+    assert [r["share"] for r in out.exploration] == [0.0, 0.1, 0.2, 0.3]
+    arts = {a.path for a in tracking.client().list_artifacts(out.run_id, "plots")}
     assert arts == {"plots/drift_distribution.png", "plots/churn_roc.png", "plots/exploration_tradeoff.png"}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from components import promotion, tracking
+from components import promotion, pyfunc, tracking
 from components.models import MODELS
 from components.recommender import Recommender
 
@@ -26,7 +26,7 @@ def versions(monkeypatch, request):
     )
     example = pd.DataFrame({"user_id": ["x"], "history": [["a"]]})
     run_id = tracking.create_run("ops", {}, {"test": "registry-ops"})
-    uri = tracking.log_model(run_id, rec.to_bytes(), example)
+    uri = pyfunc.log(run_id, rec, example)
     name = tracking.model_name(FAMILY)
     return name, [tracking.register(uri, name, {}) for _ in range(3)]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import storage, tracking
+from components import lake, storage, tracking
 from testkit.faults import FLOW_MATRIX, killed_final_fit, registry_state, try_bad_input
 
 PREFIX = "reliab"
@@ -32,7 +32,7 @@ def guarded(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120):
         mp.setenv("INTERESTFLOW_MODEL_PREFIX", PREFIX)
         first = nightly(spec=str(spec), lake=str(root / "lake"), **NIGHTLY)
-        assert first["results"][0]["decision"]["promote"]
+        assert first.results[0].decision.promote
         yield {"root": root, "lake": root / "lake", "spec": spec, "events": ev, "items": items, "nightly": nightly}
 
 
@@ -67,9 +67,9 @@ def test_a_rerun_trains_nothing_and_one_changed_event_retrains(guarded):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("INTERESTFLOW_MODEL_PREFIX", PREFIX)
         again = guarded["nightly"](spec=str(guarded["spec"]), lake=str(guarded["lake"]), **NIGHTLY)
-        r = again["results"][0]
-        assert r["reused_training"] and r["registered"]["reused"]
-        assert not r["decision"]["promote"] and "already the champion" in r["decision"]["reason"]
+        r = again.results[0]
+        assert r.report.reused_training and r.registered.reused
+        assert not r.decision.promote and "already the champion" in r.decision.reason
         assert training_runs() == runs  # no fold or final training ran
         assert registry_state(PREFIX) == registry
         assert {p: p.stat().st_mtime_ns for p in (guarded["lake"] / "05_models").rglob("*") if p.is_file()} == models
@@ -78,9 +78,9 @@ def test_a_rerun_trains_nothing_and_one_changed_event_retrains(guarded):
         ev.loc[0, "timestamp"] = ev.loc[0, "timestamp"] - 86400  # one event, one day earlier
         spec = write_slice(guarded["root"] / "changed", ev, guarded["items"], name="reliab")
         changed = guarded["nightly"](spec=str(spec), lake=str(guarded["lake"]), **NIGHTLY)
-    assert changed["data_hash"] != again["data_hash"]
-    assert storage.layer_done(str(guarded["lake"] / "02_validated" / f"reliab-{changed['data_hash']}"))
-    assert not changed["results"][0]["reused_training"]
+    assert changed.data_hash != again.data_hash
+    assert lake.is_complete(str(guarded["lake"] / "02_validated" / f"reliab-{changed.data_hash}"))
+    assert not changed.results[0].report.reused_training
     assert len(training_runs() - runs) == NIGHTLY["folds"] + 1  # every fold and the final fit ran
 
 
@@ -94,7 +94,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_and_registers_once(g
         got = killed_final_fit(str(guarded["spec"]), str(guarded["lake"]), epochs)
     final = got["final"]
     assert got["killed"], "the training finished before it could be killed"
-    assert final["resumed_from_epoch"] is not None and 1 <= final["resumed_from_epoch"] < epochs
-    assert final["epochs_run"] == epochs
-    assert len(final["history"]) == epochs - final["resumed_from_epoch"]  # not from scratch
-    assert got["versions"] == [final["run_id"]]  # registered once, from the resumed run
+    assert final.resumed_from_epoch is not None and 1 <= final.resumed_from_epoch < epochs
+    assert final.epochs_run == epochs
+    assert len(final.history) == epochs - final.resumed_from_epoch  # not from scratch
+    assert got["versions"] == [final.run_id]  # registered once, from the resumed run

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import datasets, events, storage
+from components import events, pipeline, pyfunc, storage, tracking
+from components import lake as lake_
 from testkit import faults
 
 BUCKET = faults.S3_BUCKET
@@ -18,9 +19,9 @@ BUCKET = faults.S3_BUCKET
 def test_local_writes_are_atomic_and_layers_need_their_marker(tmp_path):
     uri = str(tmp_path / "layer")
     storage.write_parquet(pd.DataFrame({"a": [1, 2]}), storage.join(uri, "t.parquet"))
-    assert not storage.layer_done(uri)
-    storage.mark_done(uri, {"rows": 2})
-    assert storage.layer_done(uri)
+    assert not lake_.is_complete(uri)
+    lake_.mark_complete(uri, {"rows": 2})
+    assert lake_.is_complete(uri)
     assert not [p for p in Path(uri).iterdir() if p.name.endswith(".tmp")]
     assert storage.read_parquet(storage.join(uri, "t.parquet"))["a"].tolist() == [1, 2]
 
@@ -52,10 +53,10 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path):
         .replace("uri: items.csv", f"uri: {seaweed}/raw/items.csv")
     )
     lake = storage.join(seaweed, "lake")
-    ds = datasets.prepare(spec, lake, 2, 0)
-    assert ds["dataset_uri"].startswith("s3://") and storage.layer_done(ds["dataset_uri"])
-    assert storage.read_parquet(storage.join(ds["features_uri"], "users.parquet"))["user_id"].nunique() == 100
-    assert events.ingest(spec, lake)["data_hash"] == ds["data_hash"]  # same input, same key: reused
+    ds = pipeline.data_path(spec, lake, 2, 0)
+    assert ds.uri.startswith("s3://") and lake_.is_complete(ds.uri)
+    assert storage.read_parquet(storage.join(ds.features.uri, "users.parquet"))["user_id"].nunique() == 100
+    assert events.ingest(spec, lake).data_hash == ds.data_hash  # same input, same key: reused
 
 
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
@@ -134,14 +135,14 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
         with pytest.raises(tracking.RegistryUnavailable, match="MLflow registry .* did not accept .*s3flow-mf"):
             nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=3, profiles=False)
         assert registry_down.hits >= 4  # the first attempt and the task's 3 retries
-    r = out["results"][0]
-    assert r["decision"]["promote"] and r["test_recommendations_uri"].startswith("s3://")
-    assert storage.exists(out["recommendations"]["uri"]) and out["recommendations"]["uri"].startswith("s3://")
-    run = tracking.client().get_run(r["run_id"])
+    r = out.results[0]
+    assert r.decision.promote and r.report.test_recommendations_uri.startswith("s3://")
+    assert storage.exists(out.recommendations.uri) and out.recommendations.uri.startswith("s3://")
+    run = tracking.client().get_run(r.report.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
     keys = storage.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="mlartifacts/")["Contents"]
     assert any(k["Key"].endswith("recommender.pt") for k in keys)  # the model file sits in S3
-    rec = tracking.load_recommender("models:/s3flow-mf@champion")  # loaded back through the server
+    rec = pyfunc.load("models:/s3flow-mf@champion")  # loaded back through the server
     assert rec.family == "mf" and len(rec.item_ids) > 0
     assert [v.version for v in tracking.client().search_model_versions("name='s3flow-mf'")] == ["1"]
     assert tracking.alias_version("s3flow-mf", "champion") == "1"

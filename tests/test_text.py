@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import NetworkBlocked, sample_frames, write_slice
 
-from components import events, features, storage, text, validation
+from components import datasets, events, features, storage, text, validation
 
 
 def test_item_text_is_title_brand_categories_without_empty_parts():
@@ -52,24 +52,24 @@ def _features(tmp_path, lake, name, ev, items):
 def test_cache_embeds_only_new_or_changed_item_texts(tmp_path):
     lake = tmp_path / "lake"
     ev, items = sample_frames(40)
-    first = text.embed_items(_features(tmp_path, lake, "a", ev, items), str(lake))
+    first = features.embed_items(_features(tmp_path, lake, "a", ev, items), str(lake))
     n = len(items)
-    assert first["text_stats"] == {**first["text_stats"], "items": n, "embedded": n, "cached": 0}
+    assert first.text_stats == {**first.text_stats, "items": n, "embedded": n, "cached": 0}
 
     # New events, same catalogue: a new features layer, but every text is in the cache.
     fewer = ev.drop(index=ev.index[-1])
-    again = text.embed_items(_features(tmp_path, lake, "b", fewer, items), str(lake))
-    assert again["text_uri"] != first["text_uri"]
-    assert again["text_stats"]["embedded"] == 0 and again["text_stats"]["cached"] == n
+    again = features.embed_items(_features(tmp_path, lake, "b", fewer, items), str(lake))
+    assert again.text_uri != first.text_uri
+    assert again.text_stats["embedded"] == 0 and again.text_stats["cached"] == n
 
     # One changed title: exactly one item embedded; everything else reused.
     changed = items.copy()
     changed.loc[3, "title"] = "A completely new title for this product"
-    third = text.embed_items(_features(tmp_path, lake, "c", ev, changed), str(lake))
-    assert third["text_stats"]["embedded"] == 1 and third["text_stats"]["cached"] == n - 1
+    third = features.embed_items(_features(tmp_path, lake, "c", ev, changed), str(lake))
+    assert third.text_stats["embedded"] == 1 and third.text_stats["cached"] == n - 1
 
-    a, c = text.load_item_text(first["text_uri"]), text.load_item_text(third["text_uri"])
-    order = storage.read_parquet(storage.join(third["uri"], "items.parquet"))["item_id"].tolist()
+    a, c = datasets.load_item_text(first.text_uri), datasets.load_item_text(third.text_uri)
+    order = storage.read_parquet(storage.join(third.uri, "items.parquet"))["item_id"].tolist()
     row = order.index(str(changed.loc[3, "item_id"]))
     assert a.shape == c.shape == (n, 384)
     assert np.array_equal(np.delete(a, row, 0), np.delete(c, row, 0)) and not np.allclose(a[row], c[row])
@@ -79,6 +79,6 @@ def test_the_text_layer_is_reused_when_complete(tmp_path):
     lake = tmp_path / "lake"
     ev, items = sample_frames(20)
     feats = _features(tmp_path, lake, "a", ev, items)
-    text.embed_items(feats, str(lake))
-    again = text.embed_items(feats, str(lake))
-    assert again["text_stats"] == {"items": 0, "embedded": 0, "cached": 0, "seconds": again["text_stats"]["seconds"]}
+    features.embed_items(feats, str(lake))
+    again = features.embed_items(feats, str(lake))
+    assert again.text_stats == {"items": 0, "embedded": 0, "cached": 0, "seconds": again.text_stats["seconds"]}
