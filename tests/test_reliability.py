@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import lake, storage, tracking
+from components import lake, tracking
 from testkit.faults import FLOW_MATRIX, killed_final_fit, registry_state, try_bad_input
 
 PREFIX = "reliab"

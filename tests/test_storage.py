@@ -103,7 +103,6 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
     """
     from prefect.testing.utilities import prefect_test_harness
 
-    from components import tracking
     from flows.nightly import nightly
 
     spec = write_slice(tmp_path / "src", *sample_frames(150), name="s3flow")
