@@ -37,24 +37,25 @@ def main() -> None:
         os.environ.update({"INTERESTFLOW_HOME": lake, "INTERESTFLOW_LAKE": lake})
     else:
         lake = str(fresh_home(args.lake))
-    from components import datasets, training
+    from components import pipeline
+    from components.config import TrainConfig
 
-    ds = datasets.prepare(str(ROOT / "specs" / "amazon_beauty.yaml"), lake, 1, 0)
+    ds = pipeline.data_path(str(ROOT / "specs" / "amazon_beauty.yaml"), lake, 1, 0)
     figures = {}
     for spec in args.variant or OBJECTIVES:
         name, _, settings = spec.partition("=")
-        cfg = {
-            "max_epochs": args.max_epochs,
-            "patience": args.patience,
-            "num_threads": args.threads,
-            "precision": args.precision,
-            "model": json.loads(settings or "{}"),
-        }
-        r = training.run_stage(ds, "bert", "fold", cfg, lake, None, fold=0)
-        m = r["metrics"]
-        print(f"\n{name}: " + " ".join(f"{h['val_ndcg10']:.4f}" for h in r["history"]))
+        cfg = TrainConfig(
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            num_threads=args.threads,
+            precision=args.precision,
+            model=json.loads(settings or "{}"),
+        )
+        r = pipeline.train(ds, "bert", "fold", cfg, lake, fold=0)
+        m = r.metrics
+        print(f"\n{name}: " + " ".join(f"{h['val_ndcg10']:.4f}" for h in r.history))
         print(
-            f"{name}: best epoch {r['best_epoch']}, validation NDCG@10 {m['ndcg10']:.4f}, "
+            f"{name}: best epoch {r.best_epoch}, validation NDCG@10 {m['ndcg10']:.4f}, "
             f"cold-start NDCG@10 {m['cold_ndcg10']:.4f} ({m['cold_n']} targets)",
             flush=True,
         )
@@ -62,9 +63,9 @@ def main() -> None:
             {
                 f"{name}_val_ndcg10": round(m["ndcg10"], 4),
                 f"{name}_val_cold_ndcg10": round(m["cold_ndcg10"], 4),
-                f"{name}_best_epoch": r["best_epoch"],
-                f"{name}_epochs_run": r["epochs_run"],
-                f"{name}_train_s": round(r["train_s"], 1),
+                f"{name}_best_epoch": r.best_epoch,
+                f"{name}_epochs_run": r.epochs_run,
+                f"{name}_train_s": round(r.train_s, 1),
             }
         )
     print(json.dumps(figures))

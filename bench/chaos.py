@@ -88,8 +88,8 @@ def main() -> None:
                 storage.reset_clients()
                 try:
                     out = nightly(spec=str(spec), lake=lake, **NIGHT)
-                    ok = out["results"][0]["decision"]["promote"]
-                    layer = storage.join(lake, "02_validated", f"chaos-{out['data_hash']}", "events.parquet")
+                    ok = out.results[0].decision.promote
+                    layer = storage.join(lake, "02_validated", f"chaos-{out.data_hash}", "events.parquet")
                     tally["records_lost"] += len(ev) - len(storage.read_parquet(layer))
                     note = f"flow completed, champion v{tracking.alias_version('chaos-mf', 'champion')}"
                 except Exception as e:  # noqa: BLE001 - a failure here is the finding
@@ -118,20 +118,20 @@ def main() -> None:
         # 3 + 4 + 5 on a local lake and the embedded registry.
         local = home / "lake"
         first = nightly(spec=str(spec), lake=str(local), **NIGHT)
-        assert first["results"][0]["decision"]["promote"], first["results"][0]["decision"]
-        good = storage.join(str(local / "02_validated"), f"chaos-{first['data_hash']}", "events.parquet")
+        assert first.results[0].decision.promote, first.results[0].decision
+        good = storage.join(str(local / "02_validated"), f"chaos-{first.data_hash}", "events.parquet")
         validated = storage.read_parquet(good)
         tally["records_lost"] += len(ev) - len(validated)
 
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaoskill"
         got = faults.killed_final_fit(str(spec), str(local), epochs=20)
         final, once = got["final"], got["versions"]
-        ok = got["killed"] and (final["resumed_from_epoch"] or 0) >= 1 and once == [final["run_id"]]
+        ok = got["killed"] and (final.resumed_from_epoch or 0) >= 1 and once == [final.run_id]
         record(
             "training process SIGKILLed mid-fit",
             int(got["killed"]),
             ok,
-            f"resumed after epoch {final['resumed_from_epoch']}, registered {len(once)}x",
+            f"resumed after epoch {final.resumed_from_epoch}, registered {len(once)}x",
         )
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
 

@@ -1,10 +1,14 @@
 """The nightly path on the full Amazon Beauty data: figures for issue 2.
 
-Runs the same stages twice on fresh state, once called directly (no Prefect) and once
-through the nightly flow, and prints per-stage wall time, total, peak RSS, test HR@10 and
-NDCG@10 of each family and of popularity, and the orchestration overhead. The flow run's
-lake is --lake, so DIR/06_recommendations/test_recommendations_<family>.parquet holds the
-exact test-time top-10 its metrics came from.
+Runs the same stages with the same settings twice, each on fresh state: once through
+``components.pipeline.nightly`` with a :class:`~components.pipeline.Stages` table of
+pipeline.PLAIN's functions, each wrapped in a timer (plain calls, no Prefect), and once
+through the nightly flow, whose TASKS table runs those same functions as Prefect tasks.
+Prints per-stage wall time of the plain run, total, peak RSS, test HR@10 and NDCG@10 of
+each family and of popularity, and the orchestration overhead: the overhead ratio compares
+the same stages and settings (pipeline.PLAIN vs the flow's TASKS). The flow run's lake is
+--lake, so DIR/06_recommendations/test_recommendations_<family>.parquet holds the exact
+test-time top-10 its metrics came from.
 
     .venv/bin/python bench/pipeline.py --lake bench/out/pipeline
 
@@ -17,43 +21,69 @@ The nightly time alone (issue 3: mf, lstm and cnn, 3 folds, under 45 minutes on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from _common import ROOT, fresh_home, peak_rss_gib, quiet_env
 
+# The family a per-family stage works on, from its positional arguments (components/pipeline.py).
+FAMILY_OF = {
+    "train_folds": lambda a: a[1],  # (dataset, family, cfg, root, tags)
+    "train_final": lambda a: a[1],  # (dataset, family, folds, cfg, root, tags)
+    "evaluate": lambda a: a[1].family,  # (dataset, final, folds, root)
+    "register": lambda a: a[0].family,  # (report,)
+    "promote": lambda a: a[1].family,  # (registered, report, dataset, gate)
+}
 
-def direct(spec: str, lake: str, families: list[str], cfg: dict, folds: int) -> tuple[dict, dict]:
-    """The flow's stages as plain calls, timed one by one."""
-    from components import datasets, evaluation, events, features, promotion, recommend, tracking, training, validation
 
-    t: dict[str, float] = {}
+def timed_stages(times: dict[str, float]):
+    """pipeline.PLAIN with every stage timed into ``times`` (per family where a stage is)."""
+    from components import pipeline
 
-    def timed(name, fn, *a, **kw):
-        t0 = time.perf_counter()
-        out = fn(*a, **kw)
-        t[name] = t.get(name, 0.0) + time.perf_counter() - t0
-        return out
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            key = f"{name}_{FAMILY_OF[name](args)}" if name in FAMILY_OF else name
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                times[key] = times.get(key, 0.0) + time.perf_counter() - t0
 
-    raw = timed("ingest", events.ingest, spec, lake)
-    val = timed("validate", validation.validate, raw, lake)
-    feat = timed("features", features.build_features, val, lake)
-    ds = timed("datasets", datasets.build_datasets, feat, lake, folds, cfg["seed"])
-    reports = {}
-    for fam in families:
-        fold_res = [
-            timed(f"train_folds_{fam}", training.run_stage, ds, fam, "fold", cfg, lake, None, fold=k)
-            for k in range(folds)
-        ]
-        cv = training.summarize_folds(fold_res)
-        final = timed(f"train_final_{fam}", training.run_stage, ds, fam, "final", cfg, lake, None, epochs=cv["epochs"])
-        rep = timed(f"evaluate_{fam}", evaluation.evaluate_final, ds, {**final, "cv": cv}, lake, cv)
-        reg = timed(f"register_{fam}", tracking.register_challenger, rep, ds["data_hash"])
-        timed(f"promote_{fam}", promotion.run_gate, reg, rep, ds)
-        reports[fam] = rep
-    timed("recommend", recommend.batch_recommendations, ds, families, lake, 10)
-    return t, reports
+        return run
+
+    plain = pipeline.PLAIN
+    return pipeline.Stages(**{f.name: timed(f.name, getattr(plain, f.name)) for f in dataclasses.fields(plain)})
+
+
+def flow_parameters(settings) -> dict:
+    """The nightly flow's parameters that make it run with ``settings`` (every one, so that
+    both halves run with the same settings whatever the defaults)."""
+    t = settings.train
+    return {
+        "families": list(settings.families),
+        "folds": settings.folds,
+        "max_epochs": t.max_epochs,
+        "patience": t.patience,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        "seed": t.seed,
+        "accelerator": t.accelerator,
+        "devices": t.devices,
+        "num_nodes": t.num_nodes,
+        "strategy": t.strategy,
+        "precision": t.precision,
+        "model": settings.model,
+        "min_gain": settings.gate.min_gain,
+        "tolerance": settings.gate.tolerance,
+        "k": settings.k,
+        "serve_family": settings.serve_family,
+        "explore_share": settings.explore_share,
+        "profiles": settings.profiles,
+        "profile": settings.profile,
+        "dry_run": settings.dry_run,
+    }
 
 
 def main() -> None:
@@ -68,32 +98,31 @@ def main() -> None:
     ap.add_argument("--flow-only", action="store_true", help="time the flow alone (no direct-call half)")
     args = ap.parse_args()
     quiet_env()
+    from components import pipeline
+    from components.config import TrainConfig
+
     flow_dir = Path(args.lake).resolve()
     direct_dir = flow_dir.with_name(flow_dir.name + "-direct")
-    # The same training config as the flow's defaults (all cores, seed 0).
-    cfg = {"max_epochs": args.max_epochs, "patience": args.patience, "seed": 0, "precision": args.precision}
+    # The flow's defaults (all cores, seed 0) but for the families, folds, epoch budget and precision.
+    settings = pipeline.NightlySettings(
+        families=tuple(args.families),
+        folds=args.folds,
+        train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=0, precision=args.precision),
+    )
 
-    stages, direct_s = {}, None
+    stages: dict[str, float] = {}
+    direct_s = None
     if not args.flow_only:
         fresh_home(direct_dir)
         t0 = time.perf_counter()
-        stages, _ = direct(args.spec, str(direct_dir), args.families, {**cfg, "model": {}}, args.folds)
+        pipeline.nightly(args.spec, str(direct_dir), settings, stages=timed_stages(stages))
         direct_s = time.perf_counter() - t0
 
     fresh_home(flow_dir)
     from flows.nightly import nightly
 
     t0 = time.perf_counter()
-    out = nightly(
-        spec=args.spec,
-        lake=str(flow_dir),
-        families=args.families,
-        folds=args.folds,
-        max_epochs=args.max_epochs,
-        patience=args.patience,
-        precision=args.precision,
-        seed=0,
-    )
+    out = nightly(spec=args.spec, lake=str(flow_dir), **flow_parameters(settings))
     flow_s = time.perf_counter() - t0
 
     figures = {
@@ -105,17 +134,17 @@ def main() -> None:
     }
     if direct_s is not None:
         figures.update({"direct_s": round(direct_s, 1), "overhead_ratio": round((flow_s - direct_s) / flow_s, 4)})
-    pop = out["results"][0]["popularity"]
+    pop = out.results[0].report.popularity
     figures.update({"pop_hr10": round(pop["hr10"], 4), "pop_ndcg10": round(pop["ndcg10"], 4)})
-    for r in out["results"]:
-        f = r["family"]
+    for r in out.results:
+        f, rep = r.family, r.report
         figures.update(
             {
-                f"{f}_hr10": round(r["test"]["hr10"], 4),
-                f"{f}_ndcg10": round(r["test"]["ndcg10"], 4),
-                f"{f}_cv_ndcg10_mean": round(r["cv"]["ndcg10_mean"], 4),
-                f"{f}_cv_ndcg10_std": round(r["cv"]["ndcg10_std"], 4),
-                f"{f}_epochs": r["cv"]["epochs"],
+                f"{f}_hr10": round(rep.test["hr10"], 4),
+                f"{f}_ndcg10": round(rep.test["ndcg10"], 4),
+                f"{f}_cv_ndcg10_mean": round(rep.cv["ndcg10_mean"], 4),
+                f"{f}_cv_ndcg10_std": round(rep.cv["ndcg10_std"], 4),
+                f"{f}_epochs": rep.cv["epochs"],
             }
         )
     if stages:

@@ -31,25 +31,24 @@ def main() -> None:
     args = ap.parse_args()
     quiet_env()
     lake = str(fresh_home(args.lake))
-    from components import datasets, evaluation, profiles, training
+    from components import pipeline
+    from components.config import TrainConfig
 
     t0 = time.perf_counter()
-    ds = datasets.prepare(args.spec, lake, 1, 0)
-    cfg = {"max_epochs": args.epochs, "num_threads": args.threads, "seed": 0, "model": json.loads(args.model)}
-    final = training.run_stage(ds, args.family, "final", cfg, lake, None, epochs=args.epochs)
-    rep = evaluation.evaluate_final(ds, final, lake, {"epochs": args.epochs})
+    ds = pipeline.data_path(args.spec, lake, 1, 0)
+    cfg = TrainConfig(max_epochs=args.epochs, num_threads=args.threads, seed=0, model=json.loads(args.model))
+    final = pipeline.train(ds, args.family, "final", cfg, lake, epochs=args.epochs)
+    rep = pipeline.evaluate(ds, final, [], lake)  # no folds: the test figures after the budget
     train_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    out = profiles.profile_stage(
-        ds, lake, {}, final["model_uri"], {args.family: rep["test_recommendations_uri"]}, {"bench": "profiles"}
+    out = pipeline.build_profiles(
+        ds, lake, {}, final.model_uri, {args.family: rep.test_recommendations_uri}, {"bench": "profiles"}
     )
     profile_s = time.perf_counter() - t0
-    s = out["summary"]
+    s = out.summary
 
-    print(
-        f"\n{args.family} final model: test NDCG@10 {rep['test']['ndcg10']:.4f} ({train_s:.0f} s to prepare and train)"
-    )
+    print(f"\n{args.family} final model: test NDCG@10 {rep.test['ndcg10']:.4f} ({train_s:.0f} s to prepare and train)")
     print(f"profile stage: {profile_s:.1f} s for {s['users']} users, {s['categories']} categories")
     print(
         f"churn (next {s['churn_window_days']} days, eval churn rate {s['churn_rate_eval']:.2f}): "
@@ -66,8 +65,8 @@ def main() -> None:
         f"{s['drift_users']} users"
     )
     print(f"\n{'share':>6}{'NDCG@10':>10}{'HR@10':>9}{'cov@10':>9}{'diversity':>11}{'novelty':>9}")
-    base = out["exploration"][0]
-    for r in out["exploration"]:
+    base = out.exploration[0]
+    for r in out.exploration:
         print(
             f"{r['share']:>6.1f}{r['ndcg10']:>10.4f}{r['hr10']:>9.4f}{r['coverage10']:>9.4f}"
             f"{r['diversity']:>11.3f}{r['novelty']:>9.2f}"
@@ -84,10 +83,10 @@ def main() -> None:
         "next_category_acc_model": round(s["next_category_acc_" + args.family], 4),
         "next_category_acc_most_frequent": round(s["next_category_acc_most_frequent_category"], 4),
         "drift_jsd_median": round(s["drift_jsd_median"], 4),
-        "model_test_ndcg10": round(rep["test"]["ndcg10"], 4),
+        "model_test_ndcg10": round(rep.test["ndcg10"], 4),
         "peak_rss_gib": round(peak_rss_gib(), 2),
     }
-    for r in out["exploration"]:
+    for r in out.exploration:
         key = f"share{int(round(r['share'] * 100)):02d}"
         figures[f"{key}_ndcg10"] = round(r["ndcg10"], 4)
         figures[f"{key}_coverage10"] = round(r["coverage10"], 4)

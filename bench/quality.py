@@ -55,14 +55,14 @@ def main() -> None:
     print("\nTest, full ranking over all items, history excluded (ours), and published (HR@10, NDCG@10)")
     print(head)
     figures = {}
-    for r in out["results"]:
-        f, t = r["family"], r["test"]
-        train_s = r["final_train_s"] + r["cv"]["folds_train_s"]
-        print(f"{f:<12}" + "".join(f"{t[c]:>11.4f}" for c in COLS) + f"{r['epochs']:>8}{train_s:>9.0f}")
+    for r in (fr.report for fr in out.results):
+        f, t = r.family, r.test
+        train_s = r.final_train_s + r.cv["folds_train_s"]
+        print(f"{f:<12}" + "".join(f"{t[c]:>11.4f}" for c in COLS) + f"{r.epochs:>8}{train_s:>9.0f}")
         figures.update({f"{f}_{c}": round(t[c], 4) for c in COLS})
-        figures.update({f"{f}_epochs": r["epochs"], f"{f}_train_s": round(train_s, 1)})
-    pop = out["results"][0]["popularity"]
-    n_cold = out["results"][0]["test"]["cold_n"]
+        figures.update({f"{f}_epochs": r.epochs, f"{f}_train_s": round(train_s, 1)})
+    pop = out.results[0].report.popularity
+    n_cold = out.results[0].report.test["cold_n"]
     print(f"{'popularity':<12}" + "".join(f"{pop[c]:>11.4f}" for c in COLS))
     figures.update({f"pop_{c}": round(pop[c], 4) for c in COLS})
     for name, (hr, ndcg) in PUBLISHED.items():

@@ -71,19 +71,20 @@ def run_peer(py: Path, script: str, *args: str, threads: int) -> dict:
 
 
 def ours(family: str, epochs: int, threads: int, lake: str, precision: str) -> dict:
-    from components import datasets, evaluation, training
+    from components import pipeline
+    from components.config import TrainConfig
 
     spec = str(ROOT / "specs" / "amazon_beauty.yaml")
-    ds = datasets.prepare(spec, lake, 1, 0)
-    cfg = {"max_epochs": epochs, "num_threads": threads, "model": SAME_DIMS[family], "seed": 0, "precision": precision}
-    final = training.run_stage(ds, family, "final", cfg, lake, None, epochs=epochs)
-    rep = evaluation.evaluate_final(ds, {**final, "cv": {}}, lake, {"epochs": epochs})
-    epoch_s = [h["train_epoch_s"] for h in final["history"]]
+    ds = pipeline.data_path(spec, lake, 1, 0)
+    cfg = TrainConfig(max_epochs=epochs, num_threads=threads, model=SAME_DIMS[family], seed=0, precision=precision)
+    final = pipeline.train(ds, family, "final", cfg, lake, epochs=epochs)
+    rep = pipeline.evaluate(ds, final, [], lake)  # no folds: the test figures after the budget
+    epoch_s = [h["train_epoch_s"] for h in final.history]
     return {
         "epoch_s": epoch_s,
-        "samples": final["train_samples"],
-        "test_ndcg10": rep["test"]["ndcg10"],
-        "test_hr10": rep["test"]["hr10"],
+        "samples": final.train_samples,
+        "test_ndcg10": rep.test["ndcg10"],
+        "test_hr10": rep.test["hr10"],
     }
 
 

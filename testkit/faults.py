@@ -584,7 +584,7 @@ def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
     checkpoint is in the lake. Returns a dict that gets ``pid`` when it did."""
     import json
 
-    from components import storage
+    from components import lake, storage
 
     killed: dict = {}
 
@@ -605,7 +605,7 @@ def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline and "pid" not in killed:
             pid = find()
-            if pid and storage.exists(storage.join(ckpt_uri, "last.ckpt")):
+            if pid and storage.exists(lake.file(ckpt_uri, "last.ckpt")):
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
             time.sleep(0.02)
@@ -619,23 +619,37 @@ def killed_final_fit(spec: str, lake: str, epochs: int) -> dict:
     """Train mf's final fit (``epochs`` epochs) as a flow of the real tasks — train_final
     (its retry), evaluate, register — while :func:`kill_training` SIGKILLs the training
     after its first checkpoint. Returns ``killed`` (whether it was), ``final`` (the
-    result, ``resumed_from_epoch`` included) and ``versions`` (run ids of the registered
-    model's versions)."""
+    :class:`~components.lake.ModelResult`, ``resumed_from_epoch`` included) and ``versions``
+    (run ids of the registered model's versions)."""
     from prefect import flow
 
-    from components import datasets, tracking, training
+    from components import pipeline, tracking, training
+    from components.config import TrainConfig
+    from components.lake import ModelResult
     from tasks.evaluate import evaluate
     from tasks.register import register
     from tasks.train import train_final
 
-    dataset = datasets.prepare(spec, lake, 2, 0)
-    cfg = {"max_epochs": epochs, "patience": epochs, "seed": 7, "batch_size": 16}
-    folds = [{"fold": 0, "best_epoch": epochs, "train_s": 0.0, "metrics": {"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0}}]
+    dataset = pipeline.data_path(spec, lake, 2, 0)
+    cfg = TrainConfig(max_epochs=epochs, patience=epochs, seed=7, batch_size=16)
+    # One stand-in fold whose best epoch is ``epochs``: the final fit trains that many.
+    fold = ModelResult(
+        family="mf",
+        stage="fold",
+        fold=0,
+        checkpoint_uri="",
+        run_id=None,
+        train_s=0.0,
+        epochs_run=epochs,
+        best_epoch=epochs,
+        metrics={"ndcg10": 0.0, "hr10": 0.0, "mrr": 0.0},
+    )
+    folds = [fold]
 
     @flow
     def final_fit():
         final = train_final.with_options(retry_delay_seconds=0)(dataset, "mf", folds, cfg, lake, {})
-        return final, register(evaluate(dataset, final, lake), dataset)
+        return final, register(evaluate(dataset, final, folds, lake))
 
     killer = kill_training(training.checkpoint_uri(lake, dataset, "mf", cfg, "final", None, epochs))
     final, registered = final_fit()
