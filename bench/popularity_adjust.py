@@ -18,35 +18,6 @@ from pathlib import Path
 from _common import quiet_env
 
 
-def dataset_layer(root: Path, dataset_dir: Path, features_dir: Path, text_dir: Path | None):
-    """The DatasetLayer record of a finished 04_datasets layer, rebuilt from the facts its
-    layers recorded in their markers (components/lake.py)."""
-    from components import lake
-    from components.lake import DatasetLayer, FeatureLayer, RawLayer, ValidatedLayer
-
-    key = features_dir.name  # <spec>-<data hash>, the key of 01_raw .. 03_features
-    r = lake.facts(str(root / "01_raw" / key))
-    raw = RawLayer(
-        uri=str(root / "01_raw" / key),
-        spec=r["spec"],
-        data_hash=key.rsplit("-", 1)[1],
-        events_source=r["events_uri"],
-        items_source=r["items_uri"],
-        ignored_columns=r.get("ignored_columns", {}),
-    )
-    f, d = lake.facts(str(features_dir)), lake.facts(str(dataset_dir))
-    features = FeatureLayer(
-        uri=str(features_dir),
-        validated=ValidatedLayer(uri=str(root / "02_validated" / key), raw=raw),
-        n_users=f["n_users"],
-        n_items=f["n_items"],
-        text_uri=str(text_dir) if text_dir else None,
-    )
-    return DatasetLayer(
-        uri=str(dataset_dir), features=features, folds=d["folds"], seed=d["seed"], n_eval_users=d["n_eval_users"]
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lake", required=True)
@@ -59,6 +30,8 @@ def main() -> None:
     import torch
 
     from components import evaluation, metrics
+    from components import lake as lake_
+    from components import text as text_
     from components.datasets import Dataset
     from components.models import MODELS
     from components.recommender import Recommender
@@ -71,10 +44,7 @@ def main() -> None:
         (models,) = [p for p in lake.glob(f"05_models/*/{family}-*") if p.is_dir()][:1] or [None]
         if models is None:
             raise SystemExit(f"no trained {family} in {lake}/05_models")
-        ds_dir = lake / "04_datasets" / models.parent.name
-        features = [p for p in lake.glob("03_features/*") if models.parent.name.startswith(p.name)]
-        text = sorted(features[0].glob("text-*")) if features else []
-        data = Dataset.load(dataset_layer(lake, ds_dir, features[0], text[0] if text else None))
+        data = Dataset.load(lake_.open_dataset(str(lake), models.parent.name, text_.model_version()))
         view = data.view("fold", 0) if args.stage == "fold" else data.view("final")
         stage_dir = models / "fold0" if args.stage == "fold" else sorted(models.glob("final*"))[-1]
         cls = MODELS[family]

@@ -296,3 +296,33 @@ def dataset_from_dict(d: dict) -> DatasetLayer:
     f, v = d["features"], d["features"]["validated"]
     validated = ValidatedLayer(**{**v, "raw": RawLayer(**v["raw"]), "warnings": tuple(v["warnings"])})
     return DatasetLayer(**{**d, "features": FeatureLayer(**{**f, "validated": validated})})
+
+
+def open_dataset(root: str, dataset_key: str, text_model: str | None = None) -> DatasetLayer:
+    """The record of a finished 04_datasets layer (key ``<spec>-<hash>-k<K>-s<seed>``), rebuilt
+    from the facts its layers recorded, for tools that start from a lake rather than a spec.
+    ``text_model``: the encoder version whose item-text layer to attach, when it is complete."""
+    uri = storage.join(root, "04_datasets", dataset_key)
+    key_ = dataset_key.rsplit("-k", 1)[0]  # <spec>-<data hash>, the key of 01_raw .. 03_features
+    raw_uri_ = storage.join(root, "01_raw", key_)
+    r = facts(raw_uri_)
+    raw = RawLayer(
+        uri=raw_uri_,
+        spec=r["spec"],
+        data_hash=key_.rsplit("-", 1)[1],
+        events_source=r["events_uri"],
+        items_source=r["items_uri"],
+        ignored_columns=r.get("ignored_columns", {}),
+    )
+    validated = ValidatedLayer(uri=validated_uri(root, raw), raw=raw)
+    feats = storage.join(root, "03_features", key_)
+    f, d = facts(feats), facts(uri)
+    text = text_uri(feats, text_model) if text_model else None
+    features = FeatureLayer(
+        uri=feats,
+        validated=validated,
+        n_users=f["n_users"],
+        n_items=f["n_items"],
+        text_uri=text if text and is_complete(text) else None,
+    )
+    return DatasetLayer(uri=uri, features=features, folds=d["folds"], seed=d["seed"], n_eval_users=d["n_eval_users"])

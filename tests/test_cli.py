@@ -54,23 +54,29 @@ def test_every_flow_parameter_is_an_option_with_its_default_in_the_help(parser, 
     assert "(default: 30)" in help_ and "(default: mf)" in help_ and "--no-profiles" in help_
 
 
+# Flow parameters a user sets from the Prefect UI, as CLI options.
+OPTIONS = [
+    "--precision",
+    "bf16-mixed",
+    "--model",
+    '{"mf": {"dim": 8}}',
+    "--seed",
+    "3",
+    "--lr",
+    "0.01",
+    "--serve-family",
+    "mf",
+    "--explore-share",
+    "0.2",
+    "--no-profiles",
+]
+
+
 def test_options_parse_to_the_flows_keyword_arguments(parser):
     kw = parse(
         parser,
         "nightly",
-        "--precision",
-        "bf16-mixed",
-        "--model",
-        '{"mf": {"dim": 8}}',
-        "--seed",
-        "3",
-        "--lr",
-        "0.01",
-        "--serve-family",
-        "mf",
-        "--explore-share",
-        "0.2",
-        "--no-profiles",
+        *OPTIONS,
         "--families",
         "mf",
         "lstm",
@@ -140,19 +146,7 @@ def test_main_calls_the_flow_with_the_options_given(flow, monkeypatch, capsys):
     cli.main(
         [
             "nightly",
-            "--precision",
-            "bf16-mixed",
-            "--model",
-            '{"mf": {"dim": 8}}',
-            "--seed",
-            "3",
-            "--lr",
-            "0.01",
-            "--serve-family",
-            "mf",
-            "--explore-share",
-            "0.2",
-            "--no-profiles",
+            *OPTIONS,
             "--json",
         ]
     )
