@@ -12,9 +12,13 @@ import pandas as pd
 import torch
 
 
-def pad_left(seqs: list[np.ndarray], max_len: int, pad: int) -> torch.Tensor:
-    """Right-align the last ``max_len`` items of each sequence; (B,) lists -> (B, L) long."""
-    length = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
+def pad_left(seqs: list[np.ndarray], max_len: int, pad: int, length: int | None = None) -> torch.Tensor:
+    """Right-align the last ``max_len`` items of each sequence; (B,) lists -> (B, L) long.
+
+    L is the longest sequence (at most ``max_len``), or ``length`` when given (so that
+    batches of one request all have the same width)."""
+    if length is None:
+        length = max(1, min(max_len, max((len(s) for s in seqs), default=1)))
     out = torch.full((len(seqs), length), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         s = s[-length:]

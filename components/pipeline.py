@@ -132,9 +132,9 @@ def train(
         result = training.launch(request, log=on_epoch or log.info)
         if stage == "final":
             rec = Recommender.from_bytes(storage.read_bytes(lake.file(ckpt_uri, training.RECOMMENDER)))
-            example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))
+            example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))[["user_id", "history"]]
             result["model_uri"] = pyfunc.log(run_id, rec, example)
-            storage.write_json(result, lake.file(ckpt_uri, training.RESULT))  # a re-run reuses the logged model
+            training.mark_final(ckpt_uri, result)  # complete with its model: a re-run reuses it
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -313,7 +313,7 @@ def recommend_for_user(
     data = Dataset.load(dataset)
     pos = np.flatnonzero(data.user_ids == str(user_id))
     if not len(pos):
-        raise ValueError(f"user {user_id!r} is not in the event log of spec {dataset.spec!r} ({dataset.uri})")
+        raise ValueError(f"user {user_id!r} is not in the event log {dataset.features.validated.raw.events_source}")
     history = [str(x) for x in data.item_ids[data.seqs[pos[0]]]]
     c = recommend_.serving_champion(families, family)
     top = tracking.predict(c["model_uri"], pd.DataFrame({"user_id": [str(user_id)], "history": [history]}), {"k": k})

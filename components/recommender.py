@@ -88,10 +88,17 @@ class Recommender:
 
         Returns the top-K table (user_id, rank, item_id, score), users in request order."""
         user_ids = [str(u) for u in user_ids]
+        all_hists = [self.item_indices(h) for h in histories]
+        # One width for the whole request: a family that reads the padding (lstm) scores a
+        # user the same whatever batch they fall in.
+        width = max(1, min(self.max_len, max((len(h) for h in all_hists), default=1)))
         tops, vals = [], []
         for s in range(0, len(user_ids), REQUEST_BATCH):
-            hists = [self.item_indices(h) for h in histories[s : s + REQUEST_BATCH]]
-            batch = {"users": self.user_indices(user_ids[s : s + REQUEST_BATCH]), "seq": self.pad(hists)}
+            hists = all_hists[s : s + REQUEST_BATCH]
+            batch = {
+                "users": self.user_indices(user_ids[s : s + REQUEST_BATCH]),
+                "seq": pad_left(hists, self.max_len, self.n_items, length=width),
+            }
             scores = self.model.score(batch).float()
             metrics.exclude_seen(scores, *metrics.seen_pairs(hists))
             v, i = metrics.top_k(scores, k)
@@ -99,11 +106,8 @@ class Recommender:
             vals.append(v.numpy())
         top = np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
         val = np.concatenate(vals) if vals else np.zeros((0, k), dtype=np.float32)
-        return topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
-
-    def pad(self, hists: list[np.ndarray]) -> torch.Tensor:
-        """Histories as the model reads them: the last ``max_len`` items, left-padded."""
-        return pad_left(hists, self.max_len, self.n_items)
+        table = topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
+        return table.astype({"score": np.float64})  # what the served model's signature says
 
     # -- re-scoring on another day's ids --------------------------------------------------------
     def scorer_for(self, data) -> Callable[[dict], torch.Tensor]:

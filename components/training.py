@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -271,8 +273,17 @@ def fit(request: dict) -> dict:
         storage.write_bytes(lake.file(ckpt_uri, RECOMMENDER), rec.to_bytes())
         storage.write_json(_input_example(data, view), lake.file(ckpt_uri, EXAMPLE))
     storage.write_json(result, lake.file(ckpt_uri, RESULT))
-    lake.mark_complete(ckpt_uri, {"stage": stage, "fold": fold})
+    if stage == "fold":  # a final fit is complete once the caller has logged its model (mark_final)
+        lake.mark_complete(ckpt_uri, {"stage": stage, "fold": fold})
     return result
+
+
+def mark_final(ckpt_uri: str, result: dict) -> None:
+    """A final fit's layer is complete once its logged model is recorded in its result: a run
+    that dies before that trains again (resuming from the last checkpoint) instead of reusing a
+    training without a model."""
+    storage.write_json(result, lake.file(ckpt_uri, RESULT))
+    lake.mark_complete(ckpt_uri, {"stage": "final", "fold": None})
 
 
 def _input_example(data: Dataset, view: View, n: int = 2) -> dict:
@@ -341,7 +352,11 @@ def launch(
     terminal = sys.stderr.isatty()
     env = {**os.environ, PROGRESS_ENV: "1" if terminal else "0", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [*cmd, "--request", str(req), "--result", str(res)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [*cmd, "--request", str(req), "--result", str(res)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,  # its own process group, so that a kill reaches every rank
     )
     tail: collections.deque[str] = collections.deque(maxlen=30)
     readers = [
@@ -352,8 +367,9 @@ def launch(
         t.start()
     try:
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    except BaseException:  # a timeout, a cancelled task, Ctrl-C: the training must not outlive us
+        with contextlib.suppress(ProcessLookupError):  # the whole group: Lightning's DDP ranks too
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     finally:
@@ -370,7 +386,7 @@ def launch(
 
 def epoch_line(e: dict) -> str:
     """One readable line per epoch: family, stage, fold, epoch, loss, validation NDCG@10, seconds."""
-    where = f"{e['family']} {e['stage']}" + ("" if e.get("fold") is None else f" fold {e['fold']}")
+    where = f"{e['family']} " + (e["stage"] if e.get("fold") is None else f"fold {e['fold']}")
     val = f" val_ndcg10 {e['val_ndcg10']:.4f}" if "val_ndcg10" in e else ""
     loss = e.get("train_loss", float("nan"))
     return f"{where} epoch {e['epoch']}: train_loss {loss:.4f}{val} ({e['train_epoch_s']:.1f} s)"
@@ -380,9 +396,12 @@ def _epoch_lines(stream, log: Callable[[str], None]) -> None:
     """The child's stdout: EPOCH lines become log lines; anything else is passed through."""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
-        if line.startswith(EPOCH):
-            log(epoch_line(json.loads(line[len(EPOCH) :])))
-        elif line:
+        try:
+            if line.startswith(EPOCH):
+                log(epoch_line(json.loads(line[len(EPOCH) :])))
+            elif line:
+                print(line, flush=True)
+        except Exception:  # noqa: BLE001 - a garbled line must not stop the draining (the child would block)
             print(line, flush=True)
 
 
@@ -395,8 +414,10 @@ def _stderr(stream, tail: collections.deque, terminal: bool) -> None:
             sys.stderr.buffer.write(chunk)
             sys.stderr.flush()
         buf = (buf + chunk)[-20000:]
-    text = buf.decode(errors="replace").replace("\r", "\n")
-    tail.extend(x for x in text.splitlines() if x.strip())
+        # Kept current as it comes: a rank that holds the pipe open must not cost us the tail.
+        text = buf.decode(errors="replace").replace("\r", "\n")
+        tail.clear()
+        tail.extend(x for x in text.splitlines() if x.strip())
 
 
 def summarize_folds(results) -> dict:
@@ -431,7 +452,7 @@ def finished(ckpt_uri: str) -> dict | None:
     if not lake.is_complete(ckpt_uri) or not storage.exists(lake.file(ckpt_uri, RESULT)):
         return None
     result = storage.read_json(lake.file(ckpt_uri, RESULT))
-    if not tracking.run_exists(result.get("run_id")):
+    if not tracking.run_exists(result.get("run_id")) or (result["stage"] == "final" and not result.get("model_uri")):
         return None
     return result
 

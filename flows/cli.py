@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -111,9 +112,12 @@ def _print_user_recommendations(args) -> None:
     from components import pipeline
     from components.config import default_lake
     from components.models import MODELS
+    from tasks.ingest import pseudonym_secret
 
-    ds = pipeline.data_path(args.spec, args.lake or default_lake(), 1, 0)  # finished layers are reused
-    try:
+    # The plain stages, with the pseudonymisation key from the Prefect Secret block too.
+    stages = dataclasses.replace(pipeline.PLAIN, ingest=functools.partial(pipeline.ingest, secret=pseudonym_secret))
+    try:  # bad data (a SpecError or a DataValidationError) is a ValueError too
+        ds = pipeline.data_path(args.spec, args.lake or default_lake(), 1, 0, stages)  # finished layers are reused
         top = pipeline.recommend_for_user(args.user, ds, list(MODELS), args.k, args.family)
     except (ValueError, RuntimeError) as e:
         sys.exit(f"interestflow recommend: {e}")

@@ -74,7 +74,7 @@ def test_epoch_lines_reach_the_log_while_training_runs_and_request_folders_go(da
         lines.append((line, done, threading.current_thread() is not threading.main_thread()))
 
     result = pipeline.train(ds, "mf", "fold", cfg, root, fold=0, on_epoch=on_epoch)
-    assert [line.split(":")[0] for line, _, _ in lines] == [f"mf fold fold 0 epoch {e}" for e in (1, 2, 3)]
+    assert [line.split(":")[0] for line, _, _ in lines] == [f"mf fold 0 epoch {e}" for e in (1, 2, 3)]
     assert all("train_loss" in line and "val_ndcg10" in line and " s)" in line for line, _, _ in lines)
     assert not any(done for _, done, _ in lines)  # every line arrived before the training finished
     assert result.epochs_run == 3 and not list(tmp_path.glob("interestflow-req-*"))
@@ -126,6 +126,6 @@ def test_epoch_lines_reach_the_prefect_task_logs(dataset):
         APILogHandler().flush()  # the log worker sends in batches: wait for it
         records = asyncio.run(logs())
     epoch = [r for r in records if " epoch " in r.message]
-    assert [r.message.split(":")[0] for r in epoch] == [f"mf fold fold 1 epoch {e}" for e in (1, 2, 3)]
+    assert [r.message.split(":")[0] for r in epoch] == [f"mf fold 1 epoch {e}" for e in (1, 2, 3)]
     finished = datetime.fromtimestamp(os.path.getmtime(lake.file(result.checkpoint_uri, training.RESULT)), UTC)
     assert epoch[0].timestamp < finished
