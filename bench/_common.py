@@ -23,6 +23,15 @@ PUBLISHED = {
 
 
 def quiet_env() -> None:
+    """Telemetry off, and the pipeline's own lines (a training's epochs, stage facts) on stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("interestflow")
+    if not log.handlers:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     os.environ.setdefault("INTERESTFLOW_SHARED_DATA", str(ROOT.parent / "shared" / "data"))
     for k, v in {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -70,6 +70,16 @@ OPTIONS = [
     "0.2",
     "--no-profiles",
 ]
+# ... and the keyword arguments they give the flow.
+PARSED = {
+    "precision": "bf16-mixed",
+    "model": {"mf": {"dim": 8}},
+    "seed": 3,
+    "lr": 0.01,
+    "serve_family": "mf",
+    "explore_share": 0.2,
+    "profiles": False,
+}
 
 
 def test_options_parse_to_the_flows_keyword_arguments(parser):
@@ -85,13 +95,7 @@ def test_options_parse_to_the_flows_keyword_arguments(parser):
     )
     assert kw == {
         "spec": cli.SAMPLE_SPEC,
-        "precision": "bf16-mixed",
-        "model": {"mf": {"dim": 8}},
-        "seed": 3,
-        "lr": 0.01,
-        "serve_family": "mf",
-        "explore_share": 0.2,
-        "profiles": False,
+        **PARSED,
         "families": ["mf", "lstm"],
         "profile": {"half_life_days": 90},
     }
@@ -152,18 +156,7 @@ def test_main_calls_the_flow_with_the_options_given(flow, monkeypatch, capsys):
             "--json",
         ]
     )
-    assert calls == [
-        {
-            "spec": cli.SAMPLE_SPEC,
-            "precision": "bf16-mixed",
-            "model": {"mf": {"dim": 8}},
-            "seed": 3,
-            "lr": 0.01,
-            "serve_family": "mf",
-            "explore_share": 0.2,
-            "profiles": False,
-        }
-    ]
+    assert calls == [{"spec": cli.SAMPLE_SPEC, **PARSED}]
     assert json.loads(capsys.readouterr().out)["data_hash"] == "recorded"  # --json prints the record
     cli.main(["train", "--json"])
     assert calls[-1] == {"spec": cli.SAMPLE_SPEC, "profiles": False}
