@@ -57,7 +57,7 @@ def main() -> None:
             model.load_state_dict(weights)
         model.eval()
         log_n = torch.log1p(torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32))
-        max_len = int(getattr(model.config, "max_len", 512))
+        max_len = model.max_len
         for tau in args.taus:
             # each model's own scores (before any popularity_adjust it ships with), then tau
             scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: model.fit_score(b) - tau * log_n)
