@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from components import datasets as datasets_
-from components import evaluation, events, features, lake, plots, pyfunc, storage, tracking, training
+from components import evaluation, events, features, lake, plots, promotion, pyfunc, storage, tracking, training
 from components import profiles as profiles_
 from components import recommend as recommend_
 from components import validation as validation_
@@ -247,8 +247,6 @@ def register(report: TestReport) -> Registered:
 
 def promote(registered: Registered, report: TestReport, dataset: DatasetLayer, gate: GateConfig) -> Decision:
     """The promotion gate: re-score the current champion on today's holdout, decide, carry it out."""
-    from components import promotion
-
     name, version = registered.name, registered.version
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
     if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
@@ -351,8 +349,8 @@ def write_profiles(
         f: profiles_.topk_matrix(storage.read_parquet(uri), data, view.eval_users)
         for f, uri in (test_recommendations or {}).items()
     }
-    profiles, trans, summary, curves = profiles_.profile_tables(data, tss, items, cfg, topk)
-    item_cat, _ = features.item_categories(items, cfg.category_depth)
+    item_cat, cat_names = features.item_categories(items, cfg.category_depth)
+    profiles, trans, summary, curves = profiles_.profile_tables(data, tss, item_cat, cat_names, cfg, topk)
     table = exploration.exploration_table(scorer, data, item_cat, max_len=max_len) if scorer else []
     summary["profile_s"] = time.perf_counter() - t0
 

@@ -12,14 +12,11 @@ so the same log always gives the same profiles.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import jensenshannon
-
-from components.features import item_categories
 
 DAY = 86400
 
@@ -213,16 +210,14 @@ def next_category_accuracy(
 
 # -- the tables ------------------------------------------------------------------------------------
 def profile_tables(
-    data, tss: list[np.ndarray], items: pd.DataFrame, cfg: ProfileConfig, topk: dict[str, np.ndarray]
+    data, tss: list[np.ndarray], item_cat: np.ndarray, cat_names: list[str], cfg: ProfileConfig, topk: dict
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
     """Per-user profiles, the category transitions, the population summary and the churn
     curves, from a loaded Dataset ``data``, each user's event times ``tss`` (seconds) and the
-    catalogue. ``topk``: family -> its test-time top-K as (users of the final view, K) item
-    indices (for next-category accuracy)."""
-    t0 = time.perf_counter()
+    items' categories (components/features.py: ``item_categories``). ``topk``: family -> its
+    test-time top-K as (users of the final view, K) item indices (for next-category accuracy)."""
     seqs = data.seqs
     vectors = data.item_text
-    item_cat, cat_names = item_categories(items, cfg.category_depth)
     n_cats = len(cat_names)
     now = int(max(t[-1] for t in tss if len(t)))
 
@@ -272,7 +267,6 @@ def profile_tables(
         "drift_jsd_median": float(drifts.median()) if len(drifts) else float("nan"),
         "users": len(profiles),
         "categories": n_cats,
-        "profile_s": time.perf_counter() - t0,
     }
     return profiles, trans_frame, summary, curves
 
