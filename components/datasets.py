@@ -1,10 +1,14 @@
 """Datasets (04_datasets): leave-one-out targets and user folds, and the views training reads.
 
-Protocol (DESIGN.md §5): per user, time-ordered; last event = test target, second to
-last = validation target, the rest = training. Users with fewer than 3 events have no
-targets and only ever train. Users are split into K folds; fold k holds out its users'
-validation targets and trains on everything else. The final model trains on everything
-but the test targets.
+Protocol (DESIGN.md §3, §5): per user, time-ordered; the last event of the target types
+(components/behaviour.py; any event by default) is the test target, the second-to-last
+the validation target. A target's history is every event strictly before it, so views
+after a user's last purchase never reach the test history. Users without two target
+events, or whose validation target has no earlier event, have no targets and only ever
+train (with one event type: users with fewer than 3 events, as before). Users are split
+into K folds; fold k holds out its users' validation targets and trains on the events
+before them (the other users on the events before their test target). The final model
+trains on every event before each user's test target (all events of users without one).
 """
 
 from __future__ import annotations
@@ -15,9 +19,21 @@ import numpy as np
 import pandas as pd
 
 from components import lake, storage
+from components.behaviour import Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import DatasetLayer, FeatureLayer
 from components.text import item_texts
+
+
+def target_positions(types: list[np.ndarray], behaviour: Behaviour) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the positions of the validation and test targets (-1: the user has none)."""
+    table = behaviour.target_table()
+    val, test = np.full(len(types), -1, dtype=np.int64), np.full(len(types), -1, dtype=np.int64)
+    for u, t in enumerate(types):
+        pos = np.flatnonzero(table[np.asarray(t, dtype=np.int64)])
+        if len(pos) >= 2 and pos[-2] >= MIN_EVENTS_FOR_TARGETS - 2:  # the validation target has a history
+            val[u], test[u] = pos[-2], pos[-1]
+    return val, test
 
 
 def assign_folds(n_users: int, eligible: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -34,18 +50,21 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
 
     def compute(uri: str) -> dict:
         users = storage.read_parquet(lake.file(features.uri, "users.parquet"))
-        lengths = users["items"].map(len).to_numpy()
-        eligible = lengths >= MIN_EVENTS_FOR_TARGETS
+        val, test = target_positions(list(users["types"]), features.validated.raw.behaviour)
+        eligible = test >= 0
+        seqs = list(users["items"])
         splits = pd.DataFrame(
             {
                 "user_idx": users["user_idx"],
                 "fold": assign_folds(len(users), eligible, folds, seed),
-                "val_item": [int(s[-2]) if e else -1 for s, e in zip(users["items"], eligible, strict=True)],
-                "test_item": [int(s[-1]) if e else -1 for s, e in zip(users["items"], eligible, strict=True)],
+                "val_pos": val,
+                "test_pos": test,
+                "val_item": [int(s[p]) if p >= 0 else -1 for s, p in zip(seqs, val, strict=True)],
+                "test_item": [int(s[p]) if p >= 0 else -1 for s, p in zip(seqs, test, strict=True)],
             }
         )
         storage.write_parquet(splits, lake.file(uri, "splits.parquet"))
-        return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum())}
+        return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum()), "n_users": len(users)}
 
     uri = lake.dataset_uri(root, features, folds, seed)
     info, _ = lake.build(uri, compute)
@@ -68,6 +87,10 @@ class Dataset:
     fold: np.ndarray  # (n_users,), -1 = no targets
     item_ids: np.ndarray
     user_ids: np.ndarray
+    types: list[np.ndarray] | None = None  # per user, the events' type codes (components/behaviour.py)
+    val_pos: np.ndarray | None = None  # (n_users,) position of the validation target in seqs[u], -1 = none
+    test_pos: np.ndarray | None = None  # (n_users,) position of the test target, -1 = none
+    behaviour: Behaviour = Behaviour()
     item_text: np.ndarray | None = None  # (n_items, d) text embeddings, when the text layer exists
     item_strings: list[str] | None = None  # each item's embedded text
 
@@ -86,38 +109,59 @@ class Dataset:
             fold=splits["fold"].to_numpy(),
             item_ids=items["item_id"].astype(str).to_numpy(),
             user_ids=users["user_id"].astype(str).to_numpy(),
+            types=[np.asarray(t, dtype=np.int64) for t in users["types"]],
+            val_pos=splits["val_pos"].to_numpy(),
+            test_pos=splits["test_pos"].to_numpy(),
+            behaviour=dataset.behaviour,
             **text,
         )
+
+    def __post_init__(self):
+        # A dataset built by hand (tests, tools) without types: one type, targets the last two events.
+        if self.types is None:
+            self.types = [np.zeros(len(s), dtype=np.int64) for s in self.seqs]
+        if self.test_pos is None:
+            has = self.fold >= 0
+            self.test_pos = np.array([len(s) - 1 if h else -1 for s, h in zip(self.seqs, has, strict=True)])
+            self.val_pos = np.where(has, self.test_pos - 1, -1)
 
     def view(self, stage: str, fold: int | None = None) -> View:
         """The training sequences and the evaluation (history, target) pairs of a stage.
 
-        ``fold``: train on all but fold ``fold``'s validation targets, evaluate on them.
-        ``final``: train on all but test targets, evaluate on test targets.
-        ``serve``: train on nothing new, "evaluate" = score every user on full history.
+        ``fold``: train on all but fold ``fold``'s validation targets (and what follows them),
+        evaluate on them. ``final``: train on the events before each test target, evaluate
+        on the test targets. ``serve``: "evaluate" = score every user on their full history.
+        A history is every event strictly before its target.
         """
-        has_targets = self.fold >= 0
+        n = self.n_users
+        test, val = self.test_pos, self.val_pos
         if stage == "fold":
             held = self.fold == fold
-            train = [
-                s[:-2] if h else (s[:-1] if t else s) for s, h, t in zip(self.seqs, held, has_targets, strict=True)
-            ]
+            cut = np.where(held, val, np.where(test >= 0, test, [len(s) for s in self.seqs]))
             users = np.flatnonzero(held)
-            hist = [self.seqs[u][:-2] for u in users]
-            targets = np.array([self.seqs[u][-2] for u in users], dtype=np.int64)
+            targets = np.array([self.seqs[u][val[u]] for u in users], dtype=np.int64)
+            hist_cut = val[users]
         elif stage == "final":
-            train = [s[:-1] if t else s for s, t in zip(self.seqs, has_targets, strict=True)]
-            users = np.flatnonzero(has_targets)
-            hist = [self.seqs[u][:-1] for u in users]
-            targets = np.array([self.seqs[u][-1] for u in users], dtype=np.int64)
+            cut = np.where(test >= 0, test, [len(s) for s in self.seqs]) if n else np.zeros(0, dtype=np.int64)
+            users = np.flatnonzero(test >= 0)
+            targets = np.array([self.seqs[u][test[u]] for u in users], dtype=np.int64)
+            hist_cut = test[users]
         elif stage == "serve":
-            train = list(self.seqs)
-            users = np.arange(self.n_users)
-            hist = list(self.seqs)
+            cut = np.array([len(s) for s in self.seqs], dtype=np.int64)
+            users = np.arange(n)
             targets = np.full(len(users), -1, dtype=np.int64)
+            hist_cut = cut
         else:
             raise ValueError(f"unknown stage {stage!r}: fold, final or serve")
-        return View(train_seqs=train, eval_users=users, eval_hist=hist, eval_targets=targets)
+        return View(
+            train_seqs=[s[:c] for s, c in zip(self.seqs, cut, strict=True)],
+            eval_users=users,
+            eval_hist=[self.seqs[u][:c] for u, c in zip(users, hist_cut, strict=True)],
+            eval_targets=targets,
+            train_types=[t[:c] for t, c in zip(self.types, cut, strict=True)],
+            eval_types=[self.types[u][:c] for u, c in zip(users, hist_cut, strict=True)],
+            behaviour=self.behaviour,
+        )
 
 
 @dataclass
@@ -126,3 +170,12 @@ class View:
     eval_users: np.ndarray
     eval_hist: list[np.ndarray]
     eval_targets: np.ndarray
+    train_types: list[np.ndarray] | None = None  # type codes aligned with train_seqs
+    eval_types: list[np.ndarray] | None = None  # type codes aligned with eval_hist
+    behaviour: Behaviour = Behaviour()
+
+    def __post_init__(self):
+        if self.train_types is None:
+            self.train_types = [np.zeros(len(s), dtype=np.int64) for s in self.train_seqs]
+        if self.eval_types is None:
+            self.eval_types = [np.zeros(len(h), dtype=np.int64) for h in self.eval_hist]

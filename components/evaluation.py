@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from components import metrics
 from components.batches import pad_left, topk_table
+from components.behaviour import PAD_TYPE
 
 if TYPE_CHECKING:  # types only: evaluation works on any object with these fields
     from components.datasets import Dataset, View
@@ -26,22 +27,25 @@ Scorer = Callable[[dict], torch.Tensor]
 
 
 def eval_batches(view: View, n_items: int, max_len: int, batch_size: int = 1024):
-    """Batches of (users, seq, seen pairs, target), users sorted by history length.
+    """Batches of (users, seq, types, seen pairs, target), users sorted by history length.
 
-    ``seq`` carries the last ``max_len`` items (what the model reads); the seen pairs
-    carry the whole history (what is excluded from the ranking). Sorting by length keeps
-    padding small (3-6 s instead of 17 s over Beauty, ../shared/STACK.md).
+    ``seq`` and ``types`` carry the last ``max_len`` events (what the model reads); the seen
+    pairs are the items of the whole history that the view's exclusion policy keeps out
+    of the ranking. Sorting by length keeps padding small (3-6 s instead of 17 s over
+    Beauty, ../shared/STACK.md).
     """
     order = np.argsort([len(h) for h in view.eval_hist], kind="stable")
     for start in range(0, len(order), batch_size):
         pos = order[start : start + batch_size]
         hists = [view.eval_hist[p] for p in pos]
-        rows, cols = metrics.seen_pairs(hists)
+        types = [view.eval_types[p] for p in pos]
+        rows, cols = metrics.seen_pairs([view.behaviour.excluded(h, t) for h, t in zip(hists, types, strict=True)])
         yield (
             pos,
             {
                 "users": torch.as_tensor(view.eval_users[pos], dtype=torch.long),
                 "seq": pad_left(hists, max_len, n_items),
+                "types": pad_left(types, max_len, PAD_TYPE),
                 "seen_rows": rows,
                 "seen_cols": cols,
                 "target": torch.as_tensor(view.eval_targets[pos], dtype=torch.long),
@@ -66,7 +70,7 @@ def rank_view(
         bar.update(len(pos))
         scores = scorer(batch).float()
         has_target = bool((batch["target"] >= 0).all())
-        metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"], batch["target"] if has_target else None)
+        metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"])
         if has_target:
             ranks[pos] = metrics.target_ranks(scores, batch["target"]).numpy()
         vals, idx = metrics.top_k(scores, k)
@@ -85,10 +89,27 @@ def report(ranks: np.ndarray, top_items: np.ndarray, n_items: int) -> dict[str, 
 COLD_MAX_INTERACTIONS = 5  # DESIGN.md / issue 4: "cold" test targets have <= 5 training interactions
 
 
-def item_counts(view: View, n_items: int) -> np.ndarray:
-    """Training interactions per item in a view (for ``final``: every event but the test targets)."""
-    flat = np.concatenate(view.train_seqs) if view.train_seqs else np.array([], dtype=np.int64)
+def item_counts(view: View, n_items: int, targets_only: bool = False) -> np.ndarray:
+    """Training interactions per item in a view (for ``final``: every event before the test
+    targets); ``targets_only``: only events of the target types (what popularity counts)."""
+    if not view.train_seqs:
+        return np.zeros(n_items, dtype=np.int64)
+    flat = np.concatenate(view.train_seqs)
+    if targets_only:
+        flat = flat[view.behaviour.is_target(np.concatenate(view.train_types))]
     return np.bincount(flat, minlength=n_items)
+
+
+def repeat_report(ranks: np.ndarray, view: View) -> dict:
+    """HR@10 and NDCG@10 split by whether the target item is in the user's history
+    (``repeat_*``) or not (``new_*``), with the counts: a model that only echoes the
+    history shows as high repeat and zero new figures."""
+    repeat = np.array([t in set(h.tolist()) for t, h in zip(view.eval_targets, view.eval_hist, strict=True)], bool)
+    out = {}
+    for name, mask in (("repeat", repeat), ("new", ~repeat)):
+        sub = metrics.rank_metrics(ranks[mask], ks=(10,))
+        out.update({f"{name}_hr10": sub["hr10"], f"{name}_ndcg10": sub["ndcg10"], f"{name}_n": int(mask.sum())})
+    return out
 
 
 def cold_report(ranks: np.ndarray, view: View, n_items: int, max_count: int = COLD_MAX_INTERACTIONS) -> dict:
@@ -105,10 +126,34 @@ def topk_frame(data: Dataset, view: View, top_items: np.ndarray, top_scores: np.
 
 
 def popularity_scorer(view: View, n_items: int) -> Scorer:
-    """Item counts over the view's training sequences (for ``final``: every event but the
-    test targets); ties are broken by item index by the ranking rule."""
-    counts = torch.as_tensor(item_counts(view, n_items), dtype=torch.float32)
+    """Target-type events per item over the view's training sequences (for ``final``: every
+    event before the test targets); ties are broken by item index by the ranking rule."""
+    counts = torch.as_tensor(item_counts(view, n_items, targets_only=True), dtype=torch.float32)
     return lambda batch: counts.expand(len(batch["users"]), -1).clone()
+
+
+def recent_scorer(view: View, n_items: int) -> Scorer:
+    """The recent-interaction baseline: the user's own items first, by the largest behaviour
+    weight of their events with the item, then by how recent that event is (position in
+    the history); every other item after them by popularity (target-type counts).
+
+    Scores: history items in (1, 2], the rest in [0, 1). It reads the whole history, so
+    rank it with ``max_len`` at least the longest history."""
+    pop = torch.as_tensor(item_counts(view, n_items, targets_only=True), dtype=torch.float32)
+    pop = pop / (pop.max() + 1) if len(pop) else pop
+    weights = torch.as_tensor(view.behaviour.weight_table())
+
+    def score(batch: dict) -> torch.Tensor:
+        seq, types = batch["seq"], batch["types"]
+        B, L = seq.shape
+        w = weights[types]  # (B, L), padding 0
+        key = w * (L + 1) + torch.arange(1, L + 1, dtype=torch.float32)  # weight first, then recency
+        key = 1 + key / (float(weights.max()) * (L + 1) + L + 1)  # (1, 2]
+        key = torch.where(seq < n_items, key, torch.zeros(()))
+        out = torch.cat([pop.expand(B, -1), torch.zeros(B, 1)], dim=1)  # column n_items: padding
+        return out.scatter_reduce(1, seq, key, reduce="amax")[:, :n_items]
+
+    return score
 
 
 def test_report(rec, data: Dataset, k: int = 10) -> tuple[dict, pd.DataFrame]:
@@ -119,12 +164,24 @@ def test_report(rec, data: Dataset, k: int = 10) -> tuple[dict, pd.DataFrame]:
     """
     view = data.view("final")
     ranks, top_items, top_scores = rank_view(rec.scorer_for(data), view, data.n_items, max_len=rec.max_len)
-    test = {**report(ranks, top_items, data.n_items), **cold_report(ranks, view, data.n_items)}
-    return test, topk_frame(data, view, top_items, top_scores, k)
+    return full_report(ranks, top_items, view, data.n_items), topk_frame(data, view, top_items, top_scores, k)
+
+
+def full_report(ranks: np.ndarray, top_items: np.ndarray, view: View, n_items: int) -> dict:
+    """The metric table, cold-start and repeat/new splits of one evaluation of ``view``."""
+    return {**report(ranks, top_items, n_items), **cold_report(ranks, view, n_items), **repeat_report(ranks, view)}
 
 
 def popularity_report(data: Dataset) -> dict:
-    """The popularity baseline on the test targets (counts over every event but them), overall and cold."""
+    """The popularity baseline on the test targets (target-type counts over every event before them)."""
     view = data.view("final")
     ranks, top_items, _ = rank_view(popularity_scorer(view, data.n_items), view, data.n_items)
-    return {**report(ranks, top_items, data.n_items), **cold_report(ranks, view, data.n_items)}
+    return full_report(ranks, top_items, view, data.n_items)
+
+
+def recent_report(data: Dataset) -> dict:
+    """The recent-interaction baseline (:func:`recent_scorer`) on the test targets."""
+    view = data.view("final")
+    longest = max((len(h) for h in view.eval_hist), default=1)
+    ranks, top_items, _ = rank_view(recent_scorer(view, data.n_items), view, data.n_items, max_len=longest)
+    return full_report(ranks, top_items, view, data.n_items)

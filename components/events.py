@@ -9,10 +9,18 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       columns: {user_id: user_id, item_id: item_id, ts: timestamp}
       ts_unit: s            # or ts_format: "%Y-%m-%d %H:%M:%S"
       event_type: review    # a constant, or columns: {event_type: <source column>}
+      # event_types: {pv: view, fav: favorite, cart: cart, buy: purchase}   # source value -> contract type
       order_by: seq_pos     # optional: breaks ties between events with the same ts
+      # window: {start: 2017-11-25, end: 2017-12-04}   # optional: events outside it are warned about
+      # max_user_events_per_hour: 1000                 # optional: more from one user is warned about (bots)
     items:
       uri: ../../shared/data/amazon_beauty/items.csv
       columns: {item_id: item_id, title: title, categories: categories, brand: brand, price: price}
+      # from_events: true   # no catalogue file: item id plus the mapped columns, read from the event file
+    behaviour:              # optional (components/behaviour.py); these are the defaults
+      target: any           # or [purchase]: the event types to predict
+      weights: {}           # e.g. {view: 1, favorite: 2, cart: 3, purchase: 4}; unnamed types weigh 1
+      exclude: interacted   # interacted | target | none: which history items a ranking leaves out
     filters:
       k_core: 0             # optional k-core filter on users and items
     privacy:
@@ -44,7 +52,7 @@ import hmac
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -52,9 +60,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from components import lake, storage
+from components.behaviour import EVENT_TYPES, Behaviour
 from components.lake import RawLayer
 
-EVENT_TYPES = ("view", "click", "cart", "purchase", "review", "rating")
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "event_type", "value")
 ITEM_COLUMNS = ("item_id", "title", "categories", "brand", "price")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "ts")
@@ -81,6 +89,15 @@ class SourceSpec:
     """A constant event type for logs that hold one kind of event."""
     order_by: str | None = None
     """Source column that orders events with equal timestamps."""
+    event_types: dict | None = None
+    """Source value -> contract event type; a value it does not name fails the ingest."""
+    window: dict | None = None
+    """``{start, end}`` (dates or timestamps, UTC): the log's declared time window; events
+    outside it are warned about."""
+    max_user_events_per_hour: int = 1000
+    """More events than this from one user within one clock hour is warned about (bots)."""
+    from_events: bool = False
+    """items only: no catalogue file; the item columns are read from the event file."""
 
     def __post_init__(self):
         fmt = self.format or _infer_format(self.uri)
@@ -89,6 +106,27 @@ class SourceSpec:
         object.__setattr__(self, "format", fmt)
         if self.event_type is not None and self.event_type not in EVENT_TYPES:
             raise SpecError(f"event_type {self.event_type!r} is not one of {EVENT_TYPES}")
+        if self.event_types is not None:
+            if not isinstance(self.event_types, dict) or not self.event_types:
+                raise SpecError("event_types must map source values onto contract types, e.g. {pv: view}")
+            bad = sorted({str(v) for v in self.event_types.values()} - set(EVENT_TYPES))
+            if bad:
+                raise SpecError(f"event_types maps onto {bad}, which are not contract types {EVENT_TYPES}")
+            object.__setattr__(self, "event_types", {str(k): str(v) for k, v in self.event_types.items()})
+        if self.window is not None:
+            if not isinstance(self.window, dict) or set(self.window) - {"start", "end"}:
+                raise SpecError(f"window must be {{start: <date>, end: <date>}}, got {self.window!r}")
+            try:
+                parsed = {k: str(pd.Timestamp(str(v), tz="UTC")) for k, v in self.window.items()}
+            except ValueError as e:
+                raise SpecError(f"window: {e}") from e
+            object.__setattr__(self, "window", parsed)
+        if int(self.max_user_events_per_hour) < 1:
+            raise SpecError("max_user_events_per_hour must be >= 1")
+
+    def window_bounds(self) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+        w = self.window or {}
+        return tuple(pd.Timestamp(w[k]) if k in w else None for k in ("start", "end"))
 
 
 @dataclass(frozen=True)
@@ -100,6 +138,8 @@ class DatasetSpec:
     """Keep only users and items with at least k events (0: no filter)."""
     pseudonymise_users: bool = False
     """Replace user ids by keyed hashes at ingest (key from the environment or a Prefect Secret)."""
+    behaviour: Behaviour = Behaviour()
+    """What is predicted, how each event type counts, what a ranking leaves out."""
     spec_text: str = field(default="", repr=False)
 
 
@@ -133,6 +173,11 @@ def load_spec(path: str | Path) -> DatasetSpec:
     sources = {}
     for part, required in (("events", REQUIRED_EVENT_COLUMNS), ("items", REQUIRED_ITEM_COLUMNS)):
         s = dict(raw.get(part) or {})
+        if part == "items" and s.get("from_events"):
+            if "uri" in s:
+                raise SpecError(f"dataset spec {path}: 'items' has both uri and from_events")
+            s["uri"] = sources["events"].uri  # the catalogue is read from the event file
+            s.setdefault("format", sources["events"].format)
         if "uri" not in s:
             raise SpecError(f"dataset spec {path}: '{part}.uri' is missing")
         s["uri"] = _resolve(s["uri"], base)
@@ -147,8 +192,15 @@ def load_spec(path: str | Path) -> DatasetSpec:
             sources[part] = SourceSpec(**s)
         except (TypeError, SpecError) as e:
             raise SpecError(f"dataset spec {path}: '{part}': {e}") from e
-    if "event_type" not in sources["events"].columns and sources["events"].event_type is None:
+    ev = sources["events"]
+    if "event_type" not in ev.columns and ev.event_type is None:
         raise SpecError(f"dataset spec {path}: give events.event_type (a constant) or map columns.event_type")
+    if ev.event_types is not None and "event_type" not in ev.columns:
+        raise SpecError(f"dataset spec {path}: events.event_types needs columns.event_type (the source column)")
+    try:
+        behaviour = Behaviour.from_spec(raw.get("behaviour"))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"dataset spec {path}: 'behaviour': {e}") from e
     k_core = int((raw.get("filters") or {}).get("k_core", 0))
     privacy = raw.get("privacy") or {}
     unknown = set(privacy) - {"pseudonymise_users"}
@@ -160,6 +212,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         items=sources["items"],
         k_core=k_core,
         pseudonymise_users=bool(privacy.get("pseudonymise_users", False)),
+        behaviour=behaviour,
         spec_text=text,
     )
 
@@ -189,7 +242,7 @@ def pseudonymise(ids: pd.Series, key: bytes) -> pd.Series:
 def source_hash(spec: DatasetSpec) -> str:
     """Hash of the spec text and both source files' bytes: the key of every lake layer."""
     h = hashlib.sha256(spec.spec_text.encode())
-    for src in (spec.events, spec.items):
+    for src in (spec.events,) if spec.items.from_events else (spec.events, spec.items):
         h.update(_read_source_bytes(src))
     return h.hexdigest()[:16]
 
@@ -257,6 +310,8 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     if src.event_type is not None:
         out["event_type"] = src.event_type
     out["event_type"] = out["event_type"].astype("string")
+    if src.event_types is not None:
+        out["event_type"] = _map_event_types(out["event_type"], src)
     if src.format == "csv":  # CSV is read as text; numbers that parse become numbers
         out["value"] = _numeric_or_text(out["value"])
     if src.order_by:
@@ -271,8 +326,28 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     return out
 
 
+def _map_event_types(values: pd.Series, src: SourceSpec) -> pd.Series:
+    """Source values -> contract types by ``src.event_types``; any value it does not name
+    (nulls included) stops the ingest with the values and their counts."""
+    mapped = values.map(src.event_types)
+    unmapped = values[mapped.isna()].fillna("<null>").value_counts()
+    if len(unmapped):
+        counts = ", ".join(f"{v!r}: {n}" for v, n in unmapped.head(10).items())
+        raise SpecError(
+            f"source file {src.uri}: column {src.columns['event_type']!r}: {len(unmapped)} value(s) that "
+            f"events.event_types does not map ({int(unmapped.sum())} of {len(values)} rows): {counts}; "
+            f"it maps {sorted(src.event_types)}"
+        )
+    return mapped.astype("string")
+
+
 def read_items(src: SourceSpec) -> pd.DataFrame:
     df = _read_table(src)
+    if src.from_events:  # one row per item: its latest non-empty value of each mapped column
+        item_col = src.columns["item_id"]
+        if item_col not in df.columns:
+            raise SpecError(f"source file {src.uri}: items.from_events: column {item_col!r} is not in the file")
+        df = df.groupby(item_col, sort=False, dropna=False).last().reset_index()
     out = _select(df, src, ITEM_COLUMNS)
     for c in ("item_id", "title", "categories", "brand"):
         out[c] = out[c].astype("string")
@@ -286,7 +361,7 @@ def read_items(src: SourceSpec) -> pd.DataFrame:
 def _unmapped(df: pd.DataFrame, src: SourceSpec) -> list[str]:
     """Columns of the file that the spec does not map (not used; validation warns)."""
     used = {*src.columns.values(), src.order_by}
-    return [str(c) for c in df.columns if c not in used]
+    return [] if src.from_events else [str(c) for c in df.columns if c not in used]
 
 
 def _numeric_or_text(s: pd.Series) -> pd.Series:
@@ -346,6 +421,8 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             events["user_id"] = pseudonymise(events["user_id"], key)
         items = read_items(spec.items)
         ignored = {"events": events.attrs["ignored_columns"], "items": items.attrs["ignored_columns"]}
+        if spec.items.from_events:  # the catalogue's columns are used, by the items
+            ignored["events"] = [c for c in ignored["events"] if c not in spec.items.columns.values()]
         if spec.k_core:
             events = k_core(events, spec.k_core)
         storage.write_parquet(events, lake.file(uri, "events.parquet"))
@@ -357,6 +434,7 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             "n_events": len(events),
             "n_items": len(items),
             "ignored_columns": ignored,
+            "behaviour": asdict(spec.behaviour),
         }
 
     uri = lake.raw_uri(root, spec.name, data_hash)
@@ -366,6 +444,9 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
         spec=spec.name,
         data_hash=data_hash,
         events_source=spec.events.uri,
-        items_source=spec.items.uri,
+        items_source=spec.items.uri + (" (items derived from the events)" if spec.items.from_events else ""),
         ignored_columns=info.get("ignored_columns", {}),
+        behaviour=spec.behaviour,
+        window=spec.events.window,
+        max_user_events_per_hour=int(spec.events.max_user_events_per_hour),
     )

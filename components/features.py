@@ -15,13 +15,16 @@ import numpy as np
 import pandas as pd
 
 from components import lake, storage, text
+from components.behaviour import TYPE_CODES
 from components.lake import FeatureLayer, ValidatedLayer
 
 log = logging.getLogger(__name__)
 
 
 def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Returns (items with ``item_idx``, users with ``user_idx`` and their ordered ``items``/``ts``)."""
+    """Returns (items with ``item_idx``, users with ``user_idx`` and their time-ordered
+    ``items``, ``ts`` (unix seconds), ``types`` (event type codes, components/behaviour.py)
+    and ``values`` (the events' value, NaN where none))."""
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     index = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str))
@@ -29,13 +32,16 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
     # Time order; ties keep the order the source recorded (seq), see components/events.py.
     ev = ev.sort_values(["user_id", "ts", "seq"], kind="stable")
     ts = ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9
-    ev = ev.assign(ts_s=ts.to_numpy())
+    type_codes = ev["event_type"].astype(str).map(TYPE_CODES).to_numpy(np.int8)
+    ev = ev.assign(ts_s=ts.to_numpy(), type_code=type_codes, value_f=ev["value"].astype("float64").to_numpy())
     grouped = ev.groupby("user_id", sort=True)
     users = pd.DataFrame(
         {
             "user_id": list(grouped.groups.keys()),
             "items": [g.to_numpy(np.int64) for _, g in grouped["item_idx"]],
             "ts": [g.to_numpy(np.int64) for _, g in grouped["ts_s"]],
+            "types": [g.to_numpy(np.int8) for _, g in grouped["type_code"]],
+            "values": [g.to_numpy(np.float32) for _, g in grouped["value_f"]],
         }
     )
     users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))
@@ -51,11 +57,18 @@ def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
         items, users = build_vocab_and_sequences(events, items)
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
         storage.write_parquet(users, lake.file(uri, "users.parquet"))
-        return {"n_users": len(users), "n_items": len(items)}
+        counts = events["event_type"].astype(str).value_counts()
+        return {"n_users": len(users), "n_items": len(items), "event_types": {k: int(v) for k, v in counts.items()}}
 
     uri = lake.features_uri(root, validated)
     info, _ = lake.build(uri, compute)
-    return FeatureLayer(uri=uri, validated=validated, n_users=info["n_users"], n_items=info["n_items"])
+    return FeatureLayer(
+        uri=uri,
+        validated=validated,
+        n_users=info["n_users"],
+        n_items=info["n_items"],
+        event_types=info.get("event_types", {}),
+    )
 
 
 def item_categories(items: pd.DataFrame, depth: int) -> tuple[np.ndarray, list[str]]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from components import storage
+from components.behaviour import Behaviour
 
 MARKER = "_SUCCESS"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -150,6 +151,12 @@ class RawLayer:
     """The catalogue file as the spec names it."""
     ignored_columns: dict = field(default_factory=dict)
     """Per table, the source columns the spec does not map."""
+    behaviour: Behaviour = Behaviour()
+    """The spec's behaviour: target types, weights, exclusion policy (components/behaviour.py)."""
+    window: dict | None = None
+    """The spec's declared time window {start, end} (validation warns outside it)."""
+    max_user_events_per_hour: int = 1000
+    """Validation warns about users with more events within one hour (bots)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,8 @@ class FeatureLayer:
     validated: ValidatedLayer
     n_users: int
     n_items: int
+    event_types: dict = field(default_factory=dict)
+    """Events per contract event type."""
     text_uri: str | None = None
     """03_features/<key>/text-<model>: MiniLM vectors per item, once the item-text stage ran."""
     text_stats: dict | None = None
@@ -205,6 +214,10 @@ class DatasetLayer:
     @property
     def spec(self) -> str:
         return self.features.spec
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self.features.validated.raw.behaviour
 
 
 @dataclass(frozen=True)
@@ -294,7 +307,8 @@ class ProfilesLayer:
 def dataset_from_dict(d: dict) -> DatasetLayer:
     """A DatasetLayer back from ``dataclasses.asdict`` (the training request crosses a process)."""
     f, v = d["features"], d["features"]["validated"]
-    validated = ValidatedLayer(**{**v, "raw": RawLayer(**v["raw"]), "warnings": tuple(v["warnings"])})
+    raw = RawLayer(**{**v["raw"], "behaviour": Behaviour(**v["raw"]["behaviour"])})
+    validated = ValidatedLayer(**{**v, "raw": raw, "warnings": tuple(v["warnings"])})
     return DatasetLayer(**{**d, "features": FeatureLayer(**{**f, "validated": validated})})
 
 
@@ -313,6 +327,7 @@ def open_dataset(root: str, dataset_key: str, text_model: str | None = None) -> 
         events_source=r["events_uri"],
         items_source=r["items_uri"],
         ignored_columns=r.get("ignored_columns", {}),
+        behaviour=Behaviour(**r.get("behaviour", {})),
     )
     validated = ValidatedLayer(uri=validated_uri(root, raw), raw=raw)
     feats = storage.join(root, "03_features", key_)
@@ -323,6 +338,7 @@ def open_dataset(root: str, dataset_key: str, text_model: str | None = None) -> 
         validated=validated,
         n_users=f["n_users"],
         n_items=f["n_items"],
+        event_types=f.get("event_types", {}),
         text_uri=text if text and is_complete(text) else None,
     )
     return DatasetLayer(uri=uri, features=features, folds=d["folds"], seed=d["seed"], n_eval_users=d["n_eval_users"])

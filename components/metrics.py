@@ -3,8 +3,9 @@
 Rank rule (exact, deterministic): the target's 0-based rank is the number of items with
 a strictly higher score plus the number of items with an equal score and a lower item
 index. Top-K lists use the same order (a stable descending sort), so the metrics can be
-recomputed from the written top-K. Items in the user's history are excluded (score -inf)
-before ranking; the target is never excluded.
+recomputed from the written top-K. The items the exclusion policy keeps out of a user's
+ranking (components/behaviour.py: by default every item in their history) score -inf
+before ranking, exactly as when serving: a target the policy excludes is a miss.
 """
 
 from __future__ import annotations
@@ -24,21 +25,12 @@ def seen_pairs(hists: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
-def exclude_seen(
-    scores: torch.Tensor, seen_rows: torch.Tensor, seen_cols: torch.Tensor, targets: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Set the scores of already-seen items to -inf, in place; (B, N) -> (B, N).
+def exclude_seen(scores: torch.Tensor, seen_rows: torch.Tensor, seen_cols: torch.Tensor) -> torch.Tensor:
+    """Set the scores of the excluded (row, item) pairs to -inf, in place; (B, N) -> (B, N).
 
-    The target keeps its score even when the user had it before: a repeat purchase
-    is still a correct prediction.
-    """
-    if targets is not None:
-        rows = torch.arange(len(targets), device=scores.device)
-        kept = scores[rows, targets.clamp(min=0)].clone()
-    scores[seen_rows, seen_cols] = -math.inf
-    if targets is not None:
-        ok = targets >= 0
-        scores[rows[ok], targets[ok]] = kept[ok]
+    Evaluation and serving exclude the same pairs; a target among them is a miss (its rank
+    counts every finite score above it)."""
+    scores[seen_rows.to(scores.device), seen_cols.to(scores.device)] = -math.inf
     return scores
 
 

@@ -132,7 +132,7 @@ def train(
         result = training.launch(request, log=on_epoch or log.info)
         if stage == "final":
             rec = Recommender.from_bytes(storage.read_bytes(lake.file(ckpt_uri, training.RECOMMENDER)))
-            example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))[["user_id", "history"]]
+            example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))
             result["model_uri"] = pyfunc.log(run_id, rec, example)
             training.mark_final(ckpt_uri, result)  # complete with its model: a re-run reuses it
     except BaseException:

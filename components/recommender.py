@@ -21,6 +21,7 @@ import torch
 
 from components import metrics
 from components.batches import pad_left, topk_table
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.models import MODELS
 
 REQUEST_BATCH = 1024  # users scored at once when serving a request frame
@@ -33,6 +34,8 @@ class Recommender:
     state_dict: dict
     item_ids: np.ndarray
     user_ids: np.ndarray
+    behaviour: Behaviour = Behaviour()
+    """The training data's behaviour: which history items a served ranking leaves out."""
     item_pos: dict = field(init=False, repr=False)
     user_pos: dict = field(init=False, repr=False)
 
@@ -61,6 +64,11 @@ class Recommender:
                 "state_dict": self.state_dict,
                 "item_ids": list(map(str, self.item_ids)),
                 "user_ids": list(map(str, self.user_ids)),
+                "behaviour": {
+                    "target": list(self.behaviour.target),
+                    "weights": dict(self.behaviour.weights),
+                    "exclude": self.behaviour.exclude,
+                },
             },
             buf,
         )
@@ -69,12 +77,30 @@ class Recommender:
     @classmethod
     def from_bytes(cls, data: bytes) -> Recommender:
         d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        return cls(d["family"], d["config"], d["state_dict"], np.array(d["item_ids"]), np.array(d["user_ids"]))
+        behaviour = Behaviour(**d["behaviour"]) if "behaviour" in d else Behaviour()  # older models: the old rule
+        return cls(
+            d["family"], d["config"], d["state_dict"], np.array(d["item_ids"]), np.array(d["user_ids"]), behaviour
+        )
 
     # -- id mapping -----------------------------------------------------------------------------
     def item_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """The model's indices of ``item_ids``, unknown ones dropped (order kept)."""
         return np.array([self.item_pos[x] for x in map(str, item_ids) if x in self.item_pos], dtype=np.int64)
+
+    def typed_history(self, item_ids: Sequence[str], types: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(item indices, type codes) of a request's history, unknown items dropped. Without
+        types every event counts as the first target type (so the exclusion policy keeps
+        every history item out, as for an untyped log)."""
+        default = TYPE_CODES[self.behaviour.target[0]] if self.behaviour.target else 0
+        item_ids = [str(x) for x in item_ids]
+        codes = [default] * len(item_ids) if types is None else [TYPE_CODES[str(t)] for t in types]
+        if len(codes) != len(item_ids):
+            raise ValueError(f"a history of {len(item_ids)} items has {len(codes)} event types")
+        keep = [i for i, x in enumerate(item_ids) if x in self.item_pos]
+        return (
+            np.array([self.item_pos[item_ids[i]] for i in keep], dtype=np.int64),
+            np.array([codes[i] for i in keep], dtype=np.int64),
+        )
 
     def user_indices(self, user_ids: Sequence[str]) -> torch.Tensor:
         """The model's indices of ``user_ids``; an unknown user is ``n_users`` (the unknown-user row)."""
@@ -83,24 +109,36 @@ class Recommender:
 
     # -- serving --------------------------------------------------------------------------------
     @torch.no_grad()
-    def recommend(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]], k: int = 10) -> pd.DataFrame:
-        """Top-``k`` per user from their ``histories`` (item ids, oldest first), history excluded.
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        histories: Sequence[Sequence[str]],
+        k: int = 10,
+        types: Sequence[Sequence[str] | None] | None = None,
+    ) -> pd.DataFrame:
+        """Top-``k`` per user from their ``histories`` (item ids, oldest first) and their event
+        ``types`` (contract names; None: see :meth:`typed_history`); the items the behaviour's
+        exclusion policy names are left out, exactly as in evaluation.
 
         Returns the top-K table (user_id, rank, item_id, score), users in request order."""
         user_ids = [str(u) for u in user_ids]
-        all_hists = [self.item_indices(h) for h in histories]
+        types = types if types is not None else [None] * len(histories)
+        typed = [self.typed_history(h, t) for h, t in zip(histories, types, strict=True)]
+        all_hists, all_types = [h for h, _ in typed], [t for _, t in typed]
         # One width for the whole request: a family that reads the padding (lstm) scores a
         # user the same whatever batch they fall in.
         width = max(1, min(self.max_len, max((len(h) for h in all_hists), default=1)))
         tops, vals = [], []
         for s in range(0, len(user_ids), REQUEST_BATCH):
-            hists = all_hists[s : s + REQUEST_BATCH]
+            hists, hist_types = all_hists[s : s + REQUEST_BATCH], all_types[s : s + REQUEST_BATCH]
             batch = {
                 "users": self.user_indices(user_ids[s : s + REQUEST_BATCH]),
                 "seq": pad_left(hists, self.max_len, self.n_items, length=width),
+                "types": pad_left(hist_types, self.max_len, PAD_TYPE, length=width),
             }
             scores = self.model.score(batch).float()
-            metrics.exclude_seen(scores, *metrics.seen_pairs(hists))
+            excluded = [self.behaviour.excluded(h, t) for h, t in zip(hists, hist_types, strict=True)]
+            metrics.exclude_seen(scores, *metrics.seen_pairs(excluded))
             v, i = metrics.top_k(scores, k)
             tops.append(i.numpy())
             vals.append(v.numpy())
@@ -125,11 +163,15 @@ class Recommender:
         @torch.no_grad()
         def score(batch: dict) -> torch.Tensor:
             seq = item_map[batch["seq"]]
-            kept = [row[row < n_model_items] for row in seq]  # drop unknown items, re-pad
+            known_rows = [row < n_model_items for row in seq]  # drop unknown items, re-pad
+            width = seq.shape[1]
             mapped = {
                 "users": user_map[batch["users"]],
-                "seq": pad_left([k.numpy() for k in kept], seq.shape[1], n_model_items),
+                "seq": pad_left([r[m].numpy() for r, m in zip(seq, known_rows, strict=True)], width, n_model_items),
             }
+            if "types" in batch:
+                kept = [r[m].numpy() for r, m in zip(batch["types"], known_rows, strict=True)]
+                mapped["types"] = pad_left(kept, width, PAD_TYPE)
             s = self.model.score(mapped)  # (B, n_model_items)
             out = torch.full((len(seq), data.n_items), -torch.inf)
             out[:, known] = s[:, item_map[:-1][known]]

@@ -108,17 +108,26 @@ def log_table(run_id: str, frame: pd.DataFrame, path: str) -> None:
     client().log_table(run_id, frame, path)
 
 
-def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], input_example: pd.DataFrame, output) -> str:
-    """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI."""
+def log_pyfunc(
+    run_id: str, python_model, artifacts: dict[str, str], input_example: pd.DataFrame, output, optional=()
+) -> str:
+    """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI.
+    ``optional``: input columns a request may leave out."""
     mlflow = _mlflow()
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    signature = infer_signature(input_example, output)
+    if optional:
+        cols = [ColSpec(c.type, c.name, required=c.name not in optional) for c in signature.inputs.inputs]
+        signature = ModelSignature(Schema(cols), signature.outputs, signature.params)
 
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=python_model,
             artifacts=artifacts,
-            signature=infer_signature(input_example, output),
+            signature=signature,
             input_example=input_example,
             pip_requirements=PIP_REQUIREMENTS,
         )

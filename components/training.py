@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 
 from components import evaluation, lake, storage, tracking
 from components.batches import pad_left
+from components.behaviour import EVENT_TYPES, PAD_TYPE
 from components.config import TrainConfig
 from components.datasets import Dataset, View
 from components.lake import DatasetLayer
@@ -70,12 +71,16 @@ class _Users(torch.utils.data.Dataset):
 
 
 def train_loader(view: View, n_items: int, max_len: int, batch_size: int, seed: int) -> DataLoader:
-    """Batches of users with a non-empty training sequence: {users, seq}."""
+    """Batches of users with a non-empty training sequence: {users, seq, types}."""
     users = np.array([u for u, s in enumerate(view.train_seqs) if len(s)], dtype=np.int64)
 
     def collate(pos: list[int]) -> dict:
         us = users[pos]
-        return {"users": torch.as_tensor(us), "seq": pad_left([view.train_seqs[u] for u in us], max_len, n_items)}
+        return {
+            "users": torch.as_tensor(us),
+            "seq": pad_left([view.train_seqs[u] for u in us], max_len, n_items),
+            "types": pad_left([view.train_types[u] for u in us], max_len, PAD_TYPE),
+        }
 
     return DataLoader(
         _Users(users),
@@ -162,10 +167,16 @@ def resolve_strategy(cfg: TrainConfig) -> str:
     return "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
 
 
-def side_inputs(cls, data: Dataset, view: View) -> SideInputs | None:
-    """What a text-reading family gets beside ids (see components/models/contract.py)."""
+def side_inputs(cls, data: Dataset, view: View) -> SideInputs:
+    """What a family gets beside ids (see components/models/contract.py): the behaviour
+    tables of the dataset's spec, and for a text-reading family the items' text."""
+    behaviour = {
+        "type_weights": torch.as_tensor(data.behaviour.weight_table()),
+        "target_types": torch.as_tensor(data.behaviour.target_table()),
+        "typed": len(np.unique(np.concatenate(view.train_types))) > 1 if view.train_types else False,
+    }
     if not cls.uses_text:
-        return None
+        return SideInputs(**behaviour)
     if data.item_text is None:
         raise ValueError(
             f"{cls.__name__} reads item text, but the dataset has no text embeddings: "
@@ -175,6 +186,7 @@ def side_inputs(cls, data: Dataset, view: View) -> SideInputs | None:
         item_text=torch.from_numpy(data.item_text),
         item_strings=data.item_strings,
         item_counts=torch.as_tensor(evaluation.item_counts(view, data.n_items)),
+        **behaviour,
     )
 
 
@@ -257,10 +269,7 @@ def fit(request: dict) -> dict:
         storage.upload_file(best.best_model_path, lake.file(ckpt_uri, "best.ckpt"))
         system.eval()
         ranks, top, _ = evaluation.rank_view(torch.no_grad()(system.model.score), view, data.n_items, max_len=max_len)
-        result["metrics"] = {
-            **evaluation.report(ranks, top, data.n_items),
-            **evaluation.cold_report(ranks, view, data.n_items),
-        }
+        result["metrics"] = evaluation.full_report(ranks, top, view, data.n_items)
     else:
         system.eval()
         rec = Recommender(
@@ -269,6 +278,7 @@ def fit(request: dict) -> dict:
             {k: v.cpu() for k, v in system.model.state_dict().items()},
             data.item_ids,
             data.user_ids,
+            data.behaviour,
         )
         storage.write_bytes(lake.file(ckpt_uri, RECOMMENDER), rec.to_bytes())
         storage.write_json(_input_example(data, view), lake.file(ckpt_uri, EXAMPLE))
@@ -287,11 +297,12 @@ def mark_final(ckpt_uri: str, result: dict) -> None:
 
 
 def _input_example(data: Dataset, view: View, n: int = 2) -> dict:
-    """Two users' request rows (user_id, their last 5 items) as columns."""
+    """Two users' request rows (user_id, their last 5 items and those events' types) as columns."""
     users = [u for u in view.eval_users[:n]] or [0]
     return {
         "user_id": [str(data.user_ids[u]) for u in users],
         "history": [[str(data.item_ids[i]) for i in data.seqs[u][-5:]] for u in users],
+        "event_types": [[EVENT_TYPES[t] for t in data.types[u][-5:]] for u in users],
     }
 
 

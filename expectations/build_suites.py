@@ -17,6 +17,8 @@ from pathlib import Path
 
 import great_expectations as gx
 
+from components.behaviour import EVENT_TYPES
+
 E = gx.expectations
 HERE = Path(__file__).parent
 NUMERIC = ["float64", "Float64", "float32", "int64", "Int64", "int32"]
@@ -62,7 +64,7 @@ def events_suite() -> gx.ExpectationSuite:
             "critical",
             "event types outside the contract (typos, new producers)",
             column="event_type",
-            value_set=["view", "click", "cart", "purchase", "review", "rating"],
+            value_set=list(EVENT_TYPES),
         )
     )
     s.add_expectation(

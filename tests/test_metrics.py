@@ -25,12 +25,14 @@ def test_top_k_uses_the_same_tie_rule_as_the_ranks():
         assert metrics.target_ranks(scores, torch.tensor([item])).item() == pos
 
 
-def test_seen_items_are_excluded_but_the_target_keeps_its_score():
+def test_an_excluded_target_is_a_miss():
+    # Evaluation ranks what serving ranks: an item the policy excludes stays excluded when it is
+    # the target (the old rule kept the target's score and removed its competitors).
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
-    metrics.exclude_seen(scores, torch.tensor([0, 0]), torch.tensor([0, 2]), torch.tensor([2]))
-    assert scores[0, 0] == -math.inf
-    assert scores[0, 2] == 3.0  # a repeat of a seen item is still a hit
-    assert metrics.target_ranks(scores, torch.tensor([2])).item() == 1
+    metrics.exclude_seen(scores, torch.tensor([0, 0]), torch.tensor([0, 2]))
+    assert scores[0, 0] == -math.inf and scores[0, 2] == -math.inf
+    assert metrics.target_ranks(scores, torch.tensor([2])).item() == 3  # behind both finite scores and item 0
+    assert metrics.target_ranks(scores, torch.tensor([3])).item() == 1
 
 
 def test_hr_ndcg_mrr_by_hand():

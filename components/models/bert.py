@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from components.behaviour import PAD_TYPE
 from components.models.contract import Family, FamilyConfig, SideInputs
 from components.models.loss import sampled_or_full_ce
 
@@ -140,6 +141,7 @@ class BERT(Family):
             add_pooling_layer=False,
         )
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
+        self.behaviour = self.behaviour_embedding(c.dim)
         self.text_top = None
         if c.finetune_layers:
             self._init_finetuning(side.item_strings)
@@ -188,23 +190,27 @@ class BERT(Family):
         return self._pool_top_layers()
 
     # -- the transformer -----------------------------------------------------------------
-    def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded item indices (``n_items`` = pad, ``n_items+1`` = [MASK]) -> (B, L, dim)."""
+    def forward(self, seq: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded item indices (``n_items`` = pad, ``n_items+1`` = [MASK]) and their
+        event types (a [MASK] has type PAD_TYPE) -> (B, L, dim)."""
         special = [self.pad_vector] + ([self.mask_vector] if self.mask_vector is not None else [])
         full = torch.cat([table, *special], dim=0)  # row n_items = padding, n_items + 1 = [MASK]
         L = seq.shape[1]
         # Positions count back from the most recent item, as if every batch were padded to
         # max_len: the newest item has the same position in training and at inference.
         positions = torch.arange(L, device=seq.device) + (self.config.max_len + 1 - L)
+        embeds = full[seq]
+        if types is not None:
+            embeds = embeds + self.behaviour(types)
         out = self.encoder(
-            inputs_embeds=full[seq],
+            inputs_embeds=embeds,
             attention_mask=(seq != self.pad).long(),
             position_ids=positions.expand_as(seq),
         )
         return out.last_hidden_state
 
-    def _with_mask_token(self, seq: torch.Tensor) -> torch.Tensor:
-        tail = torch.full((len(seq), 1), self.mask, dtype=seq.dtype, device=seq.device)
+    def _with_mask_token(self, seq: torch.Tensor, token: int) -> torch.Tensor:
+        tail = torch.full((len(seq), 1), token, dtype=seq.dtype, device=seq.device)
         return torch.cat([seq, tail], dim=1)[:, -self.config.max_len :]
 
     def score(self, batch: dict) -> torch.Tensor:
@@ -215,27 +221,32 @@ class BERT(Family):
 
     def fit_score(self, batch: dict) -> torch.Tensor:
         """The model's own scores, before ``popularity_adjust`` (early stopping reads these)."""
-        seq, table = batch["seq"], self.item_table()
+        seq, table, types = batch["seq"], self.item_table(), batch.get("types")
         if self.config.objective == "masked":
-            seq = self._with_mask_token(seq)
-        h = self(seq, table)[:, -1]
+            seq = self._with_mask_token(seq, self.mask)
+            types = None if types is None else self._with_mask_token(types, PAD_TYPE)
+        h = self(seq, table, types)[:, -1]
         scores = h @ table.T
         if (offsets := self.offsets()) is not None:
             scores = scores + offsets
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, table = batch["seq"], self.item_table()
+        seq, table, types = batch["seq"], self.item_table(), batch.get("types")
         if self.config.objective == "causal":
             inputs, target = seq[:, :-1], seq[:, 1:]
+            in_types = None if types is None else types[:, :-1]
             valid = (target != self.pad) & (inputs != self.pad)
+            valid &= self.predicted(None if types is None else types[:, 1:], target)
         else:
             real = seq != self.pad
             picked = (torch.rand(seq.shape, device=seq.device) < self.config.mask_prob) & real
             # Always mask each sequence's newest item too: it is what inference asks for.
             picked[:, -1] |= real[:, -1]
-            inputs, target, valid = seq.masked_fill(picked, self.mask), seq, picked
-        h = self(inputs, table)[valid]
+            inputs, target = seq.masked_fill(picked, self.mask), seq
+            in_types = None if types is None else types.masked_fill(picked, PAD_TYPE)
+            valid = picked & self.predicted(types, target)
+        h = self(inputs, table, in_types)[valid]
         return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from components.behaviour import PAD_TYPE
 from components.models.contract import Family, FamilyConfig, SideInputs
 from components.models.loss import sampled_or_full_ce
 
@@ -59,13 +60,16 @@ class CNN(Family):
         self.items = nn.Embedding(n_items, 2 * c.dim)  # output item vectors, against [z; P_u]
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
+        self.behaviour = self.behaviour_embedding(c.dim)
 
-    def forward(self, window: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """(N, L) last-L item indices and (N,) users -> (N, 2·dim) query."""
+    def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query."""
         # The convolutions are computed as matmuls over unfolded windows with the Conv2d
         # modules' own weights (same result, same state dict): oneDNN's kernels for these
         # tiny (h, dim) filters made the backward pass 2.3x slower on CPU.
         e = self.embed(window)  # (N, L, d)
+        if types is not None:
+            e = e + self.behaviour(types)
         v = torch.einsum("nlj,fl->nfj", e, self.vertical.weight[:, 0, :, 0]) + self.vertical.bias[None, :, None]
         h = []
         for height, conv in enumerate(self.horizontal, start=1):
@@ -78,18 +82,22 @@ class CNN(Family):
         return q @ self.items.weight.T + self.bias
 
     def score(self, batch: dict) -> torch.Tensor:
-        return self.logits(self(self._windows(batch["seq"])[:, -1], batch["users"]))
+        types = batch.get("types")
+        tw = None if types is None else self._windows(types, PAD_TYPE)[:, -1]
+        return self.logits(self(self._windows(batch["seq"], self.n_items)[:, -1], batch["users"], tw))
 
-    def _windows(self, seq: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, T, L): for each position t the L items before it (padded on the left)."""
+    def _windows(self, seq: torch.Tensor, pad: int) -> torch.Tensor:
+        """(B, T) -> (B, T, L): for each position t the L items (or types) before it, padded on the left."""
         L = self.config.window
-        padded = F.pad(seq, (L, 0), value=self.n_items)  # (B, T+L)
+        padded = F.pad(seq, (L, 0), value=pad)  # (B, T+L)
         return padded.unfold(1, L, 1)[:, 1:]  # window ending at t (inclusive) predicts t+1
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, users = batch["seq"], batch["users"]
-        windows = self._windows(seq[:, :-1])  # (B, T-1, L)
+        seq, users, types = batch["seq"], batch["users"], batch.get("types")
+        windows = self._windows(seq[:, :-1], self.n_items)  # (B, T-1, L)
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        q = self(windows[valid], users[:, None].expand_as(target)[valid])
+        valid &= self.predicted(None if types is None else types[:, 1:], target)
+        tw = None if types is None else self._windows(types[:, :-1], PAD_TYPE)[valid]
+        q = self(windows[valid], users[:, None].expand_as(target)[valid], tw)
         return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled)

@@ -6,17 +6,25 @@ and defines
 - ``loss(batch) -> scalar``: its training objective on a batch of user sequences;
 - ``score(batch) -> (B, n_items)``: scores of every catalogue item, for full ranking.
 
-A batch is a dict: ``users`` (B,) user indices (``n_users`` = unknown user) and ``seq``
+A batch is a dict: ``users`` (B,) user indices (``n_users`` = unknown user), ``seq``
 (B, L) time-ordered item indices, left-padded with ``n_items`` (most recent last;
-components/batches.py). Each family uses what it needs: MF the user index, sequence
-families the history. Training, evaluation, registration and recommendation only ever call
+components/batches.py) and ``types`` (B, L) the events' type codes, padded with
+``PAD_TYPE`` (components/behaviour.py). Each family uses what it needs: MF the user index
+and the events' behaviour weights (iALS confidences), sequence families the typed history
+(a behaviour embedding added to each item's vector, :meth:`Family.behaviour_embedding`). Training, evaluation, registration and recommendation only ever call
 ``loss``, ``score`` and ``fit_score``. A family whose ``score`` adds a ranking-time
 adjustment that is not part of the fit (bert's ``popularity_adjust``) overrides
 ``fit_score(batch)``, the scores without it: early stopping selects the epoch on those, so
 such a setting never changes what is trained.
 
 A family's ``Config`` subclasses :class:`FamilyConfig`, which holds what every family has:
-how much history it reads (``max_len``) and its default optimiser settings.
+how much history it reads (``max_len``), its default optimiser settings, whether it reads
+the event types (``behaviours``) and which next events it learns to predict (``predict``).
+
+Behaviour lives in the model's state: the base class keeps the spec's weight per type
+(``type_weights``) and target types (``target_types``) as buffers, so a registered model
+scores as it was trained. On a log with one event type the behaviour embedding stays zero
+and frozen, so one-type logs train exactly as before.
 
 A family that reads item text sets ``uses_text = True``; training then passes
 :class:`SideInputs` (the items' text embeddings and strings, their training counts). Every
@@ -31,6 +39,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from components.behaviour import N_TYPE_CODES, PAD_TYPE
+
+PREDICT = ("target", "all")
+
 
 @dataclass(frozen=True)
 class FamilyConfig:
@@ -40,8 +52,16 @@ class FamilyConfig:
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     weight_decay: float = 0.0
     """Default decoupled weight decay (AdamW) for this family (the flow's ``weight_decay`` overrides it)."""
+    behaviours: bool = True
+    """Read each event's type (behaviour embedding; mf: the spec's weights as confidences).
+    False: every event alike (no embedding, weight 1, every next event predicted)."""
+    predict: str = "target"
+    """Sequence families: ``target`` learns to predict only next events of the target types
+    (all of them for a one-type log); ``all`` every next event, whatever its type."""
 
     def __post_init__(self):
+        if self.predict not in PREDICT:
+            raise ValueError(f"{type(self).__name__}.predict must be one of {PREDICT}, got {self.predict!r}")
         if self.max_len < 1:
             raise ValueError(f"{type(self).__name__}.max_len must be >= 1, got {self.max_len}")
         if self.lr <= 0:
@@ -65,6 +85,12 @@ class SideInputs:
     """Each item's text, for a family that fine-tunes the text encoder."""
     item_counts: torch.Tensor | None = None
     """(n_items,) training interactions per item in the data the model is trained on."""
+    type_weights: torch.Tensor | None = None
+    """(N_TYPE_CODES,) the spec's weight per event type (components/behaviour.py)."""
+    target_types: torch.Tensor | None = None
+    """(N_TYPE_CODES,) bool: the target types."""
+    typed: bool = False
+    """The training data has more than one event type (the behaviour embedding learns)."""
 
 
 class Family(nn.Module):
@@ -77,6 +103,48 @@ class Family(nn.Module):
     def __init__(self, config: FamilyConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__()
         self.config, self.n_items, self.n_users = config, n_items, n_users
+        side = side or SideInputs()
+        weights = torch.ones(N_TYPE_CODES)
+        targets = torch.ones(N_TYPE_CODES, dtype=torch.bool)
+        if config.behaviours:
+            if side.type_weights is not None:
+                weights = torch.as_tensor(side.type_weights, dtype=torch.float32).clone()
+            if side.target_types is not None and config.predict == "target":
+                targets = torch.as_tensor(side.target_types, dtype=torch.bool).clone()
+        weights[PAD_TYPE], targets[PAD_TYPE] = 0.0, False
+        self.register_buffer("type_weights", weights)
+        self.register_buffer("target_types", targets)
+        self._typed = bool(config.behaviours and side.typed)
+
+    def behaviour_embedding(self, dim: int) -> nn.Embedding:
+        """(type code -> dim) vectors added to item vectors. Starts at zero (and no random
+        draw, so the other weights' initialisation is unchanged); trains only when the data
+        has several types."""
+        return nn.Embedding.from_pretrained(
+            torch.zeros(N_TYPE_CODES, dim), freeze=not self._typed, padding_idx=PAD_TYPE
+        )
+
+    def event_weights(self, batch: dict) -> torch.Tensor:
+        """(B, L) each event's behaviour weight (padding 0)."""
+        types = batch.get("types")
+        if types is None:  # an untyped batch: every real event weighs 1
+            return (batch["seq"] != self.n_items).float()
+        return self.type_weights[types]
+
+    def predicted(self, types: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: which next events the training objective predicts (``predict``)."""
+        if types is None:
+            return torch.ones_like(like, dtype=torch.bool)
+        return self.target_types[types]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A model saved before behaviours were kept (an earlier champion) scores as it did:
+        # weights 1, every type a target, a zero behaviour embedding.
+        for name, value in (("type_weights", self.type_weights), ("target_types", self.target_types)):
+            state_dict.setdefault(prefix + name, value)
+        if "behaviour" in self._modules:  # a sequence family's behaviour_embedding is named ``behaviour``
+            state_dict.setdefault(prefix + "behaviour.weight", torch.zeros_like(self._modules["behaviour"].weight))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(self, batch: dict) -> torch.Tensor:
         """The training objective on a batch (a scalar)."""

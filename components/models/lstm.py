@@ -49,22 +49,28 @@ class LSTM(Family):
         self.lstm = nn.LSTM(config.dim, config.hidden, num_layers=config.layers, batch_first=True)
         self.out = nn.Linear(config.hidden, config.dim)
         self.bias = nn.Parameter(torch.zeros(n_items))
+        self.behaviour = self.behaviour_embedding(config.dim)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """(B, L) item indices, left-padded -> (B, L, dim) next-item query at every position."""
-        h, _ = self.lstm(self.drop(self.items(seq)))  # (B, L, hidden); left padding is read first
+    def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) item indices (and their event types), left-padded -> (B, L, dim) next-item
+        query at every position."""
+        x = self.items(seq)
+        if types is not None:
+            x = x + self.behaviour(types)
+        h, _ = self.lstm(self.drop(x))  # (B, L, hidden); left padding is read first
         return self.out(self.drop(h))
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
         return q @ self.items.weight[: self.n_items].T + self.bias  # (N, n_items)
 
     def score(self, batch: dict) -> torch.Tensor:
-        return self.logits(self(batch["seq"])[:, -1])  # the most recent position is the last
+        return self.logits(self(batch["seq"], batch.get("types"))[:, -1])  # the most recent position is the last
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq = batch["seq"]
-        q = self(seq[:, :-1])  # (B, L-1, dim): predict item t+1 from items <= t
+        seq, types = batch["seq"], batch.get("types")
+        q = self(seq[:, :-1], None if types is None else types[:, :-1])  # (B, L-1, dim): item t+1 from events <= t
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
+        valid &= self.predicted(None if types is None else types[:, 1:], target)
         table = self.items.weight[: self.n_items]
         return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled)

@@ -47,7 +47,7 @@ class RecSystem(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         scores = self.model.fit_score(batch).float()
-        metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"], batch["target"])
+        metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"])
         self._val.append(metrics.target_ranks(scores, batch["target"]))
 
     def on_validation_epoch_end(self) -> None:

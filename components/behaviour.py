@@ -1,0 +1,113 @@
+"""Behaviour (DESIGN.md §3): the event types of the contract and what the business says they mean.
+
+A shop log mixes views, favourites, carts and purchases. A dataset spec's ``behaviour``
+section says
+
+- ``target``: the event types to predict (e.g. ``[purchase]``; empty = any event). The
+  leave-one-out targets are each user's last and second-to-last events of these types,
+  the popularity baseline counts them, the churn label is about them;
+- ``weights``: how much each type counts (iALS confidence for mf, profile weights; the
+  sequence families learn a behaviour embedding instead); a type not named weighs 1;
+- ``exclude``: which of a user's items are kept out of their ranking: ``interacted``
+  (every item they touched: one-type logs), ``target`` (only items they already
+  bought: repeat views and carts are recommended), ``none`` (repeat purchases too).
+
+The same :class:`Behaviour` decides training targets, evaluation, the baselines, served
+recommendations and profiles, so evaluation ranks exactly what serving would rank.
+
+Event types travel as small integer codes (:data:`TYPE_CODES`, the contract order), the
+same in every dataset and every model, with :data:`PAD_TYPE` for padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EVENT_TYPES = ("view", "click", "favorite", "cart", "purchase", "review", "rating")
+TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
+PAD_TYPE = len(EVENT_TYPES)
+"""The type code of padding positions (one past the last contract type)."""
+N_TYPE_CODES = len(EVENT_TYPES) + 1
+EXCLUDE = ("interacted", "target", "none")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    target: tuple[str, ...] = ()
+    """Event types to predict; empty: any event (one-type logs)."""
+    weights: dict = field(default_factory=dict)
+    """Event type -> weight (> 0); a type not named weighs 1."""
+    exclude: str = "interacted"
+    """interacted | target | none: which history items a user's ranking leaves out."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "target", tuple(self.target))
+        object.__setattr__(self, "weights", {str(k): float(v) for k, v in dict(self.weights).items()})
+        unknown = [t for t in (*self.target, *self.weights) if t not in TYPE_CODES]
+        if unknown:
+            raise ValueError(f"behaviour names event types {sorted(set(unknown))} outside the contract {EVENT_TYPES}")
+        if any(not w > 0 for w in self.weights.values()):
+            raise ValueError(f"behaviour.weights must be > 0, got {self.weights}")
+        if self.exclude not in EXCLUDE:
+            raise ValueError(f"behaviour.exclude must be one of {EXCLUDE}, got {self.exclude!r}")
+
+    @classmethod
+    def from_spec(cls, section: dict | None) -> Behaviour:
+        """The spec's ``behaviour`` mapping (``target`` may be a list, one type, or ``any``)."""
+        s = dict(section or {})
+        unknown = set(s) - {"target", "weights", "exclude"}
+        if unknown:
+            raise ValueError(f"unknown behaviour settings {sorted(unknown)} (target, weights, exclude)")
+        target = s.get("target") or ()
+        if isinstance(target, str):
+            target = () if target == "any" else (target,)
+        return cls(target=tuple(target), weights=s.get("weights") or {}, exclude=s.get("exclude", "interacted"))
+
+    # -- per type-code tables (index PAD_TYPE = padding) -------------------------------------
+    def weight_table(self) -> np.ndarray:
+        """(N_TYPE_CODES,) float32: each type's weight; padding 0."""
+        w = np.ones(N_TYPE_CODES, dtype=np.float32)
+        for t, v in self.weights.items():
+            w[TYPE_CODES[t]] = v
+        w[PAD_TYPE] = 0.0
+        return w
+
+    def target_table(self) -> np.ndarray:
+        """(N_TYPE_CODES,) bool: which type codes are targets; padding never."""
+        t = np.zeros(N_TYPE_CODES, dtype=bool)
+        if self.target:
+            t[[TYPE_CODES[x] for x in self.target]] = True
+        else:
+            t[:PAD_TYPE] = True
+        return t
+
+    def is_target(self, codes: np.ndarray) -> np.ndarray:
+        return self.target_table()[np.asarray(codes, dtype=np.int64)]
+
+    def excluded(self, items: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The history items the exclusion policy keeps out of a ranking (may repeat)."""
+        items = np.asarray(items, dtype=np.int64)
+        if self.exclude == "interacted":
+            return items
+        if self.exclude == "none":
+            return items[:0]
+        return items[self.is_target(codes)]
+
+    def params(self) -> dict[str, str]:
+        """``protocol.*`` parameters for MLflow and the summary."""
+        return {
+            "target": ",".join(self.target) or "any",
+            "weights": ",".join(f"{t}={w:g}" for t, w in sorted(self.weights.items())) or "all 1",
+            "exclude": self.exclude,
+        }
+
+    def describe(self) -> str:
+        p = self.params()
+        return f"target {p['target']}; weights {p['weights']}; exclude {p['exclude']}"
+
+
+def codes(types) -> np.ndarray:
+    """Event type names -> int8 codes (an unknown name raises KeyError)."""
+    return np.fromiter((TYPE_CODES[t] for t in types), dtype=np.int8)
