@@ -269,6 +269,13 @@ class TestReport:
     model_uri: str
     test_recommendations_uri: str
     reused_training: bool = False
+    recent: dict = field(default_factory=dict)
+    """The recent-interaction baseline on the same targets (components/evaluation.py)."""
+    n_users: int = 0
+    """Users in the data; those without two target events train but are not evaluated."""
+    n_eval_users: int = 0
+    behaviour: dict = field(default_factory=dict)
+    """The behaviour the figures follow (target, weights, exclude)."""
 
 
 @dataclass(frozen=True)

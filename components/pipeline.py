@@ -102,6 +102,7 @@ def train(
         **{f"train.{k}": v for k, v in asdict(cfg).items() if k != "model"},
         **{f"model.{k}": v for k, v in asdict(model_cfg).items()},
         **{f"protocol.{k}": v for k, v in PROTOCOL.items()},
+        **{f"protocol.behaviour.{k}": v for k, v in dataset.behaviour.params().items()},
         "family": family,
         "stage": stage,
         "fold": fold if fold is not None else "",
@@ -179,7 +180,8 @@ def train_final(
 
 # -- test, registry, promotion ---------------------------------------------------------------------
 def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult], root: str) -> TestReport:
-    """Test the final model as registered (loaded back through MLflow), beside popularity.
+    """Test the final model as registered (loaded back through MLflow), beside the popularity
+    and recent-interaction baselines.
 
     Writes ``06_recommendations/test_recommendations_<family>.parquet`` (the exact top-10
     the metrics come from) and logs test, popularity and CV figures to the final run."""
@@ -188,6 +190,7 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
     data = Dataset.load(dataset)
     test, frame = evaluation.test_report(pyfunc.load(final.model_uri), data)
     pop = evaluation.popularity_report(data)
+    recent = evaluation.recent_report(data)
     uri = lake.test_recommendations_uri(root, final.family)
     storage.write_parquet(
         frame, uri, metadata={"interestflow.data_hash": dataset.data_hash, "interestflow.run_id": final.run_id}
@@ -197,24 +200,38 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         {
             **{f"test_{k}": v for k, v in test.items()},
             **{f"pop_test_{k}": v for k, v in pop.items()},
+            **{f"recent_test_{k}": v for k, v in recent.items()},
             **{f"cv_{k}": v for k, v in cv.items()},
         },
     )
     tracking.log_table(final.run_id, frame.head(1000), "test_recommendations_sample.json")
     table = pd.DataFrame(
-        [{"evaluation": "test", **test}, {"evaluation": "popularity (test)", **pop}]
+        [
+            {"evaluation": "test", **test},
+            {"evaluation": "popularity (test)", **pop},
+            {"evaluation": "recent interactions (test)", **recent},
+        ]
         + [{"evaluation": f"validation fold {i}", **m} for i, m in enumerate(fold_metrics)]
     )
     tracking.log_table(final.run_id, table, "metrics_table.json")
     if fold_metrics:
         for path, fig in plots.cv_folds(fold_metrics).items():
             tracking.log_figure(final.run_id, fig, path)
-    log.info("evaluate %s: test NDCG@10 %.4f, HR@10 %.4f", final.family, test["ndcg10"], test["hr10"])
+    log.info(
+        "evaluate %s: test NDCG@10 %.4f, HR@10 %.4f on %d users (popularity %.4f, recent interactions %.4f)",
+        final.family,
+        test["ndcg10"],
+        test["hr10"],
+        dataset.n_eval_users,
+        pop["ndcg10"],
+        recent["ndcg10"],
+    )
     return TestReport(
         family=final.family,
         data_hash=dataset.data_hash,
         test=test,
         popularity=pop,
+        recent=recent,
         cv=cv,
         fold_metrics=tuple(fold_metrics),
         epochs=cv["epochs"],
@@ -223,6 +240,9 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         model_uri=final.model_uri,
         test_recommendations_uri=uri,
         reused_training=final.reused,
+        n_users=data.n_users,
+        n_eval_users=dataset.n_eval_users,
+        behaviour=dataset.behaviour.params(),
     )
 
 
@@ -368,7 +388,7 @@ def write_profiles(
         {f"profile.{k}": v for k, v in asdict(cfg).items()},
         {"interestflow.stage": "profiles", "interestflow.data_hash": dataset.data_hash, **(tags or {})},
     )
-    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if np.isfinite(v)})
+    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if isinstance(v, int | float) and np.isfinite(v)})
     for row in table:
         tracking.log_metrics(
             run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)

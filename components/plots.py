@@ -58,13 +58,14 @@ def profile_figures(drifts: np.ndarray, curves: dict, table: list[dict]) -> dict
     ax.hist(drifts, bins=40, color="#4c72b0")
     ax.set(xlabel="Jensen–Shannon divergence (nats), older vs recent window", ylabel="users", title="Interest drift")
     out["plots/drift_distribution.png"] = fig
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for name, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], ls=":", c="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Churn ROC (evaluation window)")
-    ax.legend()
-    out["plots/churn_roc.png"] = fig
+    if curves:  # none when the log is too short for two churn windows
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for name, (fpr, tpr) in curves.items():
+            ax.plot(fpr, tpr, label=name)
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Churn ROC (evaluation window)")
+        ax.legend()
+        out["plots/churn_roc.png"] = fig
     if table:
         k = next(c for c in table[0] if c.startswith("ndcg"))
         cov = next(c for c in table[0] if c.startswith("coverage"))

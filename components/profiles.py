@@ -6,6 +6,11 @@ Jensen–Shannon divergence between the category mix of an older and a recent wi
 churn risk. For the population: the category-to-category transition matrix, and how well
 each family's top-K predicts the category of the next item.
 
+Behaviour (components/behaviour.py): every per-event weight (category mix, interest vector)
+is the time decay times the spec's weight of the event's type, so a purchase says more than
+a view; the churn label is "no event of the target types in the window". A log too short
+for two churn windows gets its churn figures as NaN with the reason, not an error.
+
 Time is the event log's own: "now" is the last event's timestamp, never the wall clock,
 so the same log always gives the same profiles.
 """
@@ -86,9 +91,9 @@ def transitions(seqs: list[np.ndarray], item_cat: np.ndarray, n_cats: int) -> np
     return np.bincount(a * n_cats + b, minlength=n_cats * n_cats).reshape(n_cats, n_cats)
 
 
-def interest_vector(items: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int, half_life_days: float):
-    """Time-decayed mean of the items' text embeddings, L2-normalised; (d,)."""
-    w = 0.5 ** ((now - ts) / (half_life_days * DAY))
+def interest_vector(items: np.ndarray, ts: np.ndarray, text: np.ndarray, now: int, half_life_days: float, weights=None):
+    """Time-decayed (and behaviour-weighted) mean of the items' text embeddings, L2-normalised; (d,)."""
+    w = 0.5 ** ((now - ts) / (half_life_days * DAY)) * (1.0 if weights is None else weights)
     v = (w[:, None] * text[items]).sum(0) / max(w.sum(), 1e-12)
     return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
 
@@ -139,8 +144,15 @@ def precision_at_top(y: np.ndarray, score: np.ndarray, share: float = 0.1) -> fl
     return float(y[np.argsort(-score, kind="stable")[:n]].mean())
 
 
-def churn(seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig) -> tuple[dict, np.ndarray, dict]:
+def churn(
+    seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig, target_tss=None
+) -> tuple[dict, np.ndarray, dict]:
     """Train on one time split, evaluate on the next, score everybody for the coming window.
+
+    The label is "no event of the target types in the window": ``target_tss`` (per user,
+    the times of their target-type events; default: every event). Where a window has only
+    one class (a log shorter than two windows) the figures are NaN and ``churn_skipped``
+    says why; the risk is NaN.
 
     With W = ``churn_window_days`` and the log ending at ``now``: the model learns from
     features at t1 = now+1-2W with labels from [t1, t1+W), is evaluated on features at
@@ -155,12 +167,25 @@ def churn(seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig) -> tu
     t2, t1 = end - window, end - 2 * window
     has1, x1 = activity_features(seqs, tss, t1, item_cat, n_cats, text, cfg)
     has2, x2 = activity_features(seqs, tss, t2, item_cat, n_cats, text, cfg)
-    y1, y2 = churned(tss, t1, t2)[has1], churned(tss, t2, end)[has2]
+    labels = tss if target_tss is None else target_tss
+    y1, y2 = churned(labels, t1, t2)[has1], churned(labels, t2, end)[has2]
     if len(np.unique(y1)) < 2 or len(np.unique(y2)) < 2:
-        raise ValueError(
+        reason = (
             f"churn: both classes are needed in each window of {cfg.churn_window_days} days "
-            f"(train churn rate {y1.mean():.2f}, eval {y2.mean():.2f}); change churn_window_days"
+            f"(train churn rate {y1.mean() if len(y1) else float('nan'):.2f}, eval "
+            f"{y2.mean() if len(y2) else float('nan'):.2f}); set the profile's churn_window_days"
         )
+        nan = float("nan")
+        report = {k: nan for k in ("churn_auc", "churn_auc_recency_baseline", "churn_precision_top_decile")}
+        report.update(
+            churn_precision_top_decile_recency_baseline=nan,
+            churn_window_days=cfg.churn_window_days,
+            churn_rate_eval=nan,
+            churn_train_users=int(has1.sum()),
+            churn_eval_users=int(has2.sum()),
+            churn_skipped=reason,
+        )
+        return report, np.full(len(seqs), np.nan, dtype=np.float32), {}
 
     def model():
         return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, random_state=cfg.seed)
@@ -220,11 +245,14 @@ def profile_tables(
     vectors = data.item_text
     n_cats = len(cat_names)
     now = int(max(t[-1] for t in tss if len(t)))
+    type_weight = data.behaviour.weight_table()
+    event_w = [type_weight[ty] for ty in data.types]
+    target_tss = [t[data.behaviour.is_target(ty)] for t, ty in zip(tss, data.types, strict=True)]
 
-    report, risk, curves = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg)
+    report, risk, curves = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg, target_tss)
     rows = []
     for u, (s, t) in enumerate(zip(seqs, tss, strict=True)):
-        w = 0.5 ** ((now - t) / (cfg.half_life_days * DAY))
+        w = 0.5 ** ((now - t) / (cfg.half_life_days * DAY)) * event_w[u]
         weights = np.bincount(item_cat[s], weights=w, minlength=n_cats) / w.sum()
         top = np.argsort(-weights, kind="stable")[: cfg.top_categories]
         top = top[weights[top] > 0]
@@ -234,7 +262,7 @@ def profile_tables(
                 "user_id": data.user_ids[u],
                 "top_categories": [cat_names[c] for c in top],
                 "top_weights": weights[top].astype(np.float32),
-                "interest_vector": interest_vector(s, t, vectors, now, cfg.half_life_days),
+                "interest_vector": interest_vector(s, t, vectors, now, cfg.half_life_days, event_w[u]),
                 "n_events": len(s),
                 "first_ts": pd.Timestamp(int(t[0]), unit="s", tz="UTC"),
                 "last_ts": pd.Timestamp(int(t[-1]), unit="s", tz="UTC"),

@@ -1,4 +1,5 @@
-"""The run summary: per family CV mean ± std, test figures, popularity, promotion decision."""
+"""The run summary: the behaviour the figures follow, per family CV mean ± std, test figures
+beside the popularity and recent-interaction baselines, repeat/new targets, promotion decision."""
 
 from __future__ import annotations
 
@@ -19,24 +20,54 @@ def leaderboard(results: list) -> list[dict]:
         row["version"] = fr.registered.version if fr.registered else ""
         rows.append(row)
     if results:
-        pop = results[0].report.popularity
-        rows.append({"family": "popularity", **{f"test_{m}": round(pop[m], 4) for m in METRICS}})
+        for name, base in (
+            ("popularity", results[0].report.popularity),
+            ("recent interactions", results[0].report.recent),
+        ):
+            if base:
+                rows.append({"family": name, **{f"test_{m}": round(base[m], 4) for m in METRICS}})
     return rows
+
+
+def behaviour_line(report) -> str:
+    """What the figures are about: the target behaviour, weights, exclusion, who is evaluated."""
+    b = report.behaviour or {"target": "any", "weights": "all 1", "exclude": "interacted"}
+    return (
+        f"Behaviour: target **{b['target']}**, weights {b['weights']}, exclude {b['exclude']}; "
+        f"{report.n_eval_users} of {report.n_users} users evaluated (the others have fewer than two target events "
+        "and only train)."
+    )
 
 
 def markdown(results: list, recommendations, data_hash: str, profiles=None) -> str:
     """The run summary: FamilyResults, the RecommendationsLayer and the ProfilesLayer (or None)."""
-    lines = [
-        f"# interestflow nightly run (data {data_hash})",
-        "",
-        "| family | metric | CV mean ± std | test | popularity (test) |",
-        "|---|---|---|---|---|",
+    lines = [f"# interestflow nightly run (data {data_hash})", ""]
+    if results:
+        lines += [behaviour_line(results[0].report), ""]
+    lines += [
+        "| family | metric | CV mean ± std | test | popularity (test) | recent interactions (test) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in (fr.report for fr in results):
         for m in METRICS:
+            recent = f"{r.recent[m]:.4f}" if r.recent else ""
             lines.append(
                 f"| {r.family} | {m} | {r.cv[m + '_mean']:.4f} ± {r.cv[m + '_std']:.4f} | "
-                f"{r.test[m]:.4f} | {r.popularity[m]:.4f} |"
+                f"{r.test[m]:.4f} | {r.popularity[m]:.4f} | {recent} |"
+            )
+    lines += [
+        "",
+        "## Repeat and new targets (was the target item already in the user's history?)",
+        "",
+        "| family | repeat targets | NDCG@10 | recent interactions | new targets | NDCG@10 | popularity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in (fr.report for fr in results):
+        t, p, c = r.test, r.popularity, r.recent or r.popularity
+        if "repeat_n" in t:
+            lines.append(
+                f"| {r.family} | {t['repeat_n']} | {t['repeat_ndcg10']:.4f} | {c['repeat_ndcg10']:.4f} | "
+                f"{t['new_n']} | {t['new_ndcg10']:.4f} | {p['new_ndcg10']:.4f} |"
             )
     lines += [
         "",
@@ -50,13 +81,20 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None) -> s
         lines.append(
             f"| {r.family} | {t['cold_n']} | {t['cold_hr10']:.4f} | {t['cold_ndcg10']:.4f} | {p['cold_ndcg10']:.4f} |"
         )
-    lines += ["", "## Promotion", "", "| family | version | decision | reason |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Promotion",
+        "",
+        "| family | version | test NDCG@10 | popularity | recent interactions | decision | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for fr in results:
-        d = fr.decision
+        d, r = fr.decision, fr.report
         verdict = ("promoted to champion" if d.promote else "not promoted") if d else "dry run"
+        recent = f"{r.recent['ndcg10']:.4f}" if r.recent else ""
         lines.append(
-            f"| {fr.family} | {fr.registered.version if fr.registered else '-'} | {verdict} | "
-            f"{d.reason if d else 'nothing registered'} |"
+            f"| {fr.family} | {fr.registered.version if fr.registered else '-'} | {r.test['ndcg10']:.4f} | "
+            f"{r.popularity['ndcg10']:.4f} | {recent} | {verdict} | {d.reason if d else 'nothing registered'} |"
         )
     if recommendations:
         r = recommendations
@@ -69,13 +107,17 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None) -> s
 def profile_lines(profiles) -> list[str]:
     """A ProfilesLayer's figures as markdown."""
     s = profiles.summary
+    churn = (
+        s["churn_skipped"]
+        if s.get("churn_skipped")
+        else f"Churn (time split, next {s['churn_window_days']} days): AUC {s['churn_auc']:.3f} vs recency only "
+        f"{s['churn_auc_recency_baseline']:.3f}; precision in the top decile {s['churn_precision_top_decile']:.3f}."
+    )
     lines = [
         "",
         f"## Interest profiles (`{profiles.uri}`)",
         "",
-        f"Churn (time split, next {s['churn_window_days']} days): AUC {s['churn_auc']:.3f} vs recency only "
-        f"{s['churn_auc_recency_baseline']:.3f}; precision in the top decile {s['churn_precision_top_decile']:.3f}. "
-        f"Drift (JSD, nats): median {s['drift_jsd_median']:.3f} over {s['drift_users']} users.",
+        f"{churn} Drift (JSD, nats): median {s['drift_jsd_median']:.3f} over {s['drift_users']} users.",
         "",
         "| next-category accuracy | |",
         "|---|---|",

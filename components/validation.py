@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import lake, storage
+from components.behaviour import Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -130,31 +131,97 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _short_histories(events: pd.DataFrame, source: str) -> list[Finding]:
-    """Warn about users with fewer than MIN_EVENTS_FOR_TARGETS events: they have no
-    validation or test target and only add to training. (Per-group counts have no GE
-    expectation.)"""
+def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) -> list[Finding]:
+    """Warn about users without two target events (with one event type: fewer than
+    MIN_EVENTS_FOR_TARGETS events): they have no validation or test target and only add to
+    training. (Per-group counts have no GE expectation.)"""
     if events.empty or "user_id" not in events:
         return []
     per_user = events.groupby("user_id").size()
-    short = per_user[per_user < MIN_EVENTS_FOR_TARGETS]
+    if behaviour.target:
+        is_target = events["event_type"].astype(str).isin(behaviour.target).to_numpy(bool)
+        targets = events[is_target].groupby("user_id").size().reindex(per_user.index, fill_value=0)
+        short = per_user[targets < 2]
+        rule = "user_target_events_at_least_2"
+        guards = f"users with fewer than two {'/'.join(behaviour.target)} events have no held-out target; kept"
+    else:
+        short = per_user[per_user < MIN_EVENTS_FOR_TARGETS]
+        rule = f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}"
+        guards = (
+            f"users with fewer than {MIN_EVENTS_FOR_TARGETS} events have no held-out target; kept for training only"
+        )
     if short.empty:
         return []
-    guards = f"users with fewer than {MIN_EVENTS_FOR_TARGETS} events have no held-out target; kept for training only"
     examples = [_short(u) for u in short.index[:MAX_EXAMPLES]]
-    return [
-        Finding(
-            "events",
-            source,
-            "warning",
-            f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}",
-            "user_id",
-            guards,
-            len(short),
-            len(per_user),
-            examples,
+    return [Finding("events", source, "warning", rule, "user_id", guards, len(short), len(per_user), examples)]
+
+
+def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
+    """What shop logs need beside the suites: events outside the declared window, users with
+    bot-like bursts (warnings), and no event of the target types at all (critical)."""
+    if events.empty or events["ts"].isna().all():
+        return []
+    out, src = [], raw.events_source
+    ts = events["ts"]
+    if raw.window:
+        start, end = (pd.Timestamp(raw.window[k]) if k in raw.window else None for k in ("start", "end"))
+        outside = pd.Series(False, index=events.index)
+        if start is not None:
+            outside |= ts < start  # NaT compares False: unparseable times are the suite's to report
+        if end is not None:
+            outside |= ts >= end
+        if outside.any():
+            ex = events.loc[outside, ["user_id", "ts_source"]].head(MAX_EXAMPLES)
+            out.append(
+                Finding(
+                    "events",
+                    src,
+                    "warning",
+                    "ts_within_declared_window",
+                    "ts",
+                    f"events outside the spec's window {raw.window.get('start', '')} .. {raw.window.get('end', '')} "
+                    "(late or replayed data, clock errors); kept",
+                    int(outside.sum()),
+                    len(events),
+                    [f"user {u}: ts {t}" for u, t in ex.itertuples(index=False)],
+                )
+            )
+    hour = ts.dt.floor("h")
+    per_hour = events.assign(hour=hour).groupby(["user_id", "hour"]).size()
+    burst = per_hour[per_hour > raw.max_user_events_per_hour]
+    if len(burst):
+        out.append(
+            Finding(
+                "events",
+                src,
+                "warning",
+                f"user_events_per_hour_at_most_{raw.max_user_events_per_hour}",
+                "user_id",
+                "a user with an implausible burst of events (a bot or a replayed session); kept",
+                int(burst.index.get_level_values(0).nunique()),
+                int(events["user_id"].nunique()),
+                [f"user {u}: {n} events in the hour from {h}" for (u, h), n in burst.head(MAX_EXAMPLES).items()],
+            )
         )
-    ]
+    b = raw.behaviour
+    if b.target:
+        n_target = int(events["event_type"].astype(str).isin(b.target).sum())
+        if n_target == 0:
+            counts = events["event_type"].astype(str).value_counts().head(MAX_EXAMPLES)
+            out.append(
+                Finding(
+                    "events",
+                    src,
+                    "critical",
+                    "target_behaviour_share_above_0",
+                    "event_type",
+                    f"the spec predicts {'/'.join(b.target)} events but the log has none (nothing to predict)",
+                    0,
+                    len(events),
+                    [f"{t}: {n}" for t, n in counts.items()],
+                )
+            )
+    return out
 
 
 def validate(raw: RawLayer, root: str, now: datetime | None = None) -> ValidatedLayer:
@@ -201,7 +268,8 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
                 [],
             )
         )
-    findings += _short_histories(events, raw.events_source)
+    findings += _short_histories(events, raw.events_source, raw.behaviour)
+    findings += _behaviour_checks(events, raw)
     sources = {"events": raw.events_source, "items": raw.items_source}
     for table, columns in (raw.ignored_columns or {}).items():
         if columns:  # a file's columns that the spec does not map: harmless, but say so

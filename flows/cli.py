@@ -50,13 +50,15 @@ def _print_summary(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from components.report import METRICS
+    from components.report import METRICS, behaviour_line
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
+    if out.results:
+        console.print(behaviour_line(out.results[0].report).replace("**", ""))
     for fr in out.results:
         r = fr.report
         t = Table(title=f"{r.family}: cross-validation and test (data {out.data_hash})")
-        for col in ("metric", "CV mean ± std", "test", "popularity (test)"):
+        for col in ("metric", "CV mean ± std", "test", "popularity (test)", "recent interactions (test)"):
             t.add_column(col, justify="right" if col != "metric" else "left")
         for m in METRICS:
             t.add_row(
@@ -64,13 +66,16 @@ def _print_summary(out: dict) -> None:
                 f"{r.cv[m + '_mean']:.4f} ± {r.cv[m + '_std']:.4f}",
                 f"{r.test[m]:.4f}",
                 f"{r.popularity[m]:.4f}",
+                f"{r.recent[m]:.4f}" if r.recent else "",
             )
-        t.add_row(
-            f"cold ndcg10 ({r.test['cold_n']} targets)",
-            "",
-            f"{r.test['cold_ndcg10']:.4f}",
-            f"{r.popularity['cold_ndcg10']:.4f}",
-        )
+        for split, n in (("cold", "cold_n"), ("repeat", "repeat_n"), ("new", "new_n")):
+            t.add_row(
+                f"{split} ndcg10 ({r.test[n]} targets)",
+                "",
+                f"{r.test[split + '_ndcg10']:.4f}",
+                f"{r.popularity[split + '_ndcg10']:.4f}",
+                f"{r.recent[split + '_ndcg10']:.4f}" if r.recent else "",
+            )
         console.print(t)
         d = fr.decision
         if d:
@@ -87,9 +92,11 @@ def _print_summary(out: dict) -> None:
         )
     if out.profiles:
         p = out.profiles.summary
+        churn = p.get("churn_skipped") or (
+            f"churn AUC {p['churn_auc']:.3f} (recency only {p['churn_auc_recency_baseline']:.3f})"
+        )
         console.print(
-            f"Profiles of {p['users']} users: churn AUC {p['churn_auc']:.3f} (recency only "
-            f"{p['churn_auc_recency_baseline']:.3f}), median drift {p['drift_jsd_median']:.3f} nats -> "
+            f"Profiles of {p['users']} users: {churn}, median drift {p['drift_jsd_median']:.3f} nats -> "
             f"{out.profiles.uri}"
         )
     from components.tracking import tracking_uri

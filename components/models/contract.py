@@ -11,7 +11,8 @@ A batch is a dict: ``users`` (B,) user indices (``n_users`` = unknown user), ``s
 components/batches.py) and ``types`` (B, L) the events' type codes, padded with
 ``PAD_TYPE`` (components/behaviour.py). Each family uses what it needs: MF the user index
 and the events' behaviour weights (iALS confidences), sequence families the typed history
-(a behaviour embedding added to each item's vector, :meth:`Family.behaviour_embedding`). Training, evaluation, registration and recommendation only ever call
+(a behaviour embedding added to each item's vector, :meth:`Family.behaviour_embedding`).
+Training, evaluation, registration and recommendation only ever call
 ``loss``, ``score`` and ``fit_score``. A family whose ``score`` adds a ranking-time
 adjustment that is not part of the fit (bert's ``popularity_adjust``) overrides
 ``fit_score(batch)``, the scores without it: early stopping selects the epoch on those, so
