@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=64, help="users per batch (815 users: 13 steps an epoch)")
     ap.add_argument("--no-alike", action="store_true", help="skip the every-event-alike runs")
     args = ap.parse_args()
     quiet_env()
@@ -50,7 +51,9 @@ def main() -> None:
     settings = pipeline.NightlySettings(
         families=tuple(args.families),
         folds=args.folds,
-        train=TrainConfig(max_epochs=args.max_epochs, patience=args.patience, seed=args.seed),
+        train=TrainConfig(
+            max_epochs=args.max_epochs, patience=args.patience, seed=args.seed, batch_size=args.batch_size
+        ),
         model=overrides,
         profiles=False,
         dry_run=True,

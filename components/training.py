@@ -174,6 +174,7 @@ def side_inputs(cls, data: Dataset, view: View) -> SideInputs:
         "type_weights": torch.as_tensor(data.behaviour.weight_table()),
         "target_types": torch.as_tensor(data.behaviour.target_table()),
         "typed": len(np.unique(np.concatenate(view.train_types))) > 1 if view.train_types else False,
+        "repeats": data.behaviour.exclude != "interacted",
     }
     if not cls.uses_text:
         return SideInputs(**behaviour)

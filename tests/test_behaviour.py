@@ -253,3 +253,56 @@ def test_mf_confidences_follow_the_behaviour_weights():
     batch = {"users": torch.tensor([0]), "seq": torch.tensor([[0, 1, 1]]), "types": torch.tensor([[0, 0, 4]])}
     # item 0 viewed (1 + 1*1), item 1 viewed and bought (1 + 1*4): (2 + 5) / 1
     assert model.loss(batch).item() == pytest.approx(7.0)
+
+
+def test_the_fused_cross_entropy_with_sparse_logits_matches_autograd(monkeypatch):
+    """The repeat term enters the fused loss as sparse logits; loss and every gradient equal
+    ``F.cross_entropy`` on the dense logits, across chunks."""
+    from torch.nn import functional as F
+
+    from components.models import loss as loss_
+
+    monkeypatch.setattr(loss_, "_CHUNK_ELEMS", {"cpu": 22})  # two rows per chunk
+    g = torch.Generator().manual_seed(0)
+    n, d, m = 7, 4, 11
+    q, w, b = (torch.randn(*s, generator=g).requires_grad_() for s in ((n, d), (m, d), (m,)))
+    t = torch.randint(0, m, (n,), generator=g)
+    rows = torch.tensor([0, 0, 2, 2, 2, 5, 6])
+    cols = torch.tensor([1, 1, 3, 4, int(t[2]), 0, int(t[6])])  # a duplicate pair, and targets among them
+    v = torch.randn(7, generator=g).requires_grad_()
+    ours = loss_.full_ce(q, t, w, b, (rows, cols, v))
+    ours.backward()
+    mine = [x.grad.clone() for x in (q, w, b, v)]
+    for x in (q, w, b, v):
+        x.grad = None
+    ref = F.cross_entropy((q @ w.T + b).index_put((rows, cols), v, accumulate=True), t)
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
+    assert all(torch.allclose(a, x.grad, atol=1e-5) for a, x in zip(mine, (q, w, b, v), strict=True))
+
+
+@pytest.mark.parametrize("family", ["lstm", "cnn", "bert"])
+def test_the_repeat_term_learns_only_where_history_items_can_be_ranked(family):
+    cls = MODELS[family]
+    b = Behaviour(target=("purchase",), exclude="target")
+    side = SideInputs(
+        item_text=torch.zeros(10, 384),
+        item_counts=torch.ones(10),
+        type_weights=torch.as_tensor(b.weight_table()),
+        target_types=torch.as_tensor(b.target_table()),
+        typed=True,
+        repeats=True,
+    )
+    seq = torch.tensor([[1, 2, 3, 2], [5, 6, 5, 8], [1, 3, 5, 3]])
+    types = torch.tensor([[0, 3, 0, 4], [0, 0, 4, 4], [2, 4, 0, 4]])
+    batch = {"users": torch.arange(3), "seq": seq, "types": types}
+    model = cls(cls.Config(dim=8), 10, 3, side)
+    model.loss(batch).backward()
+    assert model.repeat.weight.grad.abs().sum() > 0  # the carts and views before the purchases
+    with torch.no_grad():
+        model.repeat.weight[TYPE_CODES["cart"]] = 5.0
+    model.eval()
+    s = model.score(batch)
+    assert s[0, 2] - s[0, 4] > 3  # item 2 was carted two steps ago: 5 · exp(-0.13 · 2) more
+    frozen = cls(cls.Config(dim=8), 10, 3, dataclasses.replace(side, repeats=False))
+    assert not frozen.repeat.weight.requires_grad and not frozen.repeat.active

@@ -142,6 +142,7 @@ class BERT(Family):
         )
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.behaviour = self.behaviour_embedding(c.dim)
+        self.repeat = self.repeat_term() if c.objective == "causal" else None  # causal queries see their prefix
         self.text_top = None
         if c.finetune_layers:
             self._init_finetuning(side.item_strings)
@@ -229,6 +230,8 @@ class BERT(Family):
         scores = h @ table.T
         if (offsets := self.offsets()) is not None:
             scores = scores + offsets
+        if types is not None and self.repeat is not None and self.repeat.active:
+            scores = scores + self.repeat.dense(seq, types, self.n_items)
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -247,7 +250,10 @@ class BERT(Family):
             in_types = None if types is None else types.masked_fill(picked, PAD_TYPE)
             valid = picked & self.predicted(types, target)
         h = self(inputs, table, in_types)[valid]
-        return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled)
+        extra = None
+        if in_types is not None and self.repeat is not None and self.repeat.active:
+            extra = self.repeat.pairs(inputs, in_types, valid, self.pad)
+        return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled, extra)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------
     def _init_finetuning(self, item_strings: list[str] | None) -> None:

@@ -61,6 +61,7 @@ class CNN(Family):
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
         self.behaviour = self.behaviour_embedding(c.dim)
+        self.repeat = self.repeat_term()
 
     def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query."""
@@ -83,8 +84,12 @@ class CNN(Family):
 
     def score(self, batch: dict) -> torch.Tensor:
         types = batch.get("types")
+        seq = batch["seq"]
         tw = None if types is None else self._windows(types, PAD_TYPE)[:, -1]
-        return self.logits(self(self._windows(batch["seq"], self.n_items)[:, -1], batch["users"], tw))
+        scores = self.logits(self(self._windows(seq, self.n_items)[:, -1], batch["users"], tw))
+        if types is not None and self.repeat.active:
+            scores = scores + self.repeat.dense(seq, types, self.n_items)
+        return scores
 
     def _windows(self, seq: torch.Tensor, pad: int) -> torch.Tensor:
         """(B, T) -> (B, T, L): for each position t the L items (or types) before it, padded on the left."""
@@ -100,4 +105,7 @@ class CNN(Family):
         valid &= self.predicted(None if types is None else types[:, 1:], target)
         tw = None if types is None else self._windows(types[:, :-1], PAD_TYPE)[valid]
         q = self(windows[valid], users[:, None].expand_as(target)[valid], tw)
-        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled)
+        extra = None
+        if types is not None and self.repeat.active:
+            extra = self.repeat.pairs(seq[:, :-1], types[:, :-1], valid, self.n_items)
+        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled, extra)

@@ -24,12 +24,16 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     Matmuls run in ``compute_dtype`` (bf16 under bf16 autocast: 4-5× faster on CPUs with
     native bf16), the softmax and every accumulation in fp32.
+
+    ``extra`` = (rows, cols, values): sparse additions to the logits (the repeat term,
+    components/models/contract.py), rows sorted; ``values`` gets its gradient too.
     """
 
     @staticmethod
-    def forward(ctx, q, table, bias, target, compute_dtype):
+    def forward(ctx, q, table, bias, target, compute_dtype, rows=None, cols=None, values=None):
         n, n_items = len(q), len(table)
         wants = ctx.needs_input_grad[:3]
+        gv = torch.zeros_like(values, dtype=torch.float32) if values is not None else None
         with torch.autocast(q.device.type, enabled=False):
             q32, w32 = q.float(), table.float()
             ql, wl = q32.to(compute_dtype), w32.to(compute_dtype)
@@ -43,14 +47,20 @@ class LinearCrossEntropy(torch.autograd.Function):
                 z = (qc @ wl.T).float()
                 if bias is not None:
                     z += bias.float()
+                if values is not None:
+                    lo, hi = torch.searchsorted(rows, torch.tensor([s, s + chunk], device=rows.device)).tolist()
+                    er, ec = rows[lo:hi] - s, cols[lo:hi]
+                    z.index_put_((er, ec), values[lo:hi].float(), accumulate=True)
                 z_target = z.gather(1, tc[:, None]).squeeze(1)
                 top = z.amax(1)
                 z.sub_(top[:, None]).exp_()  # unnormalised softmax
                 norm = z.sum(1)
                 total += (norm.log() + top - z_target).sum(dtype=torch.float64)
-                if not any(wants):
+                if not any(wants) and gv is None:
                     continue
                 r = 1.0 / (norm * n)  # d(mean loss)/d logits = (softmax - onehot) / n
+                if gv is not None:
+                    gv[lo:hi] = z[er, ec] * r[er] - (ec == tc[er]).float() / n
                 zl = z.to(compute_dtype)
                 if gq is not None:
                     gq[s : s + chunk] = (zl @ wl).float().mul_(r[:, None]).sub_(w32[tc], alpha=1.0 / n)
@@ -60,35 +70,45 @@ class LinearCrossEntropy(torch.autograd.Function):
                 if gb is not None:
                     gb.addmv_(z.T, r)
                     gb.index_add_(0, tc, torch.full_like(r, -1.0 / n))
-        ctx.save_for_backward(gq, gw, gb)
-        ctx.dtypes = (q.dtype, table.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(gq, gw, gb, gv)
+        ctx.dtypes = (q.dtype, table.dtype, None if bias is None else bias.dtype, None if values is None else values.dtype)
         return (total / max(n, 1)).to(q.dtype if q.dtype.is_floating_point else torch.float32)
 
     @staticmethod
     def backward(ctx, grad):
         grads = [None if g is None else (g * grad).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)]
-        return *grads, None, None
+        return *grads[:3], None, None, None, None, grads[3]
 
 
-def full_ce(q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.cross_entropy(q @ table.T + bias, target)`` through :class:`LinearCrossEntropy`;
+def full_ce(
+    q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, extra=None
+) -> torch.Tensor:
+    """``F.cross_entropy(q @ table.T + bias (+ extra), target)`` through :class:`LinearCrossEntropy`;
     matmuls in the autocast dtype when autocast is on (Lightning's ``bf16-mixed``)."""
     device = q.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
-    return LinearCrossEntropy.apply(q, table, bias, target, dtype)
+    return LinearCrossEntropy.apply(q, table, bias, target, dtype, *(extra or (None, None, None)))
 
 
 def sampled_or_full_ce(
-    q: torch.Tensor, target: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None, sampled: int
+    q: torch.Tensor,
+    target: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None,
+    sampled: int,
+    extra: tuple | None = None,
 ) -> torch.Tensor:
     """Full cross-entropy over the catalogue, or a sampled softmax with shared uniform negatives.
 
-    ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,) or None.
+    ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,) or None,
+    ``extra`` (rows, cols, values) sparse logit additions (full cross-entropy only).
     The sampled path scores the batch's targets plus ``sampled`` uniform negatives
     (in-batch softmax).
     """
     if not sampled:
-        return full_ce(q, target, table, bias)
+        return full_ce(q, target, table, bias, extra)
+    if extra is not None:
+        raise ValueError("the repeat term needs the full cross-entropy (sampled = 0)")
     neg = torch.randint(0, len(table), (sampled,), device=q.device)
     cand = torch.cat([target, neg])  # (N + S,) candidates; each row's positive sits on the diagonal
     logits = q @ table[cand].T  # (N, N + S)

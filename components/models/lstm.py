@@ -50,6 +50,7 @@ class LSTM(Family):
         self.out = nn.Linear(config.hidden, config.dim)
         self.bias = nn.Parameter(torch.zeros(n_items))
         self.behaviour = self.behaviour_embedding(config.dim)
+        self.repeat = self.repeat_term()
 
     def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) item indices (and their event types), left-padded -> (B, L, dim) next-item
@@ -64,7 +65,11 @@ class LSTM(Family):
         return q @ self.items.weight[: self.n_items].T + self.bias  # (N, n_items)
 
     def score(self, batch: dict) -> torch.Tensor:
-        return self.logits(self(batch["seq"], batch.get("types"))[:, -1])  # the most recent position is the last
+        seq, types = batch["seq"], batch.get("types")
+        scores = self.logits(self(seq, types)[:, -1])  # the most recent position is the last
+        if types is not None and self.repeat.active:
+            scores = scores + self.repeat.dense(seq, types, self.n_items)
+        return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], batch.get("types")
@@ -73,4 +78,7 @@ class LSTM(Family):
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         valid &= self.predicted(None if types is None else types[:, 1:], target)
         table = self.items.weight[: self.n_items]
-        return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled)
+        extra = None
+        if types is not None and self.repeat.active:
+            extra = self.repeat.pairs(seq[:, :-1], types[:, :-1], valid, self.n_items)
+        return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled, extra)
