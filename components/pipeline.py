@@ -26,6 +26,7 @@ from components import evaluation, events, features, lake, plots, promotion, pyf
 from components import profiles as profiles_
 from components import recommend as recommend_
 from components import validation as validation_
+from components.behaviour import EVENT_TYPES
 from components.config import PROTOCOL, TrainConfig
 from components.datasets import Dataset
 from components.lake import (
@@ -333,8 +334,10 @@ def recommend_for_user(
     if not len(pos):
         raise ValueError(f"user {user_id!r} is not in the event log {dataset.features.validated.raw.events_source}")
     history = [str(x) for x in data.item_ids[data.seqs[pos[0]]]]
+    types = [EVENT_TYPES[t] for t in data.types[pos[0]]]
     c = recommend_.serving_champion(families, family)
-    top = tracking.predict(c["model_uri"], pd.DataFrame({"user_id": [str(user_id)], "history": [history]}), {"k": k})
+    request = pd.DataFrame({"user_id": [str(user_id)], "history": [history], "event_types": [types]})
+    top = tracking.predict(c["model_uri"], request, {"k": k})
     items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))[["item_id", "title", "categories"]]
     out = top.merge(items.astype({"item_id": str}), on="item_id", how="left")
     out.attrs.update({"model": f"{c['name']} v{c['version']}", "history": len(history)})

@@ -298,11 +298,38 @@ def test_the_repeat_term_learns_only_where_history_items_can_be_ranked(family):
     batch = {"users": torch.arange(3), "seq": seq, "types": types}
     model = cls(cls.Config(dim=8), 10, 3, side)
     model.loss(batch).backward()
-    assert model.repeat.weight.grad.abs().sum() > 0  # the carts and views before the purchases
+    assert model.repeat.raw_weight.grad.abs().sum() > 0  # the carts and views before the purchases
     with torch.no_grad():
-        model.repeat.weight[TYPE_CODES["cart"]] = 5.0
+        model.repeat.raw_weight[TYPE_CODES["cart"]] = 5.0 / model.repeat.SPEED  # a cart, whatever is asked for
     model.eval()
     s = model.score(batch)
     assert s[0, 2] - s[0, 4] > 3  # item 2 was carted two steps ago: 5 · exp(-0.13 · 2) more
     frozen = cls(cls.Config(dim=8), 10, 3, dataclasses.replace(side, repeats=False))
-    assert not frozen.repeat.weight.requires_grad and not frozen.repeat.active
+    assert not frozen.repeat.raw_weight.requires_grad and not frozen.repeat.active
+
+
+def test_shop_log_checks_window_bursts_and_no_target_events(tmp_path):
+    from components import validation
+
+    root = str(tmp_path / "lake")
+    spec = write_shop(tmp_path, ROWS)
+    text = spec.read_text().replace(
+        "  event_types:",
+        '  window: {start: "2020-09-13T12:28:00", end: "2020-09-13T12:33:00"}\n'
+        "  max_user_events_per_hour: 4\n  event_types:",
+    )
+    spec.write_text(text)
+    warnings = validation.validate(events.ingest(spec, root), root).warnings
+    window = next(w for w in warnings if "ts_within_declared_window" in w)
+    assert "events.csv" in window and "column 'ts'" in window and "2 of 14 rows" in window
+    assert "user u1: ts 1600000400" in window and "user u1: ts 1600000500" in window
+    burst = next(w for w in warnings if "user_events_per_hour_at_most_4" in w)
+    assert "user u1: 6 events in the hour" in burst  # u1 has 6 events within the hour, u3 5
+    assert "1 of 3 rows" in next(w for w in warnings if "user_target_events_at_least_2" in w)  # u2
+
+    (tmp_path / "nobuy").mkdir()
+    spec = write_shop(tmp_path / "nobuy", [r for r in ROWS if r[3] != "buy"])
+    root2 = str(tmp_path / "lake2")
+    with pytest.raises(validation.DataValidationError, match="target_behaviour_share_above_0") as e:
+        validation.validate(events.ingest(spec, root2), root2)
+    assert "view: 6" in str(e.value) and "predicts purchase events but the log has none" in str(e.value)

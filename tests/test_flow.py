@@ -6,6 +6,8 @@ real Lightning training in subprocesses. Slow-ish (~2 minutes together).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,3 +146,40 @@ def test_cli_recommends_for_one_user_through_the_served_model(flow_env, capsys):
     assert top["title"].notna().all()
     with pytest.raises(SystemExit, match="not in the event log"):
         main(["recommend", "--user", "nobody", "--spec", flow_env["spec"], "--lake", flow_env["lake"]])
+
+
+@pytest.mark.slow
+def test_a_shop_log_trains_for_purchases_end_to_end(tmp_path, harness):
+    """The shipped Taobao slice (views, favourites, carts, purchases) through the real flow:
+    purchase targets, both baselines in the report and MLflow, only bought items excluded."""
+    from flows.nightly import nightly
+
+    spec = str(Path(__file__).resolve().parent.parent / "specs" / "taobao_shipped.yaml")
+    out = nightly(
+        spec=spec,
+        lake=str(tmp_path / "lake"),
+        families=["cnn"],
+        folds=1,
+        max_epochs=2,
+        patience=1,
+        batch_size=64,
+        profile={"churn_window_days": 3},
+    )
+    r = out.results[0].report
+    assert r.behaviour == {"target": "purchase", "weights": "cart=3,favorite=2,purchase=4,view=1", "exclude": "target"}
+    assert 0 < r.n_eval_users < r.n_users
+    assert r.recent["ndcg10"] > r.popularity["ndcg10"] and r.recent["repeat_n"] + r.recent["new_n"] == r.n_eval_users
+    assert "recent interactions" in out.summary and "target **purchase**" in out.summary
+    logged = tracking.client().get_run(r.run_id).data
+    assert {"recent_test_ndcg10", "pop_test_ndcg10", "test_repeat_ndcg10"} <= set(logged.metrics)
+    assert logged.params["protocol.behaviour.exclude"] == "target"
+
+    # Recommendations keep viewed items and leave out only what each shopper bought.
+    ds = pipeline.data_path(spec, str(tmp_path / "lake"), 1, 0)
+    events = storage.read_parquet(lake.file(ds.features.validated.uri, "events.parquet"))
+    recs = storage.read_parquet(out.recommendations.uri)
+    bought = set(zip(*events[events.event_type == "purchase"][["user_id", "item_id"]].to_numpy().T, strict=True))
+    touched = set(zip(events.user_id, events.item_id, strict=True))
+    pairs = set(zip(recs.user_id, recs.item_id, strict=True))
+    assert not pairs & bought and pairs & touched
+    assert out.profiles.summary["churn_eval_users"] > 0

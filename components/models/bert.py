@@ -143,6 +143,7 @@ class BERT(Family):
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.behaviour = self.behaviour_embedding(c.dim)
         self.repeat = self.repeat_term() if c.objective == "causal" else None  # causal queries see their prefix
+        self.intent = self.intent_embedding(c.dim)
         self.text_top = None
         if c.finetune_layers:
             self._init_finetuning(side.item_strings)
@@ -222,25 +223,28 @@ class BERT(Family):
 
     def fit_score(self, batch: dict) -> torch.Tensor:
         """The model's own scores, before ``popularity_adjust`` (early stopping reads these)."""
-        seq, table, types = batch["seq"], self.item_table(), batch.get("types")
+        seq, table, types = batch["seq"], self.item_table(), self.event_types(batch)
         if self.config.objective == "masked":
             seq = self._with_mask_token(seq, self.mask)
             types = None if types is None else self._with_mask_token(types, PAD_TYPE)
         h = self(seq, table, types)[:, -1]
+        intent = self.ranking_intent(seq)
+        if types is not None:
+            h = h + self.intent(intent)
         scores = h @ table.T
         if (offsets := self.offsets()) is not None:
             scores = scores + offsets
         if types is not None and self.repeat is not None and self.repeat.active:
-            scores = scores + self.repeat.dense(seq, types, self.n_items)
+            scores = scores + self.repeat.dense(seq, types, intent, self.n_items)  # causal only: seq is the history
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, table, types = batch["seq"], self.item_table(), batch.get("types")
+        seq, table, types = batch["seq"], self.item_table(), self.event_types(batch)
         if self.config.objective == "causal":
             inputs, target = seq[:, :-1], seq[:, 1:]
             in_types = None if types is None else types[:, :-1]
+            next_types = None if types is None else types[:, 1:]
             valid = (target != self.pad) & (inputs != self.pad)
-            valid &= self.predicted(None if types is None else types[:, 1:], target)
         else:
             real = seq != self.pad
             picked = (torch.rand(seq.shape, device=seq.device) < self.config.mask_prob) & real
@@ -248,12 +252,16 @@ class BERT(Family):
             picked[:, -1] |= real[:, -1]
             inputs, target = seq.masked_fill(picked, self.mask), seq
             in_types = None if types is None else types.masked_fill(picked, PAD_TYPE)
-            valid = picked & self.predicted(types, target)
-        h = self(inputs, table, in_types)[valid]
+            next_types, valid = types, picked  # a [MASK] is asked for the masked event's behaviour
+        h = self(inputs, table, in_types)
         extra = None
-        if in_types is not None and self.repeat is not None and self.repeat.active:
-            extra = self.repeat.pairs(inputs, in_types, valid, self.pad)
-        return sampled_or_full_ce(h, target[valid], table, self.offsets(), self.config.sampled, extra)
+        if types is not None:
+            valid &= self.predicted(next_types, target)
+            intents = self.intents(next_types, target)
+            h = h + self.intent(intents)
+            if self.repeat is not None and self.repeat.active:
+                extra = self.repeat.pairs(inputs, in_types, intents, valid, self.pad)
+        return sampled_or_full_ce(h[valid], target[valid], table, self.offsets(), self.config.sampled, extra)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------
     def _init_finetuning(self, item_strings: list[str] | None) -> None:

@@ -62,6 +62,7 @@ class CNN(Family):
         nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
         self.behaviour = self.behaviour_embedding(c.dim)
         self.repeat = self.repeat_term()
+        self.intent = self.intent_embedding(2 * c.dim)
 
     def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query."""
@@ -83,12 +84,15 @@ class CNN(Family):
         return q @ self.items.weight.T + self.bias
 
     def score(self, batch: dict) -> torch.Tensor:
-        types = batch.get("types")
-        seq = batch["seq"]
-        tw = None if types is None else self._windows(types, PAD_TYPE)[:, -1]
-        scores = self.logits(self(self._windows(seq, self.n_items)[:, -1], batch["users"], tw))
-        if types is not None and self.repeat.active:
-            scores = scores + self.repeat.dense(seq, types, self.n_items)
+        seq, types = batch["seq"], self.event_types(batch)
+        windows = self._windows(seq, self.n_items)[:, -1]
+        if types is None:
+            return self.logits(self(windows, batch["users"]))
+        intent = self.ranking_intent(seq)
+        q = self(windows, batch["users"], self._windows(types, PAD_TYPE)[:, -1]) + self.intent(intent)
+        scores = self.logits(q)
+        if self.repeat.active:
+            scores = scores + self.repeat.dense(seq, types, intent, self.n_items)
         return scores
 
     def _windows(self, seq: torch.Tensor, pad: int) -> torch.Tensor:
@@ -98,14 +102,18 @@ class CNN(Family):
         return padded.unfold(1, L, 1)[:, 1:]  # window ending at t (inclusive) predicts t+1
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, users, types = batch["seq"], batch["users"], batch.get("types")
+        seq, users, types = batch["seq"], batch["users"], self.event_types(batch)
         windows = self._windows(seq[:, :-1], self.n_items)  # (B, T-1, L)
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        valid &= self.predicted(None if types is None else types[:, 1:], target)
-        tw = None if types is None else self._windows(types[:, :-1], PAD_TYPE)[valid]
-        q = self(windows[valid], users[:, None].expand_as(target)[valid], tw)
-        extra = None
-        if types is not None and self.repeat.active:
-            extra = self.repeat.pairs(seq[:, :-1], types[:, :-1], valid, self.n_items)
+        if types is None:
+            q = self(windows[valid], users[:, None].expand_as(target)[valid])
+            return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled)
+        valid &= self.predicted(types[:, 1:], target)
+        intents = self.intents(types[:, 1:], target)
+        tw = self._windows(types[:, :-1], PAD_TYPE)[valid]
+        q = self(windows[valid], users[:, None].expand_as(target)[valid], tw) + self.intent(intents[valid])
+        extra = (
+            self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
+        )
         return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled, extra)

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from components.behaviour import N_TYPE_CODES, PAD_TYPE
 
-PREDICT = ("target", "all")
+PREDICT = ("conditioned", "target", "all")
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,12 @@ class FamilyConfig:
     behaviours: bool = True
     """Read each event's type (behaviour embedding; mf: the spec's weights as confidences).
     False: every event alike (no embedding, weight 1, every next event predicted)."""
-    predict: str = "target"
-    """Sequence families: ``target`` learns to predict only next events of the target types
-    (all of them for a one-type log); ``all`` every next event, whatever its type."""
+    predict: str = "conditioned"
+    """Sequence families, on a log with target types: ``conditioned`` learns from every next
+    event with the query told which behaviour comes next (an intent embedding, and the
+    repeat term's weight per history type and next type) and ranks for the target type;
+    ``target`` learns only from next target-type events; ``all`` from every next event,
+    unconditioned. On a one-type log the three are the same."""
     repeat: bool = True
     """Sequence families: add the learned repeat term (:class:`RepeatTerm`) where the
     exclusion policy lets a user's own items be ranked (``exclude: target | none``)."""
@@ -116,13 +119,18 @@ class Family(nn.Module):
         if config.behaviours:
             if side.type_weights is not None:
                 weights = torch.as_tensor(side.type_weights, dtype=torch.float32).clone()
-            if side.target_types is not None and config.predict == "target":
+            if side.target_types is not None:
                 targets = torch.as_tensor(side.target_types, dtype=torch.bool).clone()
         weights[PAD_TYPE], targets[PAD_TYPE] = 0.0, False
-        self.register_buffer("type_weights", weights)
-        self.register_buffer("target_types", targets)
+        explicit = not bool(targets[:PAD_TYPE].all())  # the behaviour names target types
         self._typed = bool(config.behaviours and side.typed)
         self._repeats = bool(config.repeat and side.repeats)
+        conditioned = self._typed and explicit and config.predict == "conditioned"
+        self.register_buffer("type_weights", weights)
+        self.register_buffer("target_types", targets)
+        code = int(targets.nonzero()[0]) if explicit else PAD_TYPE
+        self.register_buffer("target_code", torch.tensor(code))  # the behaviour a ranking is for
+        self.register_buffer("conditioned", torch.tensor(conditioned))
 
     def behaviour_embedding(self, dim: int) -> nn.Embedding:
         """(type code -> dim) vectors added to item vectors. Starts at zero (and no random
@@ -132,10 +140,36 @@ class Family(nn.Module):
             torch.zeros(N_TYPE_CODES, dim), freeze=not self._typed, padding_idx=PAD_TYPE
         )
 
+    def intent_embedding(self, dim: int) -> nn.Embedding:
+        """(next behaviour -> dim) vectors added to a query: what it is asked to predict. Zero,
+        and trained only with ``predict: conditioned`` on a log with target types."""
+        zeros = torch.zeros(N_TYPE_CODES, dim)
+        return nn.Embedding.from_pretrained(zeros, freeze=not bool(self.conditioned), padding_idx=PAD_TYPE)
+
     def repeat_term(self) -> RepeatTerm:
         """The repeat term (zero, and frozen unless the policy lets history items be ranked)."""
         init = self.type_weights.clone() if self._repeats else None  # start as the recent-interaction rule
-        return RepeatTerm(trainable=self._repeats, typed=self.config.behaviours, init=init)
+        return RepeatTerm(trainable=self._repeats, init=init)
+
+    def event_types(self, batch: dict) -> torch.Tensor | None:
+        """The batch's type codes as the model reads them (``behaviours: false``: every event
+        a view); None for an untyped batch."""
+        types = batch.get("types")
+        if types is None or self.config.behaviours:
+            return types
+        return torch.where(types == PAD_TYPE, types, torch.zeros_like(types))
+
+    def intents(self, next_types: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Training: (B, L) the behaviour each query is asked for (its next event's type when
+        conditioned, else padding = no intent)."""
+        if next_types is not None and bool(self.conditioned):
+            return next_types
+        return torch.full_like(like, PAD_TYPE)
+
+    def ranking_intent(self, like: torch.Tensor) -> torch.Tensor:
+        """Scoring: (B,) the behaviour a ranking is for (the first target type when conditioned)."""
+        code = self.target_code if bool(self.conditioned) else torch.tensor(PAD_TYPE, device=like.device)
+        return code.expand(len(like)).to(like.device)
 
     def event_weights(self, batch: dict) -> torch.Tensor:
         """(B, L) each event's behaviour weight (padding 0)."""
@@ -146,20 +180,22 @@ class Family(nn.Module):
 
     def predicted(self, types: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: which next events the training objective predicts (``predict``)."""
-        if types is None:
+        if types is None or self.config.predict != "target":
             return torch.ones_like(like, dtype=torch.bool)
         return self.target_types[types]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A model saved before behaviours were kept (an earlier champion) scores as it did:
         # weights 1, every type a target, a zero behaviour embedding.
-        for name, value in (("type_weights", self.type_weights), ("target_types", self.target_types)):
-            state_dict.setdefault(prefix + name, value)
-        if "behaviour" in self._modules:  # a sequence family's behaviour_embedding is named ``behaviour``
-            state_dict.setdefault(prefix + "behaviour.weight", torch.zeros_like(self._modules["behaviour"].weight))
+        for name in ("type_weights", "target_types", "target_code", "conditioned"):
+            state_dict.setdefault(prefix + name, self._buffers[name])
+        for name in ("behaviour", "intent"):  # a sequence family's behaviour and intent embeddings
+            if name in self._modules:
+                state_dict.setdefault(prefix + name + ".weight", torch.zeros_like(self._modules[name].weight))
         if "repeat" in self._modules:  # and its repeat term ``repeat``
             for name, value in self._modules["repeat"].state_dict().items():
-                state_dict.setdefault(prefix + "repeat." + name, torch.zeros_like(value) if name == "weight" else value)
+                default = torch.zeros_like(value) if name == "raw_weight" else value
+                state_dict.setdefault(prefix + "repeat." + name, default)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -182,49 +218,65 @@ class Family(nn.Module):
 
 class RepeatTerm(nn.Module):
     """A learned score for the user's own items: Σ over their events e with the item of
-    ``weight[type(e)] · exp(-decay · steps since e)`` (RepeatNet's repeat mode, Ren et al.,
-    AAAI 2019, reduced to a behaviour-weighted, recency-decayed copy score). Shop logs buy
-    what was viewed or carted (63% of Taobao purchases), which an item-vector model learns
-    slowly; this term is what the recent-interaction baseline does, with its weights learned
-    inside the full cross-entropy (components/models/loss.py, sparse logits).
+    ``weight[type(e), intent] · exp(-decay · steps since e)`` (RepeatNet's repeat mode, Ren
+    et al., AAAI 2019, reduced to a behaviour-weighted, recency-decayed copy score; ``intent``
+    = the behaviour being predicted, see ``FamilyConfig.predict``). Shop logs buy what was
+    viewed or carted (63% of Taobao purchases), which an item-vector model learns slowly;
+    this term is what the recent-interaction baseline does, with its weights learned inside
+    the full cross-entropy (components/models/loss.py, sparse logits).
 
     It trains only where the exclusion policy lets history items be ranked, starting from
     the spec's behaviour weights (``init``: the recent-interaction rule, which a few hundred
     purchases could not teach from zero); elsewhere (one-type logs, every history item
-    excluded) it is zero, frozen and skipped. ``typed = False`` (a family's
-    ``behaviours: false``): one weight for every type.
+    excluded) it is zero, frozen and skipped.
     """
 
-    def __init__(self, trainable: bool, typed: bool = True, init: torch.Tensor | None = None):
+    SPEED = 10.0
+    """The parameters move SPEED times faster than the rest under Adam (they are stored
+    divided by it): a handful of numbers, learnt from a few hundred steps on a small log."""
+
+    def __init__(self, trainable: bool, init: torch.Tensor | None = None):
         super().__init__()
-        self.typed = typed
-        weight = torch.zeros(N_TYPE_CODES) if init is None else init.float().clone()
-        self.weight = nn.Parameter(weight, requires_grad=trainable)
-        self.decay = nn.Parameter(torch.tensor(-2.0), requires_grad=trainable)  # softplus: 0.13 per step
+        weight = torch.zeros(N_TYPE_CODES, N_TYPE_CODES)
+        if init is not None:
+            weight += init.float()[:, None]  # every intent starts from the type's weight
+        self.raw_weight = nn.Parameter(weight / self.SPEED, requires_grad=trainable)
+        self.raw_decay = nn.Parameter(torch.tensor(-2.0 / self.SPEED), requires_grad=trainable)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(N_TYPE_CODES, N_TYPE_CODES): per history type and intent."""
+        return self.raw_weight * self.SPEED
+
+    @property
+    def decay(self) -> torch.Tensor:
+        """Per-step decay rate: softplus of the raw value (0.13 at the start)."""
+        return F.softplus(self.raw_decay * self.SPEED)
 
     @property
     def active(self) -> bool:
-        return self.weight.requires_grad or bool(self.weight.detach().any())
+        return self.raw_weight.requires_grad or bool(self.raw_weight.detach().any())
 
-    def _values(self, types: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        w = self.weight[types] if self.typed else self.weight[0].expand_as(types)
-        return w * torch.exp(-F.softplus(self.decay) * steps)
+    def _values(self, types: torch.Tensor, intents: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        return self.weight[types, intents] * torch.exp(-self.decay * steps)
 
-    def pairs(self, inputs: torch.Tensor, types: torch.Tensor, valid: torch.Tensor, pad: int):
-        """Sparse logits for the training queries: query (b, t) predicts the event after t and
-        sees events s <= t. Returns (rows into ``q[valid]``, item columns, values), rows sorted."""
+    def pairs(self, inputs: torch.Tensor, types: torch.Tensor, intents: torch.Tensor, valid: torch.Tensor, pad: int):
+        """Sparse logits for the training queries: query (b, t) predicts the event after t
+        (behaviour ``intents[b, t]``) and sees events s <= t. Returns (rows into ``q[valid]``,
+        item columns, values), rows sorted."""
         B, T = inputs.shape
         t, s = torch.tril_indices(T, T, device=inputs.device)  # every s <= t, t ascending
         keep = valid[:, t] & (inputs[:, s] != pad)  # (B, P)
         row_of = torch.cumsum(valid.flatten(), 0).view(B, T) - 1  # (b, t) -> row of q[valid]
         b, p = keep.nonzero(as_tuple=True)
         rows, cols = row_of[b, t[p]], inputs[b, s[p]]
-        return rows, cols, self._values(types[b, s[p]], (t[p] - s[p]).float())
+        return rows, cols, self._values(types[b, s[p]], intents[b, t[p]], (t[p] - s[p]).float())
 
-    def dense(self, seq: torch.Tensor, types: torch.Tensor, n_items: int) -> torch.Tensor:
-        """(B, n_items) the term for the next event after the whole (left-padded) history."""
+    def dense(self, seq: torch.Tensor, types: torch.Tensor, intent: torch.Tensor, n_items: int) -> torch.Tensor:
+        """(B, n_items) the term for the next event (behaviour ``intent`` (B,)) after the whole
+        left-padded history."""
         B, T = seq.shape
         steps = (T - 1 - torch.arange(T, device=seq.device)).float().expand(B, T)
-        vals = self._values(types, steps) * (seq != n_items)
+        vals = self._values(types, intent[:, None].expand(B, T), steps) * (seq != n_items)
         out = torch.zeros(B, n_items + 1, device=seq.device, dtype=vals.dtype)
         return out.scatter_add_(1, seq, vals)[:, :n_items]

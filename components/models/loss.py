@@ -71,7 +71,7 @@ class LinearCrossEntropy(torch.autograd.Function):
                     gb.addmv_(z.T, r)
                     gb.index_add_(0, tc, torch.full_like(r, -1.0 / n))
         ctx.save_for_backward(gq, gw, gb, gv)
-        ctx.dtypes = (q.dtype, table.dtype, None if bias is None else bias.dtype, None if values is None else values.dtype)
+        ctx.dtypes = tuple(None if x is None else x.dtype for x in (q, table, bias, values))
         return (total / max(n, 1)).to(q.dtype if q.dtype.is_floating_point else torch.float32)
 
     @staticmethod

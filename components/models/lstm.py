@@ -51,6 +51,7 @@ class LSTM(Family):
         self.bias = nn.Parameter(torch.zeros(n_items))
         self.behaviour = self.behaviour_embedding(config.dim)
         self.repeat = self.repeat_term()
+        self.intent = self.intent_embedding(config.dim)
 
     def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) item indices (and their event types), left-padded -> (B, L, dim) next-item
@@ -65,20 +66,28 @@ class LSTM(Family):
         return q @ self.items.weight[: self.n_items].T + self.bias  # (N, n_items)
 
     def score(self, batch: dict) -> torch.Tensor:
-        seq, types = batch["seq"], batch.get("types")
-        scores = self.logits(self(seq, types)[:, -1])  # the most recent position is the last
-        if types is not None and self.repeat.active:
-            scores = scores + self.repeat.dense(seq, types, self.n_items)
+        seq, types = batch["seq"], self.event_types(batch)
+        q = self(seq, types)[:, -1]  # the most recent position is the last
+        if types is None:
+            return self.logits(q)
+        intent = self.ranking_intent(seq)
+        scores = self.logits(q + self.intent(intent))
+        if self.repeat.active:
+            scores = scores + self.repeat.dense(seq, types, intent, self.n_items)
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, types = batch["seq"], batch.get("types")
+        seq, types = batch["seq"], self.event_types(batch)
         q = self(seq[:, :-1], None if types is None else types[:, :-1])  # (B, L-1, dim): item t+1 from events <= t
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        valid &= self.predicted(None if types is None else types[:, 1:], target)
         table = self.items.weight[: self.n_items]
-        extra = None
-        if types is not None and self.repeat.active:
-            extra = self.repeat.pairs(seq[:, :-1], types[:, :-1], valid, self.n_items)
+        if types is None:
+            return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled)
+        valid &= self.predicted(types[:, 1:], target)
+        intents = self.intents(types[:, 1:], target)
+        q = q + self.intent(intents)
+        extra = (
+            self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
+        )
         return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled, extra)
