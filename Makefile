@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos bench-behaviour clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-pipeline: $(STAMP)
 
 bench-quality: $(STAMP)
 	$(BIN)/python bench/quality.py --lake bench/out/quality --families mf lstm cnn bert
+
+bench-behaviour: $(STAMP)
+	$(BIN)/python bench/behaviour.py --lake bench/out/behaviour --families mf lstm cnn bert
 
 bench-speed: $(STAMP)
 	$(BIN)/python bench/speed.py --lake bench/out/speed

@@ -16,7 +16,9 @@ The same :class:`Behaviour` decides training targets, evaluation, the baselines,
 recommendations and profiles, so evaluation ranks exactly what serving would rank.
 
 Event types travel as small integer codes (:data:`TYPE_CODES`, the contract order), the
-same in every dataset and every model, with :data:`PAD_TYPE` for padding.
+same in every dataset and every model, with :data:`PAD_TYPE` for padding. The codes are
+part of what a model reads, so they are defined with the batch contract
+(components/models/contract.py) and named here.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-EVENT_TYPES = ("view", "click", "favorite", "cart", "purchase", "review", "rating")
-TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
-PAD_TYPE = len(EVENT_TYPES)
-"""The type code of padding positions (one past the last contract type)."""
-N_TYPE_CODES = len(EVENT_TYPES) + 1
+from components.models.contract import EVENT_TYPES, N_TYPE_CODES, PAD_TYPE, TYPE_CODES
+
+__all__ = ["EVENT_TYPES", "EXCLUDE", "N_TYPE_CODES", "PAD_TYPE", "TYPE_CODES", "Behaviour", "codes"]
 EXCLUDE = ("interacted", "target", "none")
 
 

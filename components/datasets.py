@@ -25,6 +25,10 @@ from components.lake import DatasetLayer, FeatureLayer
 from components.text import item_texts
 
 
+DATASETS_LAYOUT = 2
+"""2: splits carry the targets' positions (target behaviour); 1: the last two events."""
+
+
 def target_positions(types: list[np.ndarray], behaviour: Behaviour) -> tuple[np.ndarray, np.ndarray]:
     """Per user, the positions of the validation and test targets (-1: the user has none)."""
     table = behaviour.target_table()
@@ -67,7 +71,7 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
         return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum()), "n_users": len(users)}
 
     uri = lake.dataset_uri(root, features, folds, seed)
-    info, _ = lake.build(uri, compute)
+    info, _ = lake.build(uri, compute, layout=DATASETS_LAYOUT)
     return DatasetLayer(uri=uri, features=features, folds=folds, seed=seed, n_eval_users=info["n_eval_users"])
 
 

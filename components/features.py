@@ -19,6 +19,8 @@ from components.behaviour import TYPE_CODES
 from components.lake import FeatureLayer, ValidatedLayer
 
 log = logging.getLogger(__name__)
+FEATURES_LAYOUT = 2
+"""2: user sequences carry event types and values (1: items and times only)."""
 
 
 def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -61,7 +63,7 @@ def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
         return {"n_users": len(users), "n_items": len(items), "event_types": {k: int(v) for k, v in counts.items()}}
 
     uri = lake.features_uri(root, validated)
-    info, _ = lake.build(uri, compute)
+    info, _ = lake.build(uri, compute, layout=FEATURES_LAYOUT)
     return FeatureLayer(
         uri=uri,
         validated=validated,

@@ -58,14 +58,16 @@ def mark_complete(uri: str, info: dict | None = None) -> None:
     storage.write_json(info or {}, storage.join(uri, MARKER))
 
 
-def build(uri: str, compute: Callable[[str], dict | None]) -> tuple[dict, bool]:
+def build(uri: str, compute: Callable[[str], dict | None], layout: int = 1) -> tuple[dict, bool]:
     """Reuse the layer at ``uri`` if it is complete; else ``compute(uri)`` writes its files
     and returns the facts to record, and the layer is marked complete.
 
-    Returns (facts, reused)."""
-    if is_complete(uri):
+    ``layout``: the version of the layer's file layout. A layer completed under another
+    layout (an older release wrote it: e.g. user sequences without event types) is computed
+    again, never read with the wrong columns. Returns (facts, reused)."""
+    if is_complete(uri) and facts(uri).get("layout", 1) == layout:
         return facts(uri), True
-    info = compute(uri) or {}
+    info = {**(compute(uri) or {}), **({"layout": layout} if layout != 1 else {})}
     mark_complete(uri, info)
     return info, False
 

@@ -93,6 +93,9 @@ class Recommender:
         every history item out, as for an untyped log)."""
         default = TYPE_CODES[self.behaviour.target[0]] if self.behaviour.target else 0
         item_ids = [str(x) for x in item_ids]
+        unknown = sorted({str(t) for t in types or ()} - set(TYPE_CODES))
+        if unknown:
+            raise ValueError(f"event types {unknown} are not contract types {list(TYPE_CODES)}")
         codes = [default] * len(item_ids) if types is None else [TYPE_CODES[str(t)] for t in types]
         if len(codes) != len(item_ids):
             raise ValueError(f"a history of {len(item_ids)} items has {len(codes)} event types")

@@ -333,3 +333,16 @@ def test_shop_log_checks_window_bursts_and_no_target_events(tmp_path):
     with pytest.raises(validation.DataValidationError, match="target_behaviour_share_above_0") as e:
         validation.validate(events.ingest(spec, root2), root2)
     assert "view: 6" in str(e.value) and "predicts purchase events but the log has none" in str(e.value)
+
+
+def test_a_layer_of_an_older_layout_is_built_again(tmp_path):
+    """A lake written before event types were kept (same data, same key) is not read with
+    missing columns: its features and datasets layers are computed again."""
+    feats = _features(tmp_path, "{target: [purchase], exclude: target}")
+    marker = lake.facts(feats.uri)
+    assert marker["layout"] == features.FEATURES_LAYOUT
+    users = storage.read_parquet(lake.file(feats.uri, "users.parquet"))
+    storage.write_parquet(users.drop(columns=["types", "values"]), lake.file(feats.uri, "users.parquet"))
+    lake.mark_complete(feats.uri, {k: v for k, v in marker.items() if k != "layout"})  # as the old code did
+    again = features.build_features(feats.validated, str(tmp_path / "lake"))
+    assert "types" in storage.read_parquet(lake.file(again.uri, "users.parquet")).columns

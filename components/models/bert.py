@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.behaviour import PAD_TYPE
-from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, SideInputs
 from components.models.loss import sampled_or_full_ce
 
 FUSIONS = ("sum", "concat", "gate", "text", "id")

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.behaviour import PAD_TYPE
-from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, SideInputs
 from components.models.loss import sampled_or_full_ce
 
 

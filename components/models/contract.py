@@ -41,7 +41,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.behaviour import N_TYPE_CODES, PAD_TYPE
+EVENT_TYPES = ("view", "click", "favorite", "cart", "purchase", "review", "rating")
+"""The contract's event types (DESIGN.md §3); a batch's ``types`` are their indices."""
+TYPE_CODES = {t: i for i, t in enumerate(EVENT_TYPES)}
+PAD_TYPE = len(EVENT_TYPES)
+"""The type code of padding positions (one past the last contract type)."""
+N_TYPE_CODES = len(EVENT_TYPES) + 1
 
 PREDICT = ("conditioned", "target", "all")
 
