@@ -24,7 +24,6 @@ from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import DatasetLayer, FeatureLayer
 from components.text import item_texts
 
-
 DATASETS_LAYOUT = 2
 """2: splits carry the targets' positions (target behaviour); 1: the last two events."""
 
