@@ -43,7 +43,8 @@ class Behaviour:
     """interacted | target | none: which history items a user's ranking leaves out."""
 
     def __post_init__(self):
-        object.__setattr__(self, "target", tuple(self.target))
+        # Contract order, so "the first target type" means the same everywhere (serving, models).
+        object.__setattr__(self, "target", tuple(sorted(set(self.target), key=lambda t: TYPE_CODES.get(t, 99))))
         object.__setattr__(self, "weights", {str(k): float(v) for k, v in dict(self.weights).items()})
         unknown = [t for t in (*self.target, *self.weights) if t not in TYPE_CODES]
         if unknown:
@@ -85,6 +86,20 @@ class Behaviour:
 
     def is_target(self, codes: np.ndarray) -> np.ndarray:
         return self.target_table()[np.asarray(codes, dtype=np.int64)]
+
+    def targets(self, codes: np.ndarray, min_history: int = 1) -> tuple[int, int]:
+        """(validation, test) target positions in one user's time-ordered event types, or
+        (-1, -1): the last two events of the target types, the validation target having at
+        least ``min_history`` earlier events (the leave-one-out rule, components/datasets.py)."""
+        pos = np.flatnonzero(self.is_target(codes))
+        if len(pos) >= 2 and pos[-2] >= min_history:
+            return int(pos[-2]), int(pos[-1])
+        return -1, -1
+
+    def weight_ranks(self) -> np.ndarray:
+        """(N_TYPE_CODES,) each type's weight as a dense rank (0 = padding): orders like the
+        weights, one step apart whatever their values."""
+        return np.unique(self.weight_table(), return_inverse=True)[1].astype(np.float32)
 
     def excluded(self, items: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """The history items the exclusion policy keeps out of a ranking (may repeat)."""

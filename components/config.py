@@ -14,9 +14,14 @@ from components.tracking import home  # the project state folder: INTERESTFLOW_H
 # The evaluation protocol (DESIGN.md §5), logged with every run.
 MIN_EVENTS_FOR_TARGETS = 3
 """Users with fewer events have no validation or test target and only ever train."""
+PROTOCOL_VERSION = 2
+"""2: target-type targets and the exclusion policy (an excluded target is a miss); 1: the
+target kept its score when the user had the item before. Part of every training's key."""
 PROTOCOL = {
-    "split": "leave-one-out by time per user (last=test, second-to-last=validation)",
-    "ranking": "full ranking over all catalogue items, the user's earlier items excluded",
+    "version": PROTOCOL_VERSION,
+    "split": "leave-one-out by time per user over the target behaviour's events (last=test, second-to-last=validation)",
+    "ranking": "full ranking over all catalogue items, what the exclusion policy names left out "
+    "(an excluded target is a miss)",
     "ties": "equal scores ranked by item index (= sorted item id)",
     "metrics": "HR@K, NDCG@K for K in 5,10,20; MRR (full); coverage@10",
     "cv": "users in K folds; fold k holds out its users' validation targets",

@@ -30,12 +30,9 @@ DATASETS_LAYOUT = 2
 
 def target_positions(types: list[np.ndarray], behaviour: Behaviour) -> tuple[np.ndarray, np.ndarray]:
     """Per user, the positions of the validation and test targets (-1: the user has none)."""
-    table = behaviour.target_table()
-    val, test = np.full(len(types), -1, dtype=np.int64), np.full(len(types), -1, dtype=np.int64)
-    for u, t in enumerate(types):
-        pos = np.flatnonzero(table[np.asarray(t, dtype=np.int64)])
-        if len(pos) >= 2 and pos[-2] >= MIN_EVENTS_FOR_TARGETS - 2:  # the validation target has a history
-            val[u], test[u] = pos[-2], pos[-1]
+    pairs = [behaviour.targets(t, MIN_EVENTS_FOR_TARGETS - 2) for t in types]
+    val = np.array([v for v, _ in pairs], dtype=np.int64)
+    test = np.array([t for _, t in pairs], dtype=np.int64)
     return val, test
 
 

@@ -135,13 +135,14 @@ def popularity_scorer(view: View, n_items: int) -> Scorer:
 def recent_scorer(view: View, n_items: int) -> Scorer:
     """The recent-interaction baseline: the user's own items first, by the largest behaviour
     weight of their events with the item, then by how recent that event is (position in
-    the history); every other item after them by popularity (target-type counts).
+    the history); every other item after them by popularity (target-type counts). Weights
+    compare by rank, so 1 and 1.5 order as 1 and 2 do.
 
     Scores: history items in (1, 2], the rest in [0, 1). It reads the whole history, so
     rank it with ``max_len`` at least the longest history."""
     pop = torch.as_tensor(item_counts(view, n_items, targets_only=True), dtype=torch.float32)
     pop = pop / (pop.max() + 1) if len(pop) else pop
-    weights = torch.as_tensor(view.behaviour.weight_table())
+    weights = torch.as_tensor(view.behaviour.weight_ranks())
 
     def score(batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], batch["types"]

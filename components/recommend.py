@@ -3,6 +3,7 @@ champion serves."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +25,7 @@ def recommend(
     top 100 outside the user's usual categories, the least exposed first (``item_cat``:
     category per item), see components/exploration.py.
     """
-    view = data.view("serve")
+    view = replace(data.view("serve"), behaviour=rec.behaviour)  # exclude what the served model excludes
     n = k if not explore_share else max(100, 10 * k)
     _, top_items, top_scores = evaluation.rank_view(rec.scorer_for(data), view, data.n_items, k=n, max_len=rec.max_len)
     if explore_share:

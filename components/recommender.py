@@ -93,7 +93,7 @@ class Recommender:
         every history item out, as for an untyped log)."""
         default = TYPE_CODES[self.behaviour.target[0]] if self.behaviour.target else 0
         item_ids = [str(x) for x in item_ids]
-        unknown = sorted({str(t) for t in types or ()} - set(TYPE_CODES))
+        unknown = sorted({str(t) for t in (types if types is not None else ())} - set(TYPE_CODES))
         if unknown:
             raise ValueError(f"event types {unknown} are not contract types {list(TYPE_CODES)}")
         codes = [default] * len(item_ids) if types is None else [TYPE_CODES[str(t)] for t in types]

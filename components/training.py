@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from components import evaluation, lake, storage, tracking
 from components.batches import pad_left
 from components.behaviour import EVENT_TYPES, PAD_TYPE
-from components.config import TrainConfig
+from components.config import PROTOCOL_VERSION, TrainConfig
 from components.datasets import Dataset, View
 from components.lake import DatasetLayer
 from components.models import MODELS, SideInputs
@@ -454,7 +454,8 @@ def checkpoint_uri(
     """05_models/...: one place per distinct training (a final fit for another epoch count is
     another training)."""
     name = f"fold{fold}" if stage == "fold" else f"{stage}-e{epochs}"
-    return lake.model_uri(root, dataset, family, asdict(cfg), name)
+    # The protocol version is part of the key: a training evaluated under an older rule is not reused.
+    return lake.model_uri(root, dataset, family, {**asdict(cfg), "protocol": PROTOCOL_VERSION}, name)
 
 
 def finished(ckpt_uri: str) -> dict | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from components import lake, storage
-from components.behaviour import Behaviour
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -138,12 +138,18 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
     if events.empty or "user_id" not in events:
         return []
     per_user = events.groupby("user_id").size()
-    if behaviour.target:
-        is_target = events["event_type"].astype(str).isin(behaviour.target).to_numpy(bool)
-        targets = events[is_target].groupby("user_id").size().reindex(per_user.index, fill_value=0)
-        short = per_user[targets < 2]
+    if behaviour.target:  # the leave-one-out rule itself (Behaviour.targets), on each user's ordered types
+        ordered = events.sort_values(["user_id", "ts", "seq"], kind="stable")
+        codes = ordered["event_type"].astype(str).map(TYPE_CODES).fillna(PAD_TYPE).astype(int)
+        has = codes.groupby(ordered["user_id"]).agg(
+            lambda c: behaviour.targets(c.to_numpy(), MIN_EVENTS_FOR_TARGETS - 2)[1] >= 0
+        )
+        short = per_user[~has.reindex(per_user.index, fill_value=False)]
         rule = "user_target_events_at_least_2"
-        guards = f"users with fewer than two {'/'.join(behaviour.target)} events have no held-out target; kept"
+        guards = (
+            f"users without two {'/'.join(behaviour.target)} events (the first after another event) have no "
+            "held-out target; kept for training only"
+        )
     else:
         short = per_user[per_user < MIN_EVENTS_FOR_TARGETS]
         rule = f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}"

@@ -346,3 +346,23 @@ def test_a_layer_of_an_older_layout_is_built_again(tmp_path):
     lake.mark_complete(feats.uri, {k: v for k, v in marker.items() if k != "layout"})  # as the old code did
     again = features.build_features(feats.validated, str(tmp_path / "lake"))
     assert "types" in storage.read_parquet(lake.file(again.uri, "users.parquet")).columns
+
+
+def test_weights_order_the_recent_baseline_by_rank_not_size():
+    """Weights 1 and 1.5 order a cart before a view as 1 and 4 would: weight first, recency second."""
+    b = Behaviour(weights={"view": 1, "cart": 1.5}, exclude="none")
+    v = datasets.View(
+        train_seqs=[np.array([4])],
+        eval_users=np.array([0]),
+        eval_hist=[np.array([0, 1, 2, 3])],  # a cart long ago, then three views
+        eval_targets=np.array([0]),
+        train_types=[np.array([0])],
+        eval_types=[np.array([TYPE_CODES["cart"], 0, 0, 0])],
+        behaviour=b,
+    )
+    _, top, _ = evaluation.rank_view(evaluation.recent_scorer(v, 5), v, 5, k=5, max_len=10)
+    assert top[0].tolist()[:4] == [0, 3, 2, 1]
+
+
+def test_targets_are_kept_in_contract_order():
+    assert Behaviour(target=("purchase", "cart")).target == ("cart", "purchase")

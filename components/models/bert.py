@@ -141,7 +141,9 @@ class BERT(Family):
         )
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.behaviour = self.behaviour_embedding(c.dim)
-        self.repeat = self.repeat_term() if c.objective == "causal" else None  # causal queries see their prefix
+        self.repeat = (
+            self.repeat_term(enabled=not c.sampled) if c.objective == "causal" else None
+        )  # causal queries see their prefix
         self.intent = self.intent_embedding(c.dim)
         self.text_top = None
         if c.finetune_layers:

@@ -60,7 +60,7 @@ class CNN(Family):
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
         self.behaviour = self.behaviour_embedding(c.dim)
-        self.repeat = self.repeat_term()
+        self.repeat = self.repeat_term(enabled=not c.sampled)
         self.intent = self.intent_embedding(2 * c.dim)
 
     def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:

@@ -151,10 +151,12 @@ class Family(nn.Module):
         zeros = torch.zeros(N_TYPE_CODES, dim)
         return nn.Embedding.from_pretrained(zeros, freeze=not bool(self.conditioned), padding_idx=PAD_TYPE)
 
-    def repeat_term(self) -> RepeatTerm:
-        """The repeat term (zero, and frozen unless the policy lets history items be ranked)."""
-        init = self.type_weights.clone() if self._repeats else None  # start as the recent-interaction rule
-        return RepeatTerm(trainable=self._repeats, init=init)
+    def repeat_term(self, enabled: bool = True) -> RepeatTerm:
+        """The repeat term (zero, and frozen unless the policy lets history items be ranked).
+        ``enabled = False``: a family setting it cannot train with (a sampled softmax)."""
+        trainable = self._repeats and enabled
+        init = self.type_weights.clone() if trainable else None  # start as the recent-interaction rule
+        return RepeatTerm(trainable=trainable, init=init)
 
     def event_types(self, batch: dict) -> torch.Tensor | None:
         """The batch's type codes as the model reads them (``behaviours: false``: every event

@@ -50,7 +50,7 @@ class LSTM(Family):
         self.out = nn.Linear(config.hidden, config.dim)
         self.bias = nn.Parameter(torch.zeros(n_items))
         self.behaviour = self.behaviour_embedding(config.dim)
-        self.repeat = self.repeat_term()
+        self.repeat = self.repeat_term(enabled=not config.sampled)
         self.intent = self.intent_embedding(config.dim)
 
     def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
