@@ -154,9 +154,62 @@ def _infer_format(uri: str) -> str:
 
 def _resolve(uri: str, base: Path) -> str:
     uri = os.path.expandvars(uri)
+    if "://" in uri and not (storage.is_s3(uri) or uri.startswith("file://")):
+        raise SpecError(f"source {uri!r}: the URI scheme {uri.split('://')[0]}:// is not supported (s3:// or a path)")
     if storage.is_s3(uri) or uri.startswith("file://") or Path(uri).is_absolute():
         return uri
     return str((base / uri).resolve())
+
+
+# The spec's schema: every key it may hold, at every level, and what its value must be.
+# Checked before anything is read, so a typo never silently turns a setting off.
+_SOURCE = {"uri": str, "columns": dict, "format": ("csv", "parquet")}
+SPEC_SCHEMA = {
+    "name": str,
+    "events": {
+        **_SOURCE,
+        "ts_unit": ("s", "ms", "us", "ns"),
+        "ts_format": str,
+        "event_type": EVENT_TYPES,
+        "event_types": dict,
+        "order_by": str,
+        "window": {"start": (str, int, float, "date"), "end": (str, int, float, "date")},
+        "max_user_events_per_hour": int,
+    },
+    "items": {**_SOURCE, "from_events": bool},
+    "filters": {"k_core": int},
+    "privacy": {"pseudonymise_users": bool},
+    "behaviour": {"target": (str, list), "weights": dict, "exclude": ("interacted", "target", "none")},
+}
+
+
+def check_spec(raw: object, path: Path, schema: dict = SPEC_SCHEMA, where: str = "") -> None:
+    """Raise a :class:`SpecError` naming the spec file, the key path, what was found and what
+    is expected, for the first unknown key (with the nearest known one) or ill-typed value."""
+    import datetime
+    import difflib
+
+    if not isinstance(raw, dict):
+        raise SpecError(f"dataset spec {path}: '{where or 'the spec'}' must be a mapping, found {raw!r}")
+    for key, value in raw.items():
+        at = f"{where}.{key}" if where else str(key)
+        if key not in schema:
+            near = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f"; known keys: {', '.join(schema)}"
+            raise SpecError(f"dataset spec {path}: unknown key '{at}'{hint}")
+        want = schema[key]
+        if isinstance(want, dict):
+            check_spec(value, path, want, at)
+            continue
+        kinds = want if isinstance(want, tuple) else (want,)
+        types = tuple(k for k in kinds if isinstance(k, type))
+        allowed = [k for k in kinds if isinstance(k, str) and k != "date"]
+        if "date" in kinds:
+            types += (datetime.date,)
+        ok = (isinstance(value, types) and not (isinstance(value, bool) and bool not in types)) or value in allowed
+        if not ok:
+            expected = " or ".join([*(t.__name__ for t in types), *(repr(a) for a in allowed)])
+            raise SpecError(f"dataset spec {path}: '{at}' is {value!r}; expected {expected}")
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
@@ -169,6 +222,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise SpecError(f"dataset spec {path}: not valid YAML: {e}") from e
+    check_spec(raw, path)
     base = path.resolve().parent
     sources = {}
     for part, required in (("events", REQUIRED_EVENT_COLUMNS), ("items", REQUIRED_ITEM_COLUMNS)):
@@ -180,7 +234,10 @@ def load_spec(path: str | Path) -> DatasetSpec:
             s.setdefault("format", sources["events"].format)
         if "uri" not in s:
             raise SpecError(f"dataset spec {path}: '{part}.uri' is missing")
-        s["uri"] = _resolve(s["uri"], base)
+        try:
+            s["uri"] = _resolve(s["uri"], base)
+        except SpecError as e:
+            raise SpecError(f"dataset spec {path}: '{part}.uri': {e}") from e
         s.setdefault("columns", {})
         unknown = set(s["columns"]) - set(EVENT_COLUMNS if part == "events" else ITEM_COLUMNS)
         if unknown:

@@ -80,8 +80,9 @@ def events_suite() -> gx.ExpectationSuite:
         _e(
             E.ExpectCompoundColumnsToBeUnique,
             "critical",
-            "exact duplicate events (a replayed or double-loaded batch)",
-            column_list=["user_id", "item_id", "ts", "event_type", "seq"],
+            "exact duplicate events: same user, item, time, type and value (a replayed or double-loaded "
+            "batch), whatever the source order says",
+            column_list=["user_id", "item_id", "ts", "event_type", "value"],
         )
     )
     s.add_expectation(

@@ -399,8 +399,19 @@ BAD_INPUTS: dict[str, BadInput] = {
         _ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True)),
         "reject",
         "events.csv",
-        "column 'user_id,item_id,ts,event_type,seq'",
+        "column 'user_id,item_id,ts,event_type,value'",
         "expect_compound_columns_to_be_unique",
+    ),
+    "events: a batch replayed with new source positions": BadInput(
+        "events",
+        _ev(
+            lambda e, i: pd.concat([e, e.iloc[:20].assign(seq_pos=e["seq_pos"].iloc[:20] + 10_000)], ignore_index=True)
+        ),
+        "reject",
+        "events.csv",
+        "column 'user_id,item_id,ts,event_type,value'",
+        "expect_compound_columns_to_be_unique",
+        flow=False,
     ),
     "events: a user with one event": BadInput(
         "events",
@@ -506,8 +517,8 @@ BAD_INPUTS: dict[str, BadInput] = {
         _spec(lambda t: t.replace("event_type: review", "event_type: wish")),
         "reject",
         "spec.yaml",
-        "'events'",
-        "event_type 'wish' is not one of",
+        "'events.event_type'",
+        "is 'wish'; expected",
     ),
     "spec: not YAML": BadInput(
         "spec", _spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", "spec.yaml", rule="not valid YAML"

@@ -74,7 +74,7 @@ def test_same_input_same_key_and_a_changed_event_changes_it(tmp_path):
         (
             "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: t}, event_type: wish}\n"
             "items: {uri: i.csv, columns: {item_id: i}}\n",
-            r"'wish' is not one of",
+            r"'events.event_type' is 'wish'; expected 'view' or",
         ),
         (
             "name: t\nevents: {uri: e.csv, columns: {user_id: u, item_id: i, ts: when}, event_type: view}\n"
@@ -106,3 +106,31 @@ def test_k_core_filter():
     ev = pd.DataFrame({"user_id": ["a", "a", "b", "b", "c"], "item_id": ["x", "y", "x", "y", "x"]})
     out = events.k_core(ev, 2)
     assert sorted(out["user_id"].unique()) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (("privacy:", "privacy_settings:"), ["unknown key 'privacy_settings'", "did you mean 'privacy'"]),
+        (("  ts_unit: s", "  ts_unit: seconds"), ["'events.ts_unit' is 'seconds'", "'ms'"]),
+        (
+            ("  order_by: seq_pos", "  order_by: seq_pos\n  oder: x"),
+            ["unknown key 'events.oder'", "did you mean 'order_by'"],
+        ),
+        (("items:", "filters: {k_core: five}\nitems:"), ["'filters.k_core' is 'five'", "expected int"]),
+        (("uri: events.csv", "uri: http://example.com/events.csv"), ["'events.uri'", "http:// is not supported"]),
+    ],
+)
+def test_a_spec_is_checked_whole_against_its_schema(tmp_path, edit, says):
+    """Issue 19, point 2: every unknown key and ill-typed value is a SpecError naming the spec
+    file and the key path (a typo never silently turns a setting off)."""
+    from conftest import sample_frames, write_slice
+
+    ev, items = sample_frames(5)
+    spec = write_slice(tmp_path, ev, items)
+    text = spec.read_text() + "privacy: {pseudonymise_users: false}\n"
+    assert edit[0] in text
+    spec.write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(events.SpecError) as e:
+        events.load_spec(spec)
+    assert str(spec) in str(e.value) and all(s in str(e.value) for s in says), str(e.value)
