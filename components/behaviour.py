@@ -6,8 +6,9 @@ section says
 - ``target``: the event types to predict (e.g. ``[purchase]``; empty = any event). The
   leave-one-out targets are each user's last and second-to-last events of these types,
   the popularity baseline counts them, the churn label is about them;
-- ``weights``: how much each type counts (iALS confidence for mf, profile weights; the
-  sequence families learn a behaviour embedding instead); a type not named weighs 1;
+- ``weights``: how much each type counts (iALS confidence for mf, profile weights, the
+  starting point of the sequence families' repeat term and the recent-interaction
+  baseline's order); a type not named weighs 1;
 - ``exclude``: which of a user's items are kept out of their ranking: ``interacted``
   (every item they touched: one-type logs), ``target`` (only items they already
   bought: repeat views and carts are recommended), ``none`` (repeat purchases too).
@@ -29,7 +30,7 @@ import numpy as np
 
 from components.models.contract import EVENT_TYPES, N_TYPE_CODES, PAD_TYPE, TYPE_CODES
 
-__all__ = ["EVENT_TYPES", "EXCLUDE", "N_TYPE_CODES", "PAD_TYPE", "TYPE_CODES", "Behaviour", "codes"]
+__all__ = ["EVENT_TYPES", "EXCLUDE", "N_TYPE_CODES", "PAD_TYPE", "TYPE_CODES", "Behaviour"]
 EXCLUDE = ("interacted", "target", "none")
 
 
@@ -57,10 +58,7 @@ class Behaviour:
     @classmethod
     def from_spec(cls, section: dict | None) -> Behaviour:
         """The spec's ``behaviour`` mapping (``target`` may be a list, one type, or ``any``)."""
-        s = dict(section or {})
-        unknown = set(s) - {"target", "weights", "exclude"}
-        if unknown:
-            raise ValueError(f"unknown behaviour settings {sorted(unknown)} (target, weights, exclude)")
+        s = dict(section or {})  # its keys and types are checked with the whole spec (events.check_spec)
         target = s.get("target") or ()
         if isinstance(target, str):
             target = () if target == "any" else (target,)
@@ -117,12 +115,3 @@ class Behaviour:
             "weights": ",".join(f"{t}={w:g}" for t, w in sorted(self.weights.items())) or "all 1",
             "exclude": self.exclude,
         }
-
-    def describe(self) -> str:
-        p = self.params()
-        return f"target {p['target']}; weights {p['weights']}; exclude {p['exclude']}"
-
-
-def codes(types) -> np.ndarray:
-    """Event type names -> int8 codes (an unknown name raises KeyError)."""
-    return np.fromiter((TYPE_CODES[t] for t in types), dtype=np.int8)

@@ -64,7 +64,7 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
             }
         )
         storage.write_parquet(splits, lake.file(uri, "splits.parquet"))
-        return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum()), "n_users": len(users)}
+        return {"folds": folds, "seed": seed, "n_eval_users": int(eligible.sum())}
 
     uri = lake.dataset_uri(root, features, folds, seed)
     info, _ = lake.build(uri, compute, layout=DATASETS_LAYOUT)

@@ -124,10 +124,6 @@ class SourceSpec:
         if int(self.max_user_events_per_hour) < 1:
             raise SpecError("max_user_events_per_hour must be >= 1")
 
-    def window_bounds(self) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
-        w = self.window or {}
-        return tuple(pd.Timestamp(w[k]) if k in w else None for k in ("start", "end"))
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -259,10 +255,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
     except (TypeError, ValueError) as e:
         raise SpecError(f"dataset spec {path}: 'behaviour': {e}") from e
     k_core = int((raw.get("filters") or {}).get("k_core", 0))
-    privacy = raw.get("privacy") or {}
-    unknown = set(privacy) - {"pseudonymise_users"}
-    if unknown:
-        raise SpecError(f"dataset spec {path}: unknown 'privacy' settings {sorted(unknown)}")
+    privacy = raw.get("privacy") or {}  # its keys and types are checked by check_spec
     return DatasetSpec(
         name=raw.get("name", path.stem),
         events=sources["events"],

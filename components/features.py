@@ -59,18 +59,12 @@ def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
         items, users = build_vocab_and_sequences(events, items)
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
         storage.write_parquet(users, lake.file(uri, "users.parquet"))
-        counts = events["event_type"].astype(str).value_counts()
+        counts = events["event_type"].astype(str).value_counts()  # recorded in the marker, for people
         return {"n_users": len(users), "n_items": len(items), "event_types": {k: int(v) for k, v in counts.items()}}
 
     uri = lake.features_uri(root, validated)
     info, _ = lake.build(uri, compute, layout=FEATURES_LAYOUT)
-    return FeatureLayer(
-        uri=uri,
-        validated=validated,
-        n_users=info["n_users"],
-        n_items=info["n_items"],
-        event_types=info.get("event_types", {}),
-    )
+    return FeatureLayer(uri=uri, validated=validated, n_users=info["n_users"], n_items=info["n_items"])
 
 
 def item_categories(items: pd.DataFrame, depth: int) -> tuple[np.ndarray, list[str]]:

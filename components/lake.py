@@ -183,8 +183,6 @@ class FeatureLayer:
     validated: ValidatedLayer
     n_users: int
     n_items: int
-    event_types: dict = field(default_factory=dict)
-    """Events per contract event type."""
     text_uri: str | None = None
     """03_features/<key>/text-<model>: MiniLM vectors per item, once the item-text stage ran."""
     text_stats: dict | None = None
@@ -347,7 +345,6 @@ def open_dataset(root: str, dataset_key: str, text_model: str | None = None) -> 
         validated=validated,
         n_users=f["n_users"],
         n_items=f["n_items"],
-        event_types=f.get("event_types", {}),
         text_uri=text if text and is_complete(text) else None,
     )
     return DatasetLayer(uri=uri, features=features, folds=d["folds"], seed=d["seed"], n_eval_users=d["n_eval_users"])
