@@ -25,6 +25,7 @@ part of what a model reads, so they are defined with the batch contract
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -82,8 +83,12 @@ class Behaviour:
             t[:PAD_TYPE] = True
         return t
 
+    @cached_property
+    def _targets(self) -> np.ndarray:
+        return self.target_table()  # built once: is_target runs per user (splits, exclusion)
+
     def is_target(self, codes: np.ndarray) -> np.ndarray:
-        return self.target_table()[np.asarray(codes, dtype=np.int64)]
+        return self._targets[np.asarray(codes, dtype=np.int64)]
 
     def targets(self, codes: np.ndarray, min_history: int = 1) -> tuple[int, int]:
         """(validation, test) target positions in one user's time-ordered event types, or
