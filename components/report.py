@@ -63,10 +63,11 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None) -> s
         "|---|---|---|---|---|---|---|",
     ]
     for r in (fr.report for fr in results):
-        t, p, c = r.test, r.popularity, r.recent or r.popularity
+        t, p = r.test, r.popularity
+        recent = f"{r.recent['repeat_ndcg10']:.4f}" if r.recent else ""
         if "repeat_n" in t:
             lines.append(
-                f"| {r.family} | {t['repeat_n']} | {t['repeat_ndcg10']:.4f} | {c['repeat_ndcg10']:.4f} | "
+                f"| {r.family} | {t['repeat_n']} | {t['repeat_ndcg10']:.4f} | {recent} | "
                 f"{t['new_n']} | {t['new_ndcg10']:.4f} | {p['new_ndcg10']:.4f} |"
             )
     lines += [
