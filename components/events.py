@@ -13,6 +13,7 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       order_by: seq_pos     # optional: breaks ties between events with the same ts
       # window: {start: 2017-11-25, end: 2017-12-04}   # optional: events outside it are warned about
       # max_user_events_per_hour: 1000                 # optional: more from one user is warned about (bots)
+      # max_user_share: 0.2                            # optional: a user with more of all events is warned about
     items:
       uri: ../../shared/data/amazon_beauty/items.csv
       columns: {item_id: item_id, title: title, categories: categories, brand: brand, price: price}
@@ -23,6 +24,8 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       exclude: interacted   # interacted | target | none: which history items a ranking leaves out
     filters:
       k_core: 0             # optional k-core filter on users and items
+    ids:
+      whitespace: strip     # or reject: ids with surrounding whitespace (stripped ones are warned about)
     privacy:
       pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
@@ -31,7 +34,10 @@ Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, val
 and ``items.parquet`` with ``item_id, title, categories, brand, price``. Types are only
 *mapped* here (ids to strings, ts parsed, unparseable ts -> NaT); whether the data obeys
 the contract is decided by the expectation suites in validation, which need to see the
-bad values to report them. ``seq`` is the event's position in the source (or the
+bad values to report them. Ids written as empty, whitespace or a null word (``null``,
+``None``, ``NaN``, ``-``) become null ids (validation rejects them, naming the words);
+surrounding whitespace is stripped (a warning counts the ids) or kept for validation to
+reject, as ``ids.whitespace`` says. ``seq`` is the event's position in the source (or the
 ``order_by`` column): the tie-break for events with equal timestamps, so that day-level
 logs keep their recorded order.
 
@@ -96,6 +102,8 @@ class SourceSpec:
     outside it are warned about."""
     max_user_events_per_hour: int = 1000
     """More events than this from one user within one clock hour is warned about (bots)."""
+    max_user_share: float = 0.2
+    """A user with more than this share of all events is warned about (a bot, a test account)."""
     from_events: bool = False
     """items only: no catalogue file; the item columns are read from the event file."""
 
@@ -104,6 +112,8 @@ class SourceSpec:
         if fmt not in ("csv", "parquet"):
             raise SpecError(f"source {self.uri!r}: format must be csv or parquet, got {fmt!r}")
         object.__setattr__(self, "format", fmt)
+        if self.ts_unit and self.ts_format:
+            raise SpecError("ts_unit and ts_format are both given: ts_unit is for numbers, ts_format for text")
         if self.event_type is not None and self.event_type not in EVENT_TYPES:
             raise SpecError(f"event_type {self.event_type!r} is not one of {EVENT_TYPES}")
         if self.event_types is not None:
@@ -123,6 +133,8 @@ class SourceSpec:
             object.__setattr__(self, "window", parsed)
         if int(self.max_user_events_per_hour) < 1:
             raise SpecError("max_user_events_per_hour must be >= 1")
+        if not 0 < float(self.max_user_share) <= 1:
+            raise SpecError(f"max_user_share must be in (0, 1], got {self.max_user_share!r}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,8 @@ class DatasetSpec:
     """Replace user ids by keyed hashes at ingest (key from the environment or a Prefect Secret)."""
     behaviour: Behaviour = Behaviour()
     """What is predicted, how each event type counts, what a ranking leaves out."""
+    id_whitespace: str = "strip"
+    """Ids with surrounding whitespace: ``strip`` (and warn) or ``reject``."""
     spec_text: str = field(default="", repr=False)
 
 
@@ -171,10 +185,12 @@ SPEC_SCHEMA = {
         "order_by": str,
         "window": {"start": (str, int, float, "date"), "end": (str, int, float, "date")},
         "max_user_events_per_hour": int,
+        "max_user_share": (float, int),
     },
     "items": {**_SOURCE, "from_events": bool},
     "filters": {"k_core": int},
     "privacy": {"pseudonymise_users": bool},
+    "ids": {"whitespace": ("strip", "reject")},
     "behaviour": {"target": (str, list), "weights": dict, "exclude": ("interacted", "target", "none")},
 }
 
@@ -263,6 +279,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         k_core=k_core,
         pseudonymise_users=bool(privacy.get("pseudonymise_users", False)),
         behaviour=behaviour,
+        id_whitespace=(raw.get("ids") or {}).get("whitespace", "strip"),
         spec_text=text,
     )
 
@@ -302,6 +319,8 @@ def _read_source_bytes(src: SourceSpec) -> bytes:
         return storage.read_bytes(src.uri)
     except FileNotFoundError as e:
         raise SpecError(f"source file {src.uri} does not exist") from e
+    except storage.S3NotConfigured as e:
+        raise SpecError(f"source file {e}") from e
 
 
 def _read_table(src: SourceSpec) -> pd.DataFrame:
@@ -313,7 +332,7 @@ def _read_table(src: SourceSpec) -> pd.DataFrame:
             return pq.read_table(io.BytesIO(data)).to_pandas()
         sep = "\t" if src.uri.lower().endswith(".tsv") else ","
         compression = "gzip" if src.uri.lower().endswith(".gz") else ("bz2" if src.uri.endswith(".bz2") else None)
-        return pd.read_csv(
+        df = pd.read_csv(
             io.BytesIO(data),
             sep=sep,
             compression=compression,
@@ -326,6 +345,14 @@ def _read_table(src: SourceSpec) -> pd.DataFrame:
         raise SpecError(f"source file {src.uri}: not UTF-8 text ({e})") from e
     except Exception as e:  # gzip/parquet/csv decoding errors all mean: unreadable file
         raise SpecError(f"source file {src.uri} cannot be read as {src.format}: {type(e).__name__}: {e}") from e
+    header = (df == pd.Series(df.columns, index=df.columns)).all(axis=1)
+    if len(df.columns) > 1 and header.any():  # files concatenated with their header lines
+        rows = list(header[header].index)
+        raise SpecError(
+            f"source file {src.uri}: data row {rows[0]} (line {rows[0] + 2}) repeats the header line "
+            f"{','.join(map(str, df.columns))}; {len(rows)} such row(s) (files concatenated with their headers?)"
+        )
+    return df
 
 
 def _select(df: pd.DataFrame, src: SourceSpec, contract: tuple[str, ...]) -> pd.DataFrame:
@@ -342,19 +369,69 @@ def _select(df: pd.DataFrame, src: SourceSpec, contract: tuple[str, ...]) -> pd.
     return out
 
 
+UNITS_PER_SECOND = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}
+_NS_RANGE_S = (pd.Timestamp.min.value / 1e9 + 1, pd.Timestamp.max.value / 1e9 - 1)
+
+
 def parse_ts(values: pd.Series, unit: str | None, fmt: str | None) -> pd.Series:
-    """Parse timestamps to UTC; anything unparseable becomes NaT (validation reports it)."""
+    """Parse timestamps to UTC nanoseconds; anything unparseable, or out of the nanosecond range
+    (1677..2262: epoch milliseconds read as seconds land in the year ~43000), becomes NaT, which
+    validation reports with the value as written (and, for numbers, the unit that would fit)."""
     if unit:
         num = pd.to_numeric(values, errors="coerce")
-        return pd.to_datetime(num, unit=unit, utc=True, errors="coerce")
-    return pd.to_datetime(values, format=fmt or "ISO8601", utc=True, errors="coerce")
+        seconds = num / UNITS_PER_SECOND[unit]
+        num = num.where((seconds > _NS_RANGE_S[0]) & (seconds < _NS_RANGE_S[1]))
+        out = pd.to_datetime(num, unit=unit, utc=True, errors="coerce")
+    else:
+        out = pd.to_datetime(values, format=fmt or "ISO8601", utc=True, errors="coerce")
+    return out.astype("datetime64[ns, UTC]")
 
 
-def read_events(src: SourceSpec) -> pd.DataFrame:
+NULL_LIKE = ("", "null", "none", "nan", "-")
+"""Id values that mean "no id" (compared after stripping, case-insensitively)."""
+
+
+def clean_ids(values: pd.Series, strip: bool) -> tuple[pd.Series, dict]:
+    """Ids as strings: null-like values become null; surrounding whitespace is stripped when
+    ``strip``. Returns the ids and what was found, for validation to report: ``null_like``
+    (data row -> the value as written, first few) with ``null_like_rows``, and ``padded``
+    (distinct ids with surrounding whitespace, their rows, how many are the same as an
+    unpadded id, examples)."""
+    s = values.astype("string")
+    stripped = s.str.strip()
+    null_like = (stripped.str.lower().isin(NULL_LIKE) & s.notna()).fillna(False).astype(bool)
+    padded = (s.notna() & ~null_like & (stripped != s)).fillna(False).astype(bool)
+    info: dict = {}
+    if null_like.any():
+        info["null_like_rows"] = int(null_like.sum())
+        info["null_like"] = {int(i): str(v) for i, v in s[null_like].head(5).items()}
+    if padded.any():
+        distinct = s[padded].unique()
+        plain = set(s[~padded & s.notna()].astype(str))
+        info["padded"] = {
+            "ids": len(distinct),
+            "rows": int(padded.sum()),
+            "merged": sum(str(x).strip() in plain for x in distinct),
+            "examples": [repr(str(x)) for x in distinct[:5]],
+        }
+    return (stripped if strip else s).mask(null_like), info
+
+
+def read_events(src: SourceSpec, strip_ids: bool = True) -> pd.DataFrame:
     df = _read_table(src)
     out = _select(df, src, EVENT_COLUMNS)
-    out["user_id"] = out["user_id"].astype("string")
-    out["item_id"] = out["item_id"].astype("string")
+    ts_col = src.columns["ts"]
+    if pd.api.types.is_datetime64_any_dtype(df[ts_col]) and (src.ts_unit or src.ts_format):
+        given = "ts_unit" if src.ts_unit else "ts_format"
+        raise SpecError(
+            f"source file {src.uri}: column {ts_col!r} already holds timestamps ({df[ts_col].dtype}); "
+            f"events.{given} is for numbers or text: remove it from the spec"
+        )
+    out.attrs["ids"] = {}
+    for c in ("user_id", "item_id"):
+        out[c], found = clean_ids(out[c], strip_ids)
+        if found:
+            out.attrs["ids"][c] = found
     out["ts_source"] = out["ts"].astype("string")  # kept until validation, to show bad values
     out["ts"] = parse_ts(out["ts"], src.ts_unit, src.ts_format)
     if src.event_type is not None:
@@ -362,8 +439,7 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     out["event_type"] = out["event_type"].astype("string")
     if src.event_types is not None:
         out["event_type"] = _map_event_types(out["event_type"], src)
-    if src.format == "csv":  # CSV is read as text; numbers that parse become numbers
-        out["value"] = _numeric_or_text(out["value"])
+    out["value"] = _numeric_or_text(out["value"])
     if src.order_by:
         if src.order_by not in df.columns:
             raise SpecError(f"source file {src.uri}: order_by column {src.order_by!r} is not in the file")
@@ -371,8 +447,9 @@ def read_events(src: SourceSpec) -> pd.DataFrame:
     else:
         out["seq"] = range(len(out))
         out["seq"] = out["seq"].astype("float64")
+    ids = out.attrs["ids"]
     out = out[[*EVENT_COLUMNS, "seq", "ts_source"]]
-    out.attrs["ignored_columns"] = _unmapped(df, src)
+    out.attrs.update(ignored_columns=_unmapped(df, src), ids=ids)
     return out
 
 
@@ -391,7 +468,7 @@ def _map_event_types(values: pd.Series, src: SourceSpec) -> pd.Series:
     return mapped.astype("string")
 
 
-def read_items(src: SourceSpec) -> pd.DataFrame:
+def read_items(src: SourceSpec, strip_ids: bool = True) -> pd.DataFrame:
     df = _read_table(src)
     if src.from_events:  # one row per item: its latest non-empty value of each mapped column
         item_col = src.columns["item_id"]
@@ -399,12 +476,12 @@ def read_items(src: SourceSpec) -> pd.DataFrame:
             raise SpecError(f"source file {src.uri}: items.from_events: column {item_col!r} is not in the file")
         df = df.groupby(item_col, sort=False, dropna=False).last().reset_index()
     out = _select(df, src, ITEM_COLUMNS)
-    for c in ("item_id", "title", "categories", "brand"):
+    out["item_id"], found = clean_ids(out["item_id"], strip_ids)
+    for c in ("title", "categories", "brand"):
         out[c] = out[c].astype("string")
-    if src.format == "csv":
-        out["price"] = _numeric_or_text(out["price"])
+    out["price"] = _numeric_or_text(out["price"])
     out = out[list(ITEM_COLUMNS)]
-    out.attrs["ignored_columns"] = _unmapped(df, src)
+    out.attrs.update(ignored_columns=_unmapped(df, src), ids={"item_id": found} if found else {})
     return out
 
 
@@ -415,7 +492,11 @@ def _unmapped(df: pd.DataFrame, src: SourceSpec) -> list[str]:
 
 
 def _numeric_or_text(s: pd.Series) -> pd.Series:
-    """Numbers when every non-empty value parses; otherwise the text, so validation sees it."""
+    """float64 when every non-empty value is a number: CSV text that parses, and every Arrow
+    integer width (signed and unsigned), decimal and float column; otherwise the values as
+    they are, so validation reports the ones that are not numbers."""
+    if s.dtype == object and s.map(lambda v: isinstance(v, bool)).any():
+        return s  # true/false are not numbers
     num = pd.to_numeric(s, errors="coerce")
     if (num.isna() & s.notna()).any():
         return s
@@ -445,8 +526,8 @@ def ingest(spec_path: str | Path, root: str, secret: SecretLookup | None = None)
     try:
         return _ingest(spec_path, root, secret)
     except SpecError as e:
-        quarantine_report(root, f"ingest-{Path(str(spec_path)).stem}", spec_path, e)
-        raise
+        q = quarantine_report(root, f"ingest-{Path(str(spec_path)).stem}", spec_path, e)
+        raise SpecError(f"{e}\nReport: {lake.file(q, 'report.md')}") from e
 
 
 def quarantine_report(root: str, name: str, spec_path: str | Path, error: Exception) -> str:
@@ -466,10 +547,15 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
         data_hash = hashlib.sha256((data_hash + fingerprint).encode()).hexdigest()[:16]
 
     def compute(uri: str) -> dict:
-        events = read_events(spec.events)
+        strip = spec.id_whitespace == "strip"
+        events = read_events(spec.events, strip)
         if key:
             events["user_id"] = pseudonymise(events["user_id"], key)
-        items = read_items(spec.items)
+        items = read_items(spec.items, strip)
+        id_fixes = {f"events.{c}": v for c, v in events.attrs["ids"].items()}
+        id_fixes.update({f"items.{c}": v for c, v in items.attrs["ids"].items()})
+        if key and "padded" in id_fixes.get("events.user_id", {}):  # no raw user id in the lake, not even here
+            id_fixes["events.user_id"]["padded"]["examples"] = []
         ignored = {"events": events.attrs["ignored_columns"], "items": items.attrs["ignored_columns"]}
         if spec.items.from_events:  # the catalogue's columns are used, by the items
             ignored["events"] = [c for c in ignored["events"] if c not in spec.items.columns.values()]
@@ -485,6 +571,7 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             "n_items": len(items),
             "ignored_columns": ignored,
             "behaviour": asdict(spec.behaviour),
+            "id_fixes": id_fixes,
         }
 
     uri = lake.raw_uri(root, spec.name, data_hash)
@@ -499,4 +586,8 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
         behaviour=spec.behaviour,
         window=spec.events.window,
         max_user_events_per_hour=int(spec.events.max_user_events_per_hour),
+        max_user_share=float(spec.events.max_user_share),
+        ts_unit=spec.events.ts_unit,
+        id_whitespace=spec.id_whitespace,
+        id_fixes=info.get("id_fixes", {}),
     )

@@ -159,6 +159,14 @@ class RawLayer:
     """The spec's declared time window {start, end} (validation warns outside it)."""
     max_user_events_per_hour: int = 1000
     """Validation warns about users with more events within one hour (bots)."""
+    max_user_share: float = 0.2
+    """Validation warns about users with a larger share of all events."""
+    ts_unit: str | None = None
+    """The spec's unit of numeric timestamps (validation names the unit that would fit)."""
+    id_whitespace: str = "strip"
+    """Ids with surrounding whitespace: stripped with a warning, or rejected."""
+    id_fixes: dict = field(default_factory=dict)
+    """Per ``<table>.<column>``, what ingest found in the ids (components/events.py:clean_ids)."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 A lake root is either a local path (``lake``, ``/abs/lake``, ``file:///abs/lake``) or
 ``s3://bucket/prefix``. S3 endpoint and credentials come from the environment
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``INTERESTFLOW_S3_ENDPOINT_URL`` or
-``AWS_ENDPOINT_URL``), never from code.
+``AWS_ENDPOINT_URL``), never from code. Both must be set: without them the first S3 call
+fails at once naming the URI and the missing settings (:class:`S3NotConfigured`), rather
+than letting botocore search its credential chain (which asks the cloud instance-metadata
+address) or fall back to real AWS.
 
 Writes are atomic: a local file is written to a temporary name and renamed; an S3 PUT
 is atomic per object. Layers (folders of files) and their completion markers are
@@ -54,13 +57,24 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+ENDPOINT_ENV = ("INTERESTFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+class S3NotConfigured(ValueError):
+    """An s3:// URI with no endpoint or credentials in the environment (not retried)."""
+
+
 @lru_cache(maxsize=4)
-def _s3_client(endpoint_url: str | None, credentials_key: int):
+def _s3_client(endpoint_url: str, credentials_key: int):
     import boto3
     from botocore.config import Config
 
-    # A session of its own: boto3's default session would keep the first credentials it saw.
-    return boto3.session.Session().client(
+    # A session of its own, with the credentials given: boto3's default session would keep the
+    # first credentials it saw, and its credential chain would ask the instance-metadata address.
+    return boto3.session.Session(
+        aws_access_key_id=os.environ[CREDENTIAL_ENV[0]], aws_secret_access_key=os.environ[CREDENTIAL_ENV[1]]
+    ).client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -71,12 +85,57 @@ def _s3_client(endpoint_url: str | None, credentials_key: int):
     )
 
 
-def s3_client():
-    """A boto3 S3 client for the configured endpoint (path-style addressing)."""
-    endpoint = os.environ.get("INTERESTFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+def s3_client(uri: str = "s3://"):
+    """A boto3 S3 client for the configured endpoint (path-style addressing); ``uri``, the
+    object it is for, names what could not be reached when the settings are missing."""
+    endpoint = next((os.environ[k] for k in ENDPOINT_ENV if os.environ.get(k)), None)
+    missing = [] if endpoint else [" or ".join(ENDPOINT_ENV)]
+    missing += [k for k in CREDENTIAL_ENV if not os.environ.get(k)]
+    if missing:
+        raise S3NotConfigured(
+            f"{uri}: S3 is not configured: set {', '.join(missing)} (for AWS itself, "
+            "AWS_ENDPOINT_URL=https://s3.<region>.amazonaws.com); no request was sent"
+        )
     # Cached per endpoint and credentials (by hash, so the secret is not a cache key).
-    creds = hash((os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")))
-    return _s3_client(endpoint, creds)
+    return _s3_client(endpoint, hash(tuple(os.environ[k] for k in CREDENTIAL_ENV)))
+
+
+_THROTTLED = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestLimitExceeded"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors that a retry can fix: a refused or dropped connection, a timeout, an
+    HTTP 5xx, throttling (429, SlowDown). Looks through the chain of causes, so a wrapped
+    transport error counts. Everything else (bad data, a missing file, a 4xx) is not."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ConnectionError | TimeoutError):
+            return True
+        name = type(error).__name__
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
+            return True  # botocore's transport errors
+        if name in ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "ChunkedEncodingError"):
+            return True  # requests' (MLflow's client), not subclasses of the builtin ConnectionError
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(response, dict):  # botocore ClientError
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if response.get("Error", {}).get("Code") in _THROTTLED:
+                return True
+        if name == "RestException":  # the MLflow server's answer: its error code maps to an HTTP status
+            status = status or _http_status(error)
+        if name == "RetryError" or (status is not None and (int(status) >= 500 or int(status) == 429)):
+            return True  # requests' RetryError: urllib3 gave up on 5xx answers
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _http_status(error: BaseException) -> int | None:
+    try:
+        return int(error.get_http_status_code())
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def reset_clients() -> None:
@@ -92,8 +151,8 @@ def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         try:
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3_client().exceptions.NoSuchKey as e:
+            return s3_client(uri).get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3_client(uri).exceptions.NoSuchKey as e:
             raise FileNotFoundError(uri) from e
     return local_path(uri).read_bytes()
 
@@ -102,7 +161,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: nobody ever sees a half-written file."""
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        s3_client(uri).put_object(Bucket=bucket, Key=key, Body=data)
         return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +179,7 @@ def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         try:
-            s3_client().head_object(Bucket=bucket, Key=key)
+            s3_client(uri).head_object(Bucket=bucket, Key=key)
             return True
         except Exception as e:  # botocore ClientError 404
             if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -132,7 +191,7 @@ def exists(uri: str) -> bool:
 def upload_file(path: str | Path, uri: str) -> None:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().upload_file(str(path), bucket, key)
+        s3_client(uri).upload_file(str(path), bucket, key)
     else:
         write_bytes(uri, Path(path).read_bytes())
 
@@ -142,7 +201,7 @@ def download_file(uri: str, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().download_file(bucket, key, str(path))
+        s3_client(uri).download_file(bucket, key, str(path))
     else:
         path.write_bytes(local_path(uri).read_bytes())
     return path

@@ -326,6 +326,22 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.result).write_text(json.dumps(result, indent=2, default=str))
 
 
+class TrainingFailed(RuntimeError):
+    """The training process failed; ``killed``: it was ended by a signal (OOM killer, a node
+    going away), which a retry from the last checkpoint can get past."""
+
+    def __init__(self, message: str, returncode: int | None):
+        super().__init__(message)
+        self.returncode = returncode
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode is not None and self.returncode < 0
+
+    def __reduce__(self):  # Prefect persists task failures: keep the return code through pickling
+        return (type(self), (str(self), self.returncode))
+
+
 def launch(
     request: dict,
     log: Callable[[str], None] | None = None,
@@ -388,10 +404,11 @@ def launch(
         for t in readers:
             t.join(timeout=10)
     if proc.returncode != 0 or not res.exists():
-        raise RuntimeError(
+        raise TrainingFailed(
             f"training {request['family']}/{request['stage']}"
             f"{'' if request.get('fold') is None else ' fold ' + str(request['fold'])} "
-            f"failed (exit {proc.returncode}):\n" + "\n".join(tail)
+            f"failed (exit {proc.returncode}):\n" + "\n".join(tail),
+            proc.returncode,
         )
     return json.loads(res.read_text())
 

@@ -96,6 +96,9 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
             # A null says little: show the rows it sits in, as the source wrote them.
             cols = [c for c in ("user_id", "item_id", "ts_source", "title") if c in df.columns]
             examples = [f"data row {i}: " + ", ".join(f"{c}={_short(df.at[i, c])!r}" for c in cols) for i in rows]
+        column = cfg.kwargs.get("column")
+        if cfg.type == "expect_column_values_to_be_in_type_list" and column in df.columns:
+            examples = _not_numbers(df[column]) or examples
         if exc and not examples:
             examples = [exc.splitlines()[0][:200]]
         findings.append(
@@ -113,6 +116,91 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
             )
         )
     return findings
+
+
+def _not_numbers(values: pd.Series) -> list[str]:
+    """The first values of a numeric column that are not numbers, with their data rows."""
+    bad = (
+        values.notna() & pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce").isna()
+    )
+    return [f"data row {i}: {_short(v)!r}" for i, v in values[bad].head(MAX_EXAMPLES).items()]
+
+
+def _ts_unit_check(events: pd.DataFrame, raw: RawLayer, now: pd.Timestamp) -> list[Finding]:
+    """Numeric timestamps that the declared unit puts outside 1990 .. now, when another unit
+    would put them inside: the message names that unit (epoch milliseconds read as seconds)."""
+    from components.events import UNITS_PER_SECOND
+
+    if not raw.ts_unit or events.empty:
+        return []
+    num = pd.to_numeric(events["ts_source"], errors="coerce")
+    ts = events["ts"]
+    bad = num.notna() & (ts.isna() | (ts < MIN_TS) | (ts > now))
+    if not bad.any():
+        return []
+    span = (MIN_TS.timestamp(), now.timestamp())
+    in_range = {u: int((num[bad] / per_s).between(*span).sum()) for u, per_s in UNITS_PER_SECOND.items()}
+    best = max(in_range, key=in_range.get)
+    if best == raw.ts_unit or not in_range[best]:
+        return []  # no unit fits better: the suite's null and range rules report these rows
+    examples = [f"data row {i}: ts_source={v!r}" for i, v in events.loc[bad, "ts_source"].head(MAX_EXAMPLES).items()]
+    guards = (
+        f"numeric timestamps read as ts_unit '{raw.ts_unit}' fall outside 1990..now; read as '{best}', "
+        f"{in_range[best]} of these {int(bad.sum())} fit: set events.ts_unit: {best}"
+    )
+    return [
+        Finding(
+            "events",
+            raw.events_source,
+            "critical",
+            "ts_in_declared_unit",
+            "ts",
+            guards,
+            int(bad.sum()),
+            len(events),
+            examples,
+        )
+    ]
+
+
+def _id_checks(raw: RawLayer, rows: dict[str, int]) -> list[Finding]:
+    """What ingest found in the ids (components/events.py:clean_ids): null-like values
+    (critical) and surrounding whitespace (stripped with a warning, or critical)."""
+    out = []
+    sources = {"events": raw.events_source, "items": raw.items_source}
+    for where, found in sorted((raw.id_fixes or {}).items()):
+        table, column = where.split(".")
+        if "null_like" in found:
+            examples = [f"data row {i}: {v!r}" for i, v in found["null_like"].items()]
+            guards = "ids written as empty, whitespace or a null word ('null', 'None', 'NaN', '-') are missing ids"
+            n = found["null_like_rows"]
+            out.append(
+                Finding(table, sources[table], "critical", "id_not_null_like", column, guards, n, rows[table], examples)
+            )
+        if "padded" in found:
+            p = found["padded"]
+            same = f", {p['merged']} of them the same as an id without it" if p["merged"] else ""
+            if raw.id_whitespace == "strip":
+                severity, guards = "warning", f"{p['ids']} ids with surrounding whitespace{same}: stripped"
+            else:
+                severity, guards = (
+                    "critical",
+                    f"{p['ids']} ids with surrounding whitespace{same} (ids.whitespace: reject)",
+                )
+            out.append(
+                Finding(
+                    table,
+                    sources[table],
+                    severity,
+                    "id_without_surrounding_whitespace",
+                    column,
+                    guards,
+                    p["rows"],
+                    rows[table],
+                    p["examples"],
+                )
+            )
+    return out
 
 
 def _report_md(findings: list[Finding], data_hash: str) -> str:
@@ -192,6 +280,25 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                     [f"user {u}: ts {t}" for u, t in ex.itertuples(index=False)],
                 )
             )
+    per_user = events["user_id"].value_counts()
+    heavy = per_user[per_user > raw.max_user_share * len(events)]
+    if len(heavy):
+        out.append(
+            Finding(
+                "events",
+                src,
+                "warning",
+                f"user_share_of_events_at_most_{raw.max_user_share:g}",
+                "user_id",
+                "a user holding an implausible share of all events (a bot, a test account, a crawler); kept",
+                len(heavy),
+                len(per_user),
+                [
+                    f"user {u}: {n / len(events):.1%} of {len(events)} events"
+                    for u, n in heavy.head(MAX_EXAMPLES).items()
+                ],
+            )
+        )
     hour = ts.dt.floor("h")
     per_hour = events.assign(hour=hour).groupby(["user_id", "hour"]).size()
     burst = per_hour[per_hour > raw.max_user_events_per_hour]
@@ -274,6 +381,8 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
                 [],
             )
         )
+    findings += _id_checks(raw, {"events": len(events), "items": len(items)})
+    findings += _ts_unit_check(events, raw, now)
     findings += _short_histories(events, raw.events_source, raw.behaviour)
     findings += _behaviour_checks(events, raw)
     sources = {"events": raw.events_source, "items": raw.items_source}

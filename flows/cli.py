@@ -123,10 +123,10 @@ def _print_user_recommendations(args) -> None:
 
     # The plain stages, with the pseudonymisation key from the Prefect Secret block too.
     stages = dataclasses.replace(pipeline.PLAIN, ingest=functools.partial(pipeline.ingest, secret=pseudonym_secret))
-    try:  # bad data (a SpecError or a DataValidationError) is a ValueError too
-        ds = pipeline.data_path(args.spec, args.lake or default_lake(), 1, 0, stages)  # finished layers are reused
+    ds = pipeline.data_path(args.spec, args.lake or default_lake(), 1, 0, stages)  # finished layers are reused
+    try:
         top = pipeline.recommend_for_user(args.user, ds, list(MODELS), args.k, args.family)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError) as e:  # an unknown user, no champion yet
         sys.exit(f"interestflow recommend: {e}")
     t = Table(
         title=f"Top-{args.k} for user {args.user} ({top.attrs['history']} items so far) from {top.attrs['model']}"
@@ -323,13 +323,30 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     return parser, names
 
 
+EXIT_REJECTED = 2
+"""Exit status of a run that bad data, a bad spec or missing settings stopped (1: anything else)."""
+
+
 def main(argv: list[str] | None = None) -> None:
     _env()  # before prefect is imported (by flows.nightly): its settings are read at import
     import flows.nightly
+    from components.runlock import RunLocked
+    from components.tracking import RegistryUnavailable
 
     flow = flows.nightly.nightly
     parser, names = build_parser(flow)
     args = parser.parse_args(argv)
+    try:
+        _command(args, flow, names)
+    except flows.nightly.REJECTIONS as e:  # the message says what and where
+        print(f"interestflow {args.cmd}: rejected: {e}", file=sys.stderr)
+        sys.exit(EXIT_REJECTED)
+    except (RunLocked, RegistryUnavailable) as e:
+        print(f"interestflow {args.cmd}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
     if args.cmd in FLOW_COMMANDS:
         out = flow(**flow_kwargs(args, names))
         if args.json:
@@ -346,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                 out = promotion.promote_version(args.family, args.version, args.reason)
             else:
                 out = promotion.rollback(args.family, args.reason)
-        except ValueError as e:
+        except ValueError as e:  # no such version, no previous champion
             sys.exit(f"interestflow {args.cmd}: {e}")
         print(f"{out['name']}: champion v{out['previous']} -> v{out['champion']} ({args.reason})")
     elif args.cmd == "recommend":

@@ -3,6 +3,7 @@ training -> test -> registry -> promotion -> recommendations -> profiles (DESIGN
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Literal
 
@@ -10,10 +11,14 @@ from prefect import flow
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components import pipeline
+from components import pipeline, runlock
 from components.config import TrainConfig, default_lake
+from components.events import SpecError
 from components.profiles import ProfileConfig  # noqa: F401 - named in the docstring of ``profile``
 from components.promotion import GateConfig
+from components.storage import S3NotConfigured
+from components.tracking import home
+from components.validation import DataValidationError
 from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
 from tasks.features import build_features, embed_items
@@ -43,6 +48,23 @@ TASKS = pipeline.Stages(
     profiles=build_profiles,
     report=publish,
 )
+
+REJECTIONS = (SpecError, DataValidationError, S3NotConfigured)
+"""Bad data, a bad spec, missing settings: their messages say what and where; a traceback adds nothing."""
+
+
+class _NoTracebackForRejections(logging.Filter):
+    """Prefect logs every task and flow failure with its traceback (to the terminal and the
+    UI); for a rejection the message is the whole story, so its log record loses the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], REJECTIONS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_NoTracebackForRejections())
 
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
 # Fold trainings run concurrently up to this many at a time (each is its own process).
@@ -127,6 +149,8 @@ def nightly(
         dry_run=dry_run,
     )
     tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it
-    out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
+    # One run at a time on this home (lake and registry): a second one refuses, naming this one.
+    with runlock.hold(home(), f"flow run {prefect_flow_run.name} ({prefect_flow_run.id})"):
+        out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
     print(out.summary)
     return out

@@ -1,18 +1,23 @@
-"""Retry policy shared by the tasks that do I/O (lake, MLflow): exponential backoff with jitter.
+"""Retry policy shared by the tasks: exponential backoff with jitter, for transient errors only.
 
-Bad data is not transient: a spec or validation error is never retried.
+A retry is for what a second try can fix: a refused or dropped connection, a timeout, an
+HTTP 5xx or throttling (components/storage.py:is_transient), and a training process killed
+by a signal (the retry resumes from its lake checkpoint). Bad data, a bad spec, missing
+settings, a missing file or a bug fail at once: retrying them only triples the wait.
 """
 
 from prefect.tasks import exponential_backoff
 
-from components.events import SpecError
-from components.validation import DataValidationError
+from components.storage import is_transient
+from components.training import TrainingFailed
 
 
 def transient(task, task_run, state) -> bool:
-    """Retry unless the failure is a data or request error (ValueError included), which a
-    retry cannot fix."""
-    return not isinstance(state.result(raise_on_failure=False), SpecError | DataValidationError | ValueError)
+    """Prefect's retry condition: retry only a transient failure."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, TrainingFailed):
+        return error.killed or is_transient(error)
+    return isinstance(error, BaseException) and is_transient(error)
 
 
 IO_RETRIES = dict(

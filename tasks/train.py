@@ -4,11 +4,13 @@ from prefect.utilities.annotations import quote
 from components import pipeline
 from components.config import TrainConfig
 from components.lake import DatasetLayer, ModelResult
+from tasks._retry import transient
+
+# One retry, for a training killed by a signal or a transient lake error: it resumes from the checkpoint.
+TRAIN_RETRY = dict(retries=1, retry_delay_seconds=10, retry_condition_fn=transient)
 
 
-@task(
-    name="train-fold", retries=1, retry_delay_seconds=10, tags=["training"], task_run_name="train-{family}-fold{fold}"
-)
+@task(name="train-fold", **TRAIN_RETRY, tags=["training"], task_run_name="train-{family}-fold{fold}")
 def train_fold(dataset: DatasetLayer, family: str, fold: int, cfg: TrainConfig, lake: str, tags: dict) -> ModelResult:
     """One cross-validation fold in its own process; a retry resumes from the lake checkpoint."""
     return pipeline.train(dataset, family, "fold", cfg, lake, fold=fold, tags=tags, on_epoch=get_run_logger().info)
@@ -20,7 +22,7 @@ def train_folds(dataset: DatasetLayer, family: str, cfg: TrainConfig, lake: str,
     return [r.result() for r in runs]
 
 
-@task(name="train-final", retries=1, retry_delay_seconds=10, tags=["training"], task_run_name="train-{family}-final")
+@task(name="train-final", **TRAIN_RETRY, tags=["training"], task_run_name="train-{family}-final")
 def train_final(
     dataset: DatasetLayer, family: str, folds: list[ModelResult], cfg: TrainConfig, lake: str, tags: dict
 ) -> ModelResult:

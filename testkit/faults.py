@@ -11,7 +11,7 @@ tests/test_validation.py) and bench/chaos.py.
 - :data:`BAD_INPUTS`: the one bad-input catalogue, each entry a corruption of a good slice,
   whether it is rejected or warned about, and what the message must name (file, column,
   rule, example). tests/test_validation.py runs every entry through ingest and validate;
-  :data:`FLOW_MATRIX`, the 25 kinds marked ``flow``, also runs through the real nightly flow
+  :data:`FLOW_MATRIX`, the kinds marked ``flow`` (one or two of each class), also runs through the real nightly flow
   (:func:`try_bad_input`, in tests/test_reliability.py and bench/chaos.py).
 """
 
@@ -247,7 +247,7 @@ class BadInput:
     warnings) must contain, None where there is nothing of the kind to name: the file's
     name, the column as the message names it, the rule (an expectation, or what reading the
     input found wrong) and an example value, named in that order on one line.
-    ``flow``: one of the 25 kinds of the matrix that tests/test_reliability.py and
+    ``flow``: one of the kinds of the matrix that tests/test_reliability.py and
     bench/chaos.py run through the real nightly flow (tests/test_validation.py runs every
     entry through ingest and validate).
     """
@@ -262,9 +262,24 @@ class BadInput:
     flow: bool = True
 
     @property
+    def stage(self) -> str:
+        """Where a rejection comes from: ``validate`` (an expectation or one of validation's own
+        rules, after the batch went to quarantine/) or ``ingest`` (reading the spec and files)."""
+        return "validate" if (self.rule or "").startswith("expect_") or self.rule in VALIDATION_RULES else "ingest"
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Everything the message must contain."""
         return tuple(part for part in (self.file, self.column, self.rule, self.example) if part)
+
+
+VALIDATION_RULES = (
+    "ts_in_declared_unit",
+    "id_not_null_like",
+    "id_without_surrounding_whitespace",
+    "target_behaviour_share_above_0",
+)
+"""components/validation.py's rules beside the expectation suites."""
 
 
 def _write(folder: Path, ev: pd.DataFrame, items: pd.DataFrame, spec_edit=None) -> Path:
@@ -350,6 +365,99 @@ def _non_utf8(ev):
 
 def _truncated_gzip(ev):
     return gzip.compress(ev.to_csv(index=False).encode())[:200]
+
+
+def _no_order_by(text: str) -> str:
+    return text.replace("  order_by: seq_pos\n", "")
+
+
+def _ts_ms(ev, items):
+    return ev.assign(timestamp=ev["timestamp"] * 1000)
+
+
+def _padded_user(ev, items):
+    """Some events of the first user carry a trailing space: without stripping, two users."""
+    ev["user_id"] = ev["user_id"].astype(object)
+    first = ev.index[ev["user_id"] == ev.loc[0, "user_id"]]
+    ev.loc[first[::2], "user_id"] = ev.loc[0, "user_id"] + " "
+    return ev
+
+
+def _header_repeated(ev):
+    lines = ev.to_csv(index=False).splitlines(keepends=True)
+    return "".join([*lines[:11], lines[0], *lines[11:]]).encode()  # after data row 9: data row 10
+
+
+def _bot(ev, items):
+    """One user with 3,000 more events, three hours apart (no burst): most of the log."""
+    n = 3000
+    extra = pd.DataFrame(
+        {
+            "user_id": "BOT-USER",
+            "item_id": [ev["item_id"].iloc[i % len(ev)] for i in range(n)],
+            "timestamp": ev["timestamp"].min() + 10_800 * pd.RangeIndex(n),
+            "seq_pos": ev["seq_pos"].max() + 1 + pd.RangeIndex(n),
+        }
+    )
+    return pd.concat([ev, extra], ignore_index=True)
+
+
+def _burst(ev, items):
+    """60 events of one user within one hour (the spec's limit is 50)."""
+    extra = ev.iloc[[0] * 60].assign(
+        item_id=[ev["item_id"].iloc[i] for i in range(1, 61)],
+        timestamp=ev["timestamp"].iloc[0] + 1 + pd.RangeIndex(60) * 30,
+        seq_pos=ev["seq_pos"].max() + 1 + pd.RangeIndex(60),
+    )
+    return pd.concat([ev, extra], ignore_index=True)
+
+
+def _parquet(table: str, fn, spec_edit=None):
+    """Write ``table`` (events or items) as Parquet, typed by ``fn(frame) -> pyarrow.Table``."""
+    import pyarrow.parquet as pq
+
+    def make(folder, ev, items):
+        edit = lambda t: t.replace(f"uri: {table}.csv", f"uri: {table}.parquet")  # noqa: E731
+        spec = _write(folder, ev, items, spec_edit=lambda t: (spec_edit or (lambda x: x))(edit(t)))
+        pq.write_table(fn(ev if table == "events" else items), folder / f"{table}.parquet")
+        return spec
+
+    return make
+
+
+def _narrow_ints(ev):
+    """Unsigned and narrow integers, as a warehouse export writes them."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "user_id": pa.array(ev["user_id"].astype(str)),
+            "item_id": pa.array(ev["item_id"].astype(str)),
+            "timestamp": pa.array(ev["timestamp"], pa.uint32()),
+            "seq_pos": pa.array(ev["seq_pos"], pa.int32()),
+            "value": pa.array([3] * len(ev), pa.uint8()),
+        }
+    )
+
+
+def _decimal_price(items):
+    import decimal
+
+    import pyarrow as pa
+
+    prices = [None if pd.isna(x) else decimal.Decimal(f"{x:.2f}") for x in items["price"]]
+    t = pa.Table.from_pandas(items.drop(columns=["price"]), preserve_index=False)
+    return t.append_column("price", pa.array(prices, pa.decimal128(10, 2)))
+
+
+def _ts_column(ev):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(ev.assign(timestamp=pd.to_datetime(ev["timestamp"], unit="s", utc=True)))
+
+
+def _with_value(text: str) -> str:
+    return text.replace("ts: timestamp}", "ts: timestamp, value: value}")
 
 
 NOT_NULL = "expect_column_values_to_not_be_null"
@@ -450,9 +558,150 @@ BAD_INPUTS: dict[str, BadInput] = {
         "events.csv",
         "column 'value'",
         IN_TYPES,
+        "data row 4: 'lots'",
+        flow=False,
+    ),
+    "events: epoch milliseconds declared as seconds": BadInput(
+        "events", _ev(_ts_ms), "reject", "events.csv", "column 'ts'", "ts_in_declared_unit", "ts_unit: ms", flow=False
+    ),
+    "events: epoch seconds declared as milliseconds": BadInput(
+        "events",
+        _spec(lambda t: t.replace("ts_unit: s", "ts_unit: ms")),
+        "reject",
+        "events.csv",
+        "column 'ts'",
+        "ts_in_declared_unit",
+        "ts_unit: s",
+        flow=False,
+    ),
+    "events: exact duplicate rows, no order_by": BadInput(
+        "events",
+        _ev(lambda e, i: pd.concat([e, e.iloc[[5]]], ignore_index=True), _no_order_by),
+        "reject",
+        "events.csv",
+        "column 'user_id,item_id,ts,event_type,value'",
+        "expect_compound_columns_to_be_unique",
+        flow=False,
+    ),
+    "events: the whole batch delivered twice, no order_by": BadInput(
+        "events",
+        _ev(lambda e, i: pd.concat([e, e], ignore_index=True), _no_order_by),
+        "reject",
+        "events.csv",
+        "column 'user_id,item_id,ts,event_type,value'",
+        "expect_compound_columns_to_be_unique",
+        flow=False,
+    ),
+    "events: 'null' as a user id": BadInput(
+        "events", _ev(_set("user_id", "null")), "reject", "events.csv", "column 'user_id'", "id_not_null_like", "'null'"
+    ),
+    "events: 'None' as a user id": BadInput(
+        "events",
+        _ev(_set("user_id", "None")),
+        "reject",
+        "events.csv",
+        "column 'user_id'",
+        "id_not_null_like",
+        "'None'",
+        flow=False,
+    ),
+    "events: '-' as a user id": BadInput(
+        "events", _ev(_set("user_id", "-")), "reject", "events.csv", "column 'user_id'", "id_not_null_like", flow=False
+    ),
+    "events: a whitespace-only user id": BadInput(
+        "events",
+        _ev(_set("user_id", "   ")),
+        "reject",
+        "events.csv",
+        "column 'user_id'",
+        "id_not_null_like",
+        "'   '",
+        flow=False,
+    ),
+    "events: 'NaN' as an item id": BadInput(
+        "events",
+        _ev(_set("item_id", "NaN")),
+        "reject",
+        "events.csv",
+        "column 'item_id'",
+        "id_not_null_like",
+        "'NaN'",
+        flow=False,
+    ),
+    "events: trailing spaces on some user ids": BadInput(
+        "events",
+        _ev(_padded_user),
+        "warn",
+        "events.csv",
+        "column 'user_id'",
+        "id_without_surrounding_whitespace",
+        "stripped",
+    ),
+    "events: padded user ids, the spec rejecting them": BadInput(
+        "events",
+        _ev(_padded_user, lambda t: t + "ids:\n  whitespace: reject\n"),
+        "reject",
+        "events.csv",
+        "column 'user_id'",
+        "id_without_surrounding_whitespace",
+        "ids.whitespace: reject",
+        flow=False,
+    ),
+    "events: the header line repeated inside the file": BadInput(
+        "events", _raw_events(_header_repeated), "reject", "events.csv", rule="data row 10 (line 12) repeats the header"
+    ),
+    "events: one user holding most of the events": BadInput(
+        "events", _ev(_bot), "warn", "events.csv", "column 'user_id'", "user_share_of_events_at_most_0.2", "BOT-USER"
+    ),
+    "events: a burst of events within one hour": BadInput(
+        "events",
+        _ev(
+            _burst,
+            lambda t: t.replace("  order_by: seq_pos\n", "  order_by: seq_pos\n  max_user_events_per_hour: 50\n"),
+        ),
+        "warn",
+        "events.csv",
+        "column 'user_id'",
+        "user_events_per_hour_at_most_50",
+        "events in the hour from",
+        flow=False,
+    ),
+    "events: events outside the declared window": BadInput(
+        "events",
+        _spec(lambda t: t.replace("  order_by: seq_pos\n", "  order_by: seq_pos\n  window: {start: 2012-01-01}\n")),
+        "warn",
+        "events.csv",
+        "column 'ts'",
+        "ts_within_declared_window",
+        flow=False,
+    ),
+    "events: Parquet with unsigned and narrow integers": BadInput(
+        "events", _parquet("events", _narrow_ints, _with_value), "accept", "events.parquet", flow=False
+    ),
+    "events: a Parquet timestamp column with ts_unit": BadInput(
+        "events",
+        _parquet("events", _ts_column),
+        "reject",
+        "events.parquet",
+        "column 'timestamp'",
+        "already holds timestamps",
+        "remove it",
         flow=False,
     ),
     # items
+    "items: a decimal(10,2) price from a warehouse export": BadInput(
+        "items", _parquet("items", _decimal_price), "accept", "items.parquet", flow=False
+    ),
+    "items: 'NULL' as an item id": BadInput(
+        "items",
+        _it(lambda i, e: i.assign(item_id=i["item_id"].where(i.index != 1, "NULL"))),
+        "reject",
+        "items.csv",
+        "column 'item_id'",
+        "id_not_null_like",
+        "'NULL'",
+        flow=False,
+    ),
     "items: duplicate item id": BadInput(
         "items",
         _it(lambda i, e: pd.concat([i, i.iloc[[0]]], ignore_index=True)),
@@ -477,6 +726,7 @@ BAD_INPUTS: dict[str, BadInput] = {
         "items.csv",
         "column 'price'",
         IN_TYPES,
+        "data row 2: 'cheap'",
     ),
     "items: missing item_id column": BadInput(
         "items", _it(lambda i, e: i.drop(columns=["item_id"])), "reject", "items.csv", "'item_id'"
@@ -523,13 +773,133 @@ BAD_INPUTS: dict[str, BadInput] = {
     "spec: not YAML": BadInput(
         "spec", _spec(lambda t: t + "\n  : - [unbalanced\n"), "reject", "spec.yaml", rule="not valid YAML"
     ),
+    "spec: a misspelt section (privacy_settings)": BadInput(
+        "spec",
+        _spec(lambda t: t + "privacy_settings:\n  pseudonymise_users: true\n"),
+        "reject",
+        "spec.yaml",
+        "unknown key 'privacy_settings'",
+        example="did you mean 'privacy'",
+    ),
+    "spec: a misspelt key inside a section (ts_units)": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("ts_unit: s", "ts_units: s")),
+        "reject",
+        "spec.yaml",
+        "unknown key 'events.ts_units'",
+        example="did you mean 'ts_unit'",
+        flow=False,
+    ),
+    "spec: a string where a mapping belongs": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("columns: {user_id: user_id, item_id: item_id, ts: timestamp}", "columns: user_id")),
+        "reject",
+        "spec.yaml",
+        "'events.columns'",
+        "expected dict",
+        flow=False,
+    ),
+    "spec: an unknown timestamp unit": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("ts_unit: s", "ts_unit: sec")),
+        "reject",
+        "spec.yaml",
+        "'events.ts_unit'",
+        "is 'sec'; expected",
+        "'ms'",
+        flow=False,
+    ),
+    "spec: a word where a number belongs": BadInput(
+        "spec",
+        _spec(lambda t: t + "filters:\n  k_core: five\n"),
+        "reject",
+        "spec.yaml",
+        "'filters.k_core'",
+        "is 'five'; expected int",
+        flow=False,
+    ),
+    "spec: both ts_unit and ts_format": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("ts_unit: s", "ts_unit: s\n  ts_format: '%Y-%m-%d'")),
+        "reject",
+        "spec.yaml",
+        "'events'",
+        "ts_unit and ts_format",
+        flow=False,
+    ),
+    "spec: a timestamp format the file does not have": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("ts_unit: s", "ts_format: '%Y-%m-%d'")),
+        "reject",
+        "events.csv",
+        "column 'ts'",
+        NOT_NULL,
+        flow=False,
+    ),
+    "spec: an http:// source": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("uri: events.csv", "uri: http://example.com/events.csv")),
+        "reject",
+        "spec.yaml",
+        "'events.uri'",
+        "http:// is not supported",
+    ),
+    "spec: an s3:// source without S3 settings": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("uri: events.csv", "uri: s3://shop-exports/events.csv")),
+        "reject",
+        "s3://shop-exports/events.csv",
+        rule="S3 is not configured",
+        example="AWS_ACCESS_KEY_ID",
+    ),
+    "spec: a target behaviour the log does not have": BadInput(
+        "spec",
+        _spec(lambda t: t + "behaviour:\n  target: [purchase]\n"),
+        "reject",
+        "events.csv",
+        "column 'event_type'",
+        "target_behaviour_share_above_0",
+        flow=False,
+    ),
+    "spec: a window that is not a mapping": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("  order_by: seq_pos\n", "  order_by: seq_pos\n  window: yesterday\n")),
+        "reject",
+        "spec.yaml",
+        "'events.window'",
+        "must be a mapping",
+        flow=False,
+    ),
+    "spec: a column the contract does not have": BadInput(
+        "spec",
+        _spec(lambda t: t.replace("ts: timestamp}", "ts: timestamp, rating: stars}")),
+        "reject",
+        "spec.yaml",
+        "'events.columns'",
+        "unknown contract columns",
+        "['rating']",
+        flow=False,
+    ),
+    "spec: event_types missing a source value": BadInput(
+        "spec",
+        _ev(
+            _event_type_column,
+            lambda t: _map_event_type(t).replace("  order_by:", "  event_types: {review: review}\n  order_by:"),
+        ),
+        "reject",
+        "events.csv",
+        "column 'kind'",
+        "does not map",
+        "'wishlist'",
+        flow=False,
+    ),
     "spec: missing timestamp mapping": BadInput(
         "spec", _spec(lambda t: t.replace(", ts: timestamp}", "}")), "reject", "spec.yaml", rule="must map ['ts']"
     ),
 }
 
 FLOW_MATRIX: dict[str, BadInput] = {name: bad for name, bad in BAD_INPUTS.items() if bad.flow}
-"""The 25 kinds that run through the real nightly flow."""
+"""The kinds that the tests run through the real nightly flow (bench/chaos.py runs them all)."""
 
 
 # -- checks shared by the tests and bench/chaos.py --------------------------------------------
