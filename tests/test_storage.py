@@ -145,3 +145,87 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
     assert rec.family == "mf" and len(rec.item_ids) > 0
     assert [v.version for v in tracking.client().search_model_versions("name='s3flow-mf'")] == ["1"]
     assert tracking.alias_version("s3flow-mf", "champion") == "1"
+
+
+def test_s3_without_settings_fails_at_once_and_sends_nothing(monkeypatch):
+    """No endpoint or credentials: a clear error naming the URI and the missing settings, before
+    botocore could search its credential chain (which asks the instance-metadata address,
+    169.254.169.254) or reach real AWS. An audit hook sees every connection attempt of the
+    process, loopback included: there must be none."""
+    import sys
+
+    for k in (*storage.ENDPOINT_ENV, *storage.CREDENTIAL_ENV, "AWS_PROFILE"):
+        monkeypatch.delenv(k, raising=False)
+    storage.reset_clients()
+    seen: list = []
+    watching = [True]
+
+    def hook(event, args):
+        if event == "socket.connect" and watching[0]:
+            seen.append(args[1])
+
+    sys.addaudithook(hook)  # audit hooks cannot be removed: this one stops recording below
+    try:
+        for call in (lambda: storage.read_bytes("s3://shop/events.csv"), lambda: storage.exists("s3://shop/x")):
+            with pytest.raises(storage.S3NotConfigured) as err:
+                call()
+            msg = str(err.value)
+            assert "s3://shop/" in msg and "INTERESTFLOW_S3_ENDPOINT_URL" in msg and "AWS_ACCESS_KEY_ID" in msg
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # an endpoint but no credentials
+        with pytest.raises(storage.S3NotConfigured, match="AWS_SECRET_ACCESS_KEY"):
+            storage.read_bytes("s3://shop/events.csv")
+    finally:
+        watching[0] = False
+        storage.reset_clients()
+    assert seen == []
+
+
+def test_only_transient_errors_are_retried():
+    """The one retry rule of every task (tasks/_retry.py), on the errors the clients raise."""
+    import requests
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from components.training import TrainingFailed
+    from components.validation import DataValidationError
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    def wrapped(cause: BaseException) -> BaseException:  # as tracking.register wraps what MLflow raised
+        try:
+            raise cause
+        except BaseException as e:
+            try:
+                raise tracking.RegistryUnavailable("the registry did not accept model x") from e
+            except tracking.RegistryUnavailable as outer:
+                return outer
+
+    transient = [
+        client_error("ServiceUnavailable", 503),
+        client_error("SlowDown", 503),
+        client_error("Throttling", 400),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError("timed out"),
+        wrapped(requests.exceptions.ConnectionError("refused")),
+        wrapped(requests.exceptions.RetryError("too many 503 error responses")),
+        TrainingFailed("training mf/final failed (exit -9)", -9),
+    ]
+    permanent = [
+        client_error("AccessDenied", 403),
+        client_error("NoSuchBucket", 404),
+        events.SpecError("dataset spec x: unknown key 'y'"),
+        DataValidationError("1 critical expectation(s) failed"),
+        storage.S3NotConfigured("s3://x: S3 is not configured"),
+        FileNotFoundError("gone.csv"),
+        ValueError("TrainConfig: lr must be > 0"),
+        TrainingFailed("training mf/final failed (exit 1)", 1),
+        tracking.RegistryUnavailable("the registry did not accept model x"),
+    ]
+    from prefect.states import Failed
+
+    from tasks._retry import transient as retry
+
+    # Prefect hands the retry condition the failed state, holding the error
+    assert [retry(None, None, Failed(data=e)) for e in transient] == [True] * len(transient)
+    assert [retry(None, None, Failed(data=e)) for e in permanent] == [False] * len(permanent)
