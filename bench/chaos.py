@@ -9,14 +9,19 @@ Scenarios (the fault machinery is testkit/faults.py, shared with the tests):
    refusing every registry write: the flow must fail, and the champion must not move.
 3. A training SIGKILLed after its first checkpoint: the retry must resume from it and
    register the model once.
-4. The bad-input matrix (the 25 kinds of testkit/faults.py's catalogue marked ``flow``)
-   against a lake with a champion: each must be rejected
-   with a message naming file, column, rule and example, or warned about, and change
-   nothing.
+4. Every kind of testkit/faults.py's bad-input catalogue against a lake with a champion:
+   a kind to be rejected runs the real CLI (``interestflow train`` in its own process, as
+   an operator runs it) and must exit 2 with a message naming file (or spec key), column,
+   rule and example, without a traceback; a kind to be warned about (or handled as it
+   is) runs the data stages and must say so in a warning. None may change the lake or
+   the registry.
 5. The promotion gate on 20,000 random metric pairs and 24 racing manual promotions.
 
 Ends with one JSON line: faults_injected, faults_survived, bad_inputs_tried,
-bad_inputs_rejected, wrong_promotions (must be 0), records_lost (must be 0).
+bad_inputs_rejected, bad_inputs_warned, bad_inputs_accepted (valid input that looks odd,
+handled as it is), wrong_promotions (must be 0), records_lost (must be 0),
+network_attempts (non-loopback connections, this process's and the CLI runs', must be 0)
+and tracebacks (CLI rejections that printed one, must be 0).
 
     .venv/bin/python bench/chaos.py --out bench/out/chaos [--users 300]
 
@@ -26,15 +31,31 @@ The slice is the first users of the shipped sample (data/sample, 2,000 Beauty us
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from _common import fresh_home, quiet_env
 
 NIGHT = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
+NIGHT_ARGS = ["train", "--families", "mf", "--folds", "2", "--max-epochs", "3", "--patience", "2", "--seed", "0"]
+NETWORK: list[str] = []  # non-loopback connection attempts of this process
+
+
+def _watch_network(event: str, args: tuple) -> None:
+    """Audit hook: every non-loopback connection attempt of this process (it only records)."""
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        host = str(args[1][0]).split("%")[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback:
+            NETWORK.append(f"{host}:{args[1][1]}")
 
 
 def main() -> None:
@@ -43,6 +64,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=300, help="users of the shipped Beauty sample")
     args = ap.parse_args()
     quiet_env()
+    sys.addaudithook(_watch_network)
     home = fresh_home(args.out)
     os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
     from prefect.testing.utilities import prefect_test_harness
@@ -135,23 +157,28 @@ def main() -> None:
         )
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaos"
 
-        tried = rejected = warned = 0
+        tried = rejected = warned = accepted = 0
         registry = faults.registry_state("chaos")
-        print("bad inputs:")
-        for name, bad in faults.FLOW_MATRIX.items():
+        # The CLI runs talk to this process's Prefect server (no ephemeral server each) and
+        # share its home: the same lake, registry and run lock.
+        from prefect.settings import PREFECT_API_URL
+
+        cli_env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "INTERESTFLOW_MODEL_PREFIX": "chaos"}
+        cli_runs: list[dict] = []
+        cli = faults.cli_nightly([*NIGHT_ARGS, "--lake", str(local), "--no-profiles"], cli_env, cli_runs)
+        print(f"bad inputs ({len(faults.BAD_INPUTS)} kinds; rejections through the CLI):")
+        for name, bad in faults.BAD_INPUTS.items():
+            n_runs = len(cli_runs)
             got = faults.try_bad_input(
-                bad,
-                home / "bad" / name.replace(" ", "_").replace(":", ""),
-                ev,
-                items,
-                local,
-                lambda s: nightly(spec=s, lake=str(local), **NIGHT),
+                bad, home / "bad" / name.replace(" ", "_").replace(":", "").replace("'", ""), ev, items, local, cli
             )
             clear = got["outcome"] == bad.outcome and not got["missing"] and not got["changed"]
             clear &= got["quarantined"] == (bad.outcome == "reject")
+            clear &= not any(r["traceback"] or r["network"] for r in cli_runs[n_runs:])
             tried += 1
             rejected += int(clear and bad.outcome == "reject")
-            warned += int(clear and bad.outcome != "reject")
+            warned += int(clear and bad.outcome == "warn")
+            accepted += int(clear and bad.outcome == "accept")
             tally["records_lost"] += len(got["changed"])
             first_line = got["message"].splitlines()[0][:150] if got["message"] else ""
             print(f"  {'ok ' if clear else 'BAD'} {name}: {got['outcome']} — {first_line}")
@@ -182,7 +209,18 @@ def main() -> None:
         tally["wrong_promotions"] += gate_wrong + int(champion not in versions)
         print(f"gate: {gate_wrong} wrong of 20000 random pairs; after 24 racing promotions the champion is v{champion}")
 
-    tally.update({"bad_inputs_tried": tried, "bad_inputs_rejected": rejected, "bad_inputs_warned": warned})
+    tally.update(
+        {
+            "bad_inputs_tried": tried,
+            "bad_inputs_rejected": rejected,
+            "bad_inputs_warned": warned,
+            "bad_inputs_accepted": accepted,
+            "network_attempts": len(NETWORK) + sum(len(r["network"]) for r in cli_runs),
+            "tracebacks": sum(r["traceback"] for r in cli_runs if r["code"] == 2),
+        }
+    )
+    if tally["network_attempts"]:
+        print("network attempts:", NETWORK[:5], [r["network"][:3] for r in cli_runs if r["network"]][:5])
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     keys = (
         "faults_injected",
@@ -190,8 +228,11 @@ def main() -> None:
         "bad_inputs_tried",
         "bad_inputs_rejected",
         "bad_inputs_warned",
+        "bad_inputs_accepted",
         "wrong_promotions",
         "records_lost",
+        "network_attempts",
+        "tracebacks",
     )
     print(json.dumps({k: tally[k] for k in keys}))
 

@@ -922,8 +922,78 @@ def registry_state(prefix: str) -> dict:
     return out
 
 
-def try_bad_input(bad: BadInput, folder: Path, events: pd.DataFrame, items: pd.DataFrame, lake: Path, nightly) -> dict:
-    """Run one bad input: ``nightly(spec)`` for a rejection, the data stages for a warning.
+def in_process(nightly: Callable[[str], object]) -> Callable[[str], tuple[str, str]]:
+    """``run(spec) -> (outcome, message)`` for :func:`try_bad_input`: ``nightly(spec)`` called
+    in this process; a SpecError or DataValidationError is a rejection, anything else a crash."""
+    from components import events as ev_mod
+    from components import validation
+
+    def run(spec: str) -> tuple[str, str]:
+        try:
+            nightly(spec)
+            return "accept", ""
+        except (ev_mod.SpecError, validation.DataValidationError) as e:
+            return "reject", str(e)
+        except Exception as e:  # noqa: BLE001 - anything else is a crash, not a clear rejection
+            return "crash", f"{type(e).__name__}: {e}"
+
+    return run
+
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> dict:
+    """``interestflow <args>`` in its own process, as an operator runs it. Returns ``code``
+    (its exit status), ``output`` (stdout and stderr), ``traceback`` (whether it printed a
+    Python traceback) and ``network`` (the non-loopback addresses it tried to connect to,
+    seen by testkit/netguard's audit hook)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".net") as log:
+        path = os.pathsep.join([str(NETGUARD), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        full = {**os.environ, **(env or {}), "PYTHONPATH": path, "INTERESTFLOW_NETGUARD_LOG": log.name}
+        proc = subprocess.run(
+            [str(BIN / "interestflow"), *args], env=full, capture_output=True, text=True, timeout=timeout
+        )
+        network = [line for line in log.read().splitlines() if line]
+    output = proc.stdout + proc.stderr
+    return {
+        "code": proc.returncode,
+        "output": output,
+        "stderr": proc.stderr,
+        "traceback": "Traceback (most recent call last)" in output,
+        "network": network,
+    }
+
+
+def cli_nightly(args: list[str], env: dict[str, str] | None = None, seen: list | None = None):
+    """``run(spec) -> (outcome, message)`` for :func:`try_bad_input`: ``interestflow <args>
+    --spec <spec>`` in its own process; exit 2 is a rejection (its message: what it printed
+    after "rejected: "), 0 an acceptance, anything else a crash. ``seen`` collects each
+    run's :func:`run_cli` result (tracebacks, network attempts)."""
+
+    def run(spec: str) -> tuple[str, str]:
+        got = run_cli([*args, "--spec", spec], env)
+        if seen is not None:
+            seen.append(got)
+        if got["code"] == 2:
+            return "reject", got["stderr"].split("rejected: ", 1)[-1]
+        return ("accept" if got["code"] == 0 else "crash"), got["output"][-3000:]
+
+    return run
+
+
+def try_bad_input(
+    bad: BadInput,
+    folder: Path,
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    lake: Path,
+    reject_run: Callable[[str], tuple[str, str]],
+) -> dict:
+    """Run one bad input: ``reject_run(spec)`` (:func:`in_process` or :func:`cli_nightly`) for a
+    rejection, the data stages for a warning.
 
     Returns what happened: ``outcome`` (reject / warn / accept / crash), ``message``,
     ``missing`` (parts of ``bad.names`` not in the message), ``quarantined`` (a new report
@@ -936,17 +1006,16 @@ def try_bad_input(bad: BadInput, folder: Path, events: pd.DataFrame, items: pd.D
     spec = bad.make(folder, events.copy(), items.copy())
     before = lake_files(lake)
     reports = set((lake / "quarantine").glob("*/report.md"))
-    try:
-        if bad.outcome == "reject":
-            nightly(str(spec))
-            outcome, message = "accept", ""
-        else:
+    if bad.outcome == "reject":
+        outcome, message = reject_run(str(spec))
+    else:
+        try:
             out = validation.validate(ev_mod.ingest(spec, str(lake)), str(lake))
             outcome, message = ("warn" if out.warnings else "accept"), "\n".join(out.warnings)
-    except (ev_mod.SpecError, validation.DataValidationError) as e:
-        outcome, message = "reject", str(e)
-    except Exception as e:  # noqa: BLE001 - anything else is a crash, not a clear rejection
-        outcome, message = "crash", f"{type(e).__name__}: {e}"
+        except (ev_mod.SpecError, validation.DataValidationError) as e:
+            outcome, message = "reject", str(e)
+        except Exception as e:  # noqa: BLE001 - anything else is a crash, not a clear rejection
+            outcome, message = "crash", f"{type(e).__name__}: {e}"
     after = lake_files(lake)
     allowed = ("01_raw",) if outcome == "reject" else ("01_raw", "02_validated")
     changed = [p for p in before if after.get(p) != before[p]]

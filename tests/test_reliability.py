@@ -2,7 +2,7 @@
 killed training resumes from its checkpoint.
 
 One module lake holds a validated layer and a champion made by a real nightly run; every
-bad input of the flow matrix (the 25 kinds of testkit/faults.py's catalogue marked ``flow``;
+bad input of the flow matrix (the kinds of testkit/faults.py's catalogue marked ``flow``;
 tests/test_validation.py runs every entry through ingest and validate) then runs the real
 nightly flow against it.
 """
@@ -13,7 +13,7 @@ import pytest
 from conftest import sample_frames, write_slice
 
 from components import lake, tracking
-from testkit.faults import FLOW_MATRIX, killed_final_fit, registry_state, try_bad_input
+from testkit.faults import FLOW_MATRIX, in_process, killed_final_fit, registry_state, try_bad_input
 
 PREFIX = "reliab"
 NIGHTLY = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
@@ -46,7 +46,7 @@ def test_bad_input_is_rejected_clearly_and_changes_nothing(guarded, case, tmp_pa
         guarded["events"],
         guarded["items"],
         guarded["lake"],
-        lambda spec: guarded["nightly"](spec=spec, lake=str(guarded["lake"]), **NIGHTLY),
+        in_process(lambda spec: guarded["nightly"](spec=spec, lake=str(guarded["lake"]), **NIGHTLY)),
     )
     assert got["outcome"] == bad.outcome, got["message"][:2000]
     assert not got["missing"], f"{got['missing']} not in the message:\n{got['message'][:2000]}"
