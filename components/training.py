@@ -326,6 +326,43 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.result).write_text(json.dumps(result, indent=2, default=str))
 
 
+class TrainingStopped(RuntimeError):
+    """The run is being stopped (SIGINT, SIGTERM): this training was ended, or not started."""
+
+
+# The training processes this process runs now (their process-group ids), and whether a stop
+# was asked for: each runs in its own process group (so that a kill reaches every DDP rank),
+# which also means a Ctrl-C at the terminal does not reach it; :func:`stop_all` does.
+_LIVE: set[int] = set()
+_LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+@contextlib.contextmanager
+def stoppable():
+    """Run a block whose trainings a SIGINT or SIGTERM must end: on KeyboardInterrupt or
+    Prefect's TerminationSignal (any BaseException but a normal exit), every live training
+    process group is killed and no new training starts until the next block."""
+    _STOPPING.clear()
+    try:
+        yield
+    except BaseException as e:
+        if not isinstance(e, Exception):  # an interrupt, not a failure
+            stop_all()
+        raise
+
+
+def stop_all() -> int:
+    """Kill every live training process group and refuse new ones; returns how many were killed."""
+    _STOPPING.set()
+    with _LIVE_LOCK:
+        groups = list(_LIVE)
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    return len(groups)
+
+
 class TrainingFailed(RuntimeError):
     """The training process failed; ``killed``: it was ended by a signal (OOM killer, a node
     going away), which a retry from the last checkpoint can get past."""
@@ -379,13 +416,17 @@ def launch(
         cmd = [sys.executable, "-m", "components.training"]
     terminal = sys.stderr.isatty()
     env = {**os.environ, PROGRESS_ENV: "1" if terminal else "0", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [*cmd, "--request", str(req), "--result", str(res)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # its own process group, so that a kill reaches every rank
-    )
+    with _LIVE_LOCK:
+        if _STOPPING.is_set():
+            raise TrainingStopped(f"training {request['family']}/{request['stage']} not started: the run is stopping")
+        proc = subprocess.Popen(
+            [*cmd, "--request", str(req), "--result", str(res)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # its own process group, so that a kill reaches every rank
+        )
+        _LIVE.add(proc.pid)
     tail: collections.deque[str] = collections.deque(maxlen=30)
     readers = [
         threading.Thread(target=_epoch_lines, args=(proc.stdout, log or (lambda line: None)), daemon=True),
@@ -401,8 +442,12 @@ def launch(
         proc.wait()
         raise
     finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc.pid)
         for t in readers:
             t.join(timeout=10)
+    if _STOPPING.is_set() and proc.returncode != 0:
+        raise TrainingStopped(f"training {request['family']}/{request['stage']} was stopped (the run is stopping)")
     if proc.returncode != 0 or not res.exists():
         raise TrainingFailed(
             f"training {request['family']}/{request['stage']}"

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -329,6 +330,8 @@ EXIT_REJECTED = 2
 
 def main(argv: list[str] | None = None) -> None:
     _env()  # before prefect is imported (by flows.nightly): its settings are read at import
+    from prefect.exceptions import CancelledRun
+
     import flows.nightly
     from components.runlock import RunLocked
     from components.tracking import RegistryUnavailable
@@ -336,13 +339,16 @@ def main(argv: list[str] | None = None) -> None:
     flow = flows.nightly.nightly
     parser, names = build_parser(flow)
     args = parser.parse_args(argv)
+    # A SIGINT stops a run (KeyboardInterrupt) even where the shell started us with SIGINT
+    # ignored, as it does for a background job; SIGTERM is Prefect's during a flow run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _command(args, flow, names)
     except flows.nightly.REJECTIONS as e:  # the message says what and where
         print(f"interestflow {args.cmd}: rejected: {e}", file=sys.stderr)
         sys.exit(EXIT_REJECTED)
-    except (RunLocked, RegistryUnavailable) as e:
-        print(f"interestflow {args.cmd}: {e}", file=sys.stderr)
+    except (RunLocked, RegistryUnavailable, CancelledRun) as e:
+        print(f"interestflow {args.cmd}: {'cancelled: ' if isinstance(e, CancelledRun) else ''}{e}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -8,10 +8,12 @@ import os
 from typing import Literal
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run as prefect_flow_run
+from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components import pipeline, runlock
+from components import pipeline, runlock, training
 from components.config import TrainConfig, default_lake
 from components.events import SpecError
 from components.profiles import ProfileConfig  # noqa: F401 - named in the docstring of ``profile``
@@ -50,21 +52,23 @@ TASKS = pipeline.Stages(
 )
 
 REJECTIONS = (SpecError, DataValidationError, S3NotConfigured)
-"""Bad data, a bad spec, missing settings: their messages say what and where; a traceback adds nothing."""
+"""Bad data, a bad spec, missing settings: the CLI exits 2 on these."""
+EXPECTED = (*REJECTIONS, runlock.RunLocked)
+"""Failures whose message is the whole story (what, where, what to do): a traceback adds nothing."""
 
 
-class _NoTracebackForRejections(logging.Filter):
+class _NoTracebackForExpected(logging.Filter):
     """Prefect logs every task and flow failure with its traceback (to the terminal and the
-    UI); for a rejection the message is the whole story, so its log record loses the traceback."""
+    UI); for an expected failure the message says it all, so its log record loses the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], REJECTIONS):
+        if record.exc_info and isinstance(record.exc_info[1], EXPECTED):
             record.exc_info, record.exc_text = None, None
         return True
 
 
 for _name in ("prefect.task_runs", "prefect.flow_runs"):
-    logging.getLogger(_name).addFilter(_NoTracebackForRejections())
+    logging.getLogger(_name).addFilter(_NoTracebackForExpected())
 
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
 # Fold trainings run concurrently up to this many at a time (each is its own process).
@@ -149,8 +153,18 @@ def nightly(
         dry_run=dry_run,
     )
     tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it
-    # One run at a time on this home (lake and registry): a second one refuses, naming this one.
-    with runlock.hold(home(), f"flow run {prefect_flow_run.name} ({prefect_flow_run.id})"):
-        out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
+    try:
+        # One run at a time on this home (lake and registry): a second one refuses, naming this
+        # one. A SIGINT or SIGTERM kills the training processes (stoppable) and ends the run
+        # Cancelled; a layer is only complete once its marker is written, so nothing half-made
+        # looks finished, and the next run reuses what did finish.
+        with runlock.hold(home(), f"flow run {prefect_flow_run.name} ({prefect_flow_run.id})"), training.stoppable():
+            out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
+    except (KeyboardInterrupt, TerminationSignal) as e:
+        signal_name = "SIGTERM" if isinstance(e, TerminationSignal) else "SIGINT"
+        return Cancelled(
+            message=f"stopped by {signal_name}: training processes ended, nothing promoted; "
+            "completed layers are kept for the next run"
+        )
     print(out.summary)
     return out

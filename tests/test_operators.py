@@ -1,0 +1,157 @@
+"""What operators do to a run, through the real CLI in real processes: a rejection is a clear
+message and exit status 2; two runs on one home do not both train (the run lock); SIGINT and
+SIGTERM stop a run within seconds, its training processes with it, and the next run reuses
+what finished.
+
+The CLI processes share one real Prefect server (Prefect's test harness, a server in its own
+process) through PREFECT_API_URL, and a home (lake, MLflow registry, run lock) of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sample_frames, write_slice
+
+from components import runlock
+from testkit.faults import BIN, run_cli
+
+TRAIN = ["train", "--families", "mf", "--folds", "2", "--no-profiles"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def home(tmp_path, server):
+    """Environment for CLI processes: the shared server, a home of this test's own."""
+    env = {
+        "PREFECT_API_URL": server,
+        "INTERESTFLOW_HOME": str(tmp_path / "home"),
+        "INTERESTFLOW_MODEL_PREFIX": "ops",
+    }
+    env.pop("INTERESTFLOW_LAKE", None)
+    return tmp_path / "home", env
+
+
+def _training_processes() -> list[int]:
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"components.training" in (proc / "cmdline").read_bytes():
+                out.append(int(proc.name))
+        except OSError:
+            continue
+    return out
+
+
+def _flow_run_states(server: str) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        return {r.name: r.state.type.value for r in c.read_flow_runs()}
+
+
+@pytest.mark.slow
+def test_a_rejection_is_one_clear_message_and_exit_status_2(tmp_path, home):
+    ev, items = sample_frames(60)
+    ev["user_id"] = ev["user_id"].astype(object)
+    ev.loc[3, "user_id"] = "null"
+    spec = write_slice(tmp_path / "src", ev, items, name="opsbad")
+    got = run_cli([*TRAIN, "--spec", str(spec)], home[1])
+    assert got["code"] == 2, got["output"][-3000:]
+    assert not got["traceback"], got["output"][-3000:]
+    assert not got["network"]
+    message = got["stderr"].split("interestflow train: rejected: ", 1)[1]
+    assert "events.csv" in message and "column 'user_id'" in message and "id_not_null_like" in message
+    report = message.split("Rejected batch and report: ", 1)[1].split("\n", 1)[0]
+    assert Path(report).exists() and "'null'" in Path(report).read_text()
+
+
+def _start(args: list[str], env: dict, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "interestflow"), *args],
+        env={**os.environ, **env},
+        stdout=open(out.with_suffix(".out"), "w"),
+        stderr=open(out.with_suffix(".err"), "w"),
+    )
+
+
+def _wait_for_training(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Until the run logged its second epoch (its training process is well under way)."""
+    deadline = time.time() + timeout
+    while "epoch 2:" not in log.with_suffix(".err").read_text() + log.with_suffix(".out").read_text():
+        assert proc.poll() is None, log.with_suffix(".err").read_text()[-3000:]
+        assert time.time() < deadline, "the run did not start training"
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen, sig: signal.Signals) -> float:
+    t0 = time.time()
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return time.time() - t0
+
+
+@pytest.mark.slow
+def test_one_run_at_a_time_and_a_signal_stops_a_run_within_seconds(tmp_path, home, server):
+    """Run A trains; run B, started meanwhile on the same home, refuses at once naming A.
+    SIGINT stops A: its training process is gone, the flow run is Cancelled, no model layer
+    is complete, the lock is free. Run C then reuses A's finished data layers, and SIGTERM
+    stops it the same way."""
+    path, env = home
+    spec = write_slice(tmp_path / "src", *sample_frames(150), name="opsrun")
+    long = [*TRAIN, "--spec", str(spec), "--max-epochs", "300", "--patience", "300"]
+    a = _start(long, env, tmp_path / "a")
+    try:
+        _wait_for_training(a, tmp_path / "a")
+        holder = json.loads((path / "run.lock.json").read_text())
+        assert holder["pid"] == a.pid
+
+        b = run_cli(long, env, timeout=300)
+        assert b["code"] == 1 and not b["traceback"], b["output"][-3000:]
+        assert f"(pid {a.pid} on" in b["stderr"] and "holds the run lock" in b["stderr"]
+
+        assert _training_processes()
+        took = _stop(a, signal.SIGINT)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    err = (tmp_path / "a.err").read_text()
+    assert a.returncode == 1 and "cancelled: stopped by SIGINT" in err, err[-3000:]
+    assert took < 30, f"SIGINT took {took:.1f} s"
+    assert not _training_processes()
+    lake = path / "lake"
+    data = {p.parent for p in lake.glob("0[1-4]_*/*/_SUCCESS")}
+    assert len(data) == 4  # raw, validated, features, datasets: finished before the signal
+    assert not list((lake / "05_models").rglob("_SUCCESS")), "an interrupted training looks complete"
+    with runlock.hold(path, "test", wait_s=0):  # released
+        pass
+
+    marks = {p: p.stat().st_mtime_ns for p in lake.glob("0[1-4]_*/*/_SUCCESS")}
+    c = _start(long, env, tmp_path / "c")
+    try:
+        _wait_for_training(c, tmp_path / "c")
+        took = _stop(c, signal.SIGTERM)
+    finally:
+        if c.poll() is None:
+            c.kill()
+    err = (tmp_path / "c.err").read_text()
+    assert c.returncode == 1 and "cancelled: stopped by SIGTERM" in err, err[-3000:]
+    assert took < 30, f"SIGTERM took {took:.1f} s"
+    assert not _training_processes()
+    assert {p: p.stat().st_mtime_ns for p in lake.glob("0[1-4]_*/*/_SUCCESS")} == marks  # reused, not redone
+    states = sorted(_flow_run_states(server).values())
+    assert states.count("CANCELLED") == 2 and "COMPLETED" not in states
