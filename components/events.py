@@ -26,6 +26,10 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       k_core: 0             # optional k-core filter on users and items
     ids:
       whitespace: strip     # or reject: ids with surrounding whitespace (stripped ones are warned about)
+    freshness:              # optional: when is today's input there (flows/nightly.py reschedules until it is)
+      max_age_hours: 26     # the newest event at most this old at the scheduled time (absent: the file is enough)
+      retry_minutes: 30     # not there yet: Prefect runs the flow again this much later...
+      deadline_hours: 6     # ...until this long after the scheduled time; then the run fails, naming what is missing
     privacy:
       pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
@@ -59,6 +63,7 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -77,6 +82,34 @@ REQUIRED_ITEM_COLUMNS = ("item_id",)
 
 class SpecError(ValueError):
     """The dataset spec is wrong or points at something that is not there."""
+
+
+class InputNotReady(RuntimeError):
+    """Today's input is not there yet (no file, or only stale events); ``retry_s``: when to
+    look again, ``deadline``: until when (UTC)."""
+
+    def __init__(self, message: str, retry_s: float, deadline: datetime):
+        super().__init__(message)
+        self.retry_s, self.deadline = retry_s, deadline
+
+    def __reduce__(self):  # Prefect persists failures: keep the fields through pickling
+        return (type(self), (str(self), self.retry_s, self.deadline))
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """The spec's rule for "today's input is there" (see flows/nightly.py)."""
+
+    max_age_hours: float | None = None
+    """The newest event must be at most this old at the scheduled time (None: any age)."""
+    retry_minutes: float = 30.0
+    deadline_hours: float = 6.0
+
+    def __post_init__(self):
+        if (self.max_age_hours is not None and self.max_age_hours <= 0) or self.retry_minutes <= 0:
+            raise SpecError("freshness: max_age_hours and retry_minutes must be > 0")
+        if self.deadline_hours < 0:
+            raise SpecError("freshness: deadline_hours must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -150,6 +183,8 @@ class DatasetSpec:
     """What is predicted, how each event type counts, what a ranking leaves out."""
     id_whitespace: str = "strip"
     """Ids with surrounding whitespace: ``strip`` (and warn) or ``reject``."""
+    freshness: Freshness | None = None
+    """When today's input counts as there; None: whatever is there now."""
     spec_text: str = field(default="", repr=False)
 
 
@@ -191,6 +226,7 @@ SPEC_SCHEMA = {
     "filters": {"k_core": int},
     "privacy": {"pseudonymise_users": bool},
     "ids": {"whitespace": ("strip", "reject")},
+    "freshness": {"max_age_hours": (float, int), "retry_minutes": (float, int), "deadline_hours": (float, int)},
     "behaviour": {"target": (str, list), "weights": dict, "exclude": ("interacted", "target", "none")},
 }
 
@@ -280,8 +316,48 @@ def load_spec(path: str | Path) -> DatasetSpec:
         pseudonymise_users=bool(privacy.get("pseudonymise_users", False)),
         behaviour=behaviour,
         id_whitespace=(raw.get("ids") or {}).get("whitespace", "strip"),
+        freshness=_freshness(raw.get("freshness"), path),
         spec_text=text,
     )
+
+
+def _freshness(raw: dict | None, path: Path) -> Freshness | None:
+    if raw is None:
+        return None
+    try:
+        return Freshness(**{k: float(v) for k, v in raw.items()})
+    except SpecError as e:
+        raise SpecError(f"dataset spec {path}: {e}") from e
+
+
+def check_ready(spec_path: str | Path, scheduled: datetime) -> None:
+    """Raise :class:`InputNotReady` when the spec declares a freshness rule that the input does
+    not meet yet at ``scheduled`` (the run's scheduled time): the event file is missing, or its
+    newest event is older than ``max_age_hours``. Without a rule, whatever is there is today's."""
+    try:
+        spec = load_spec(spec_path)
+    except SpecError:
+        return  # a bad spec is the ingest's to reject, with its quarantine report
+    rule = spec.freshness
+    if rule is None:
+        return
+    scheduled = pd.Timestamp(scheduled)
+    scheduled = scheduled.tz_convert("UTC") if scheduled.tzinfo else scheduled.tz_localize("UTC")
+    retry_s, deadline = rule.retry_minutes * 60, (scheduled + pd.Timedelta(hours=rule.deadline_hours)).to_pydatetime()
+    src = spec.events
+    if not storage.exists(src.uri):
+        raise InputNotReady(f"source file {src.uri} is not there yet (the spec's freshness rule)", retry_s, deadline)
+    if rule.max_age_hours is None:
+        return
+    oldest_ok = scheduled - pd.Timedelta(hours=rule.max_age_hours)
+    newest = parse_ts(_read_table(src, [src.columns["ts"]])[src.columns["ts"]], src.ts_unit, src.ts_format).max()
+    if pd.isna(newest) or newest < oldest_ok:
+        raise InputNotReady(
+            f"source file {src.uri}: the newest event is from {newest}, older than freshness.max_age_hours "
+            f"{rule.max_age_hours:g} before the scheduled time {scheduled} (today's events are not in yet)",
+            retry_s,
+            deadline,
+        )
 
 
 PSEUDONYM_KEY_ENV, PSEUDONYM_KEY_BLOCK = "INTERESTFLOW_PSEUDONYM_KEY", "interestflow-pseudonym-key"
@@ -323,13 +399,14 @@ def _read_source_bytes(src: SourceSpec) -> bytes:
         raise SpecError(f"source file {e}") from e
 
 
-def _read_table(src: SourceSpec) -> pd.DataFrame:
+def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFrame:
+    """The source file as a frame (CSV as text); ``columns``: only these."""
     data = _read_source_bytes(src)
     if not data:
         raise SpecError(f"source file {src.uri} is empty")
     try:
         if src.format == "parquet":
-            return pq.read_table(io.BytesIO(data)).to_pandas()
+            return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
         sep = "\t" if src.uri.lower().endswith(".tsv") else ","
         compression = "gzip" if src.uri.lower().endswith(".gz") else ("bz2" if src.uri.endswith(".bz2") else None)
         df = pd.read_csv(
@@ -340,6 +417,7 @@ def _read_table(src: SourceSpec) -> pd.DataFrame:
             keep_default_na=False,
             na_values=[""],
             encoding="utf-8",
+            usecols=columns,
         )
     except UnicodeDecodeError as e:
         raise SpecError(f"source file {src.uri}: not UTF-8 text ({e})") from e

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.names import generate_slug
 
 from components import pipeline, runlock, training
 from components.config import TrainConfig, default_lake
-from components.events import SpecError
+from components.events import InputNotReady, SpecError, check_ready
 from components.profiles import ProfileConfig  # noqa: F401 - named in the docstring of ``profile``
 from components.promotion import GateConfig
 from components.storage import S3NotConfigured
@@ -53,7 +56,7 @@ TASKS = pipeline.Stages(
 
 REJECTIONS = (SpecError, DataValidationError, S3NotConfigured)
 """Bad data, a bad spec, missing settings: the CLI exits 2 on these."""
-EXPECTED = (*REJECTIONS, runlock.RunLocked)
+EXPECTED = (*REJECTIONS, runlock.RunLocked, InputNotReady)
 """Failures whose message is the whole story (what, where, what to do): a traceback adds nothing."""
 
 
@@ -75,7 +78,43 @@ Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.M
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
 
-@flow(name="nightly-retrain", task_runner=ThreadPoolTaskRunner(max_workers=FOLD_WORKERS), log_prints=True)
+RERUN_PREFIX = "rerun-"
+"""Names the runs that prefect.yaml's automation starts again after a failure (it skips them)."""
+
+
+def _run_name() -> str:
+    return (RERUN_PREFIX if prefect_flow_run.parameters.get("rerun_of") else "") + generate_slug(2)
+
+
+def _scheduled_time() -> datetime:
+    """When this run was meant to start: its first state's scheduled time (a deployment run's
+    schedule slot) or, for a run started by hand, when it was created; kept across retries."""
+    with get_client(sync_client=True) as c:
+        first = min(c.read_flow_run_states(prefect_flow_run.id), key=lambda st: st.timestamp)
+    return first.state_details.scheduled_time or first.timestamp
+
+
+def _later_or_never(e: InputNotReady) -> InputNotReady:
+    """Input not there yet: before the deadline, ask Prefect to run this flow run again in
+    ``e.retry_s`` (one more flow retry: the server turns the failure into AwaitingRetry, a
+    Scheduled state, and the run starts again then); at the deadline, the final failure."""
+    log = get_run_logger()
+    if datetime.now(UTC) + timedelta(seconds=e.retry_s) > e.deadline:
+        return InputNotReady(f"{e}; still so at the deadline {e.deadline:%Y-%m-%d %H:%M} UTC", e.retry_s, e.deadline)
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(prefect_flow_run.id)
+        again = {"retries": run.run_count, "retry_delay": max(1, round(e.retry_s))}
+        c.update_flow_run(run.id, empirical_policy=run.empirical_policy.model_copy(update=again))
+    log.info(f"input not ready: {e}; running again in {e.retry_s:.0f} s (until {e.deadline:%Y-%m-%d %H:%M} UTC)")
+    return e
+
+
+@flow(
+    name="nightly-retrain",
+    flow_run_name=_run_name,
+    task_runner=ThreadPoolTaskRunner(max_workers=FOLD_WORKERS),
+    log_prints=True,
+)
 def nightly(
     spec: str = "specs/beauty_sample.yaml",
     lake: str | None = None,
@@ -100,6 +139,7 @@ def nightly(
     profiles: bool = True,
     profile: dict | None = None,
     dry_run: bool = False,
+    rerun_of: str | None = None,
 ) -> pipeline.NightlyResult:
     """Retrain, evaluate, register and (maybe) promote each family, then recommend.
 
@@ -127,7 +167,12 @@ def nightly(
         profiles: Write user interest profiles (07_profiles): interests, drift, churn risk, exploration table.
         profile: Overrides of components.profiles.ProfileConfig, e.g. {"half_life_days": 90, "drift_by": "days"}.
         dry_run: Train and evaluate, but register, promote and recommend nothing.
+        rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
+    try:  # the spec's freshness rule: not there yet means "come back later", not "fail"
+        check_ready(spec, _scheduled_time())
+    except InputNotReady as e:
+        raise _later_or_never(e) from None
     settings = pipeline.NightlySettings(
         families=tuple(families),
         folds=folds,

@@ -155,3 +155,101 @@ def test_one_run_at_a_time_and_a_signal_stops_a_run_within_seconds(tmp_path, hom
     assert {p: p.stat().st_mtime_ns for p in lake.glob("0[1-4]_*/*/_SUCCESS")} == marks  # reused, not redone
     states = sorted(_flow_run_states(server).values())
     assert states.count("CANCELLED") == 2 and "COMPLETED" not in states
+
+
+def _history(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        return [s.name for s in sorted(c.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)]
+
+
+FRESHNESS = "freshness:\n  retry_minutes: {retry}\n  deadline_hours: {deadline}\n"
+
+
+@pytest.mark.slow
+def test_input_that_is_not_there_yet_reschedules_the_run_until_it_is(tmp_path, server):
+    """The event file is missing when the run starts: the run goes back to Scheduled
+    (AwaitingRetry, Prefect's flow retry) instead of failing, and trains once the file is there."""
+    import threading
+
+    from flows.nightly import nightly
+
+    spec = write_slice(tmp_path / "src", *sample_frames(60), name="opsfresh")
+    spec.write_text(spec.read_text() + FRESHNESS.format(retry=0.05, deadline=0.05))  # every 3 s, for 3 min
+    events = tmp_path / "src" / "events.csv"
+    events.rename(events.with_suffix(".later"))
+    threading.Timer(4, lambda: events.with_suffix(".later").rename(events)).start()  # the export lands
+    state = nightly(
+        spec=str(spec),
+        lake=str(tmp_path / "lake"),
+        families=["mf"],
+        folds=1,
+        max_epochs=1,
+        patience=1,
+        profiles=False,
+        dry_run=True,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    history = _history(state.state_details.flow_run_id)
+    assert "AwaitingRetry" in history and history[-1] == "Completed", history
+    assert history.index("AwaitingRetry") < history.index("Running", history.index("AwaitingRetry"))
+
+
+@pytest.mark.slow
+def test_stale_input_is_retried_until_the_deadline_then_fails_saying_what_is_missing(tmp_path, server):
+    from flows.nightly import nightly
+
+    spec = write_slice(tmp_path / "src", *sample_frames(60), name="opsstale")  # events of 2010-2014
+    rule = FRESHNESS.format(retry=0.03, deadline=0.002) + "  max_age_hours: 26\n"  # every 2 s, for 7 s
+    spec.write_text(spec.read_text() + rule)
+    state = nightly(spec=str(spec), lake=str(tmp_path / "lake"), families=["mf"], return_state=True)
+    assert state.is_failed()
+    assert "newest event is from 2014" in state.message and "still so at the deadline" in state.message
+    history = _history(state.state_details.flow_run_id)
+    assert history.count("AwaitingRetry") >= 2 and history[-1] == "Failed", history
+    assert not (tmp_path / "lake").exists()  # nothing was read into the lake, let alone trained
+
+
+@pytest.mark.slow
+def test_a_failed_nightly_runs_once_more_by_the_automation_in_prefect_yaml(tmp_path, server):
+    """The trigger declared with the nightly deployment in prefect.yaml, applied to the real
+    server: a failed run of the deployment gets one re-run (rerun_of set, named rerun-...),
+    and the re-run failing too starts nothing more."""
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.flow_engine import run_flow
+
+    from flows.nightly import RERUN_PREFIX, nightly
+
+    (declared,) = next(
+        d
+        for d in yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())["deployments"]
+        if d["name"] == "nightly-retrain"
+    )["triggers"]
+    deployment_id = nightly.to_deployment(name="nightly-retrain", triggers=[DeploymentEventTrigger(**declared)]).apply()
+    params = {"spec": str(tmp_path / "not-there.yaml"), "lake": str(tmp_path / "lake")}  # fails at ingest
+
+    def runs():
+        from prefect.client.schemas.filters import DeploymentFilter
+
+        with get_client(sync_client=True) as c:
+            return c.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment_id]}))
+
+    with get_client(sync_client=True) as c:
+        first = c.create_flow_run_from_deployment(deployment_id, parameters=params)
+    assert run_flow(nightly, flow_run=first, parameters=params, return_type="state").is_failed()
+    deadline = time.time() + 60
+    while len(runs()) < 2:
+        assert time.time() < deadline, "the automation did not start a re-run"
+        time.sleep(1)
+    (again,) = [r for r in runs() if r.id != first.id]
+    assert again.parameters["rerun_of"] == f"prefect.flow-run.{first.id}"
+    state = run_flow(nightly, flow_run=again, parameters={**params, **again.parameters}, return_type="state")
+    assert state.is_failed()
+    with get_client(sync_client=True) as c:
+        assert c.read_flow_run(again.id).name.startswith(RERUN_PREFIX)
+    time.sleep(8)  # the automation reacts within a second or two: nothing more may come
+    assert len(runs()) == 2
