@@ -35,6 +35,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -170,7 +171,7 @@ def main() -> None:
         for name, bad in faults.BAD_INPUTS.items():
             n_runs = len(cli_runs)
             got = faults.try_bad_input(
-                bad, home / "bad" / name.replace(" ", "_").replace(":", "").replace("'", ""), ev, items, local, cli
+                bad, home / "bad" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name), ev, items, local, cli
             )
             clear = got["outcome"] == bad.outcome and not got["missing"] and not got["changed"]
             clear &= got["quarantined"] == (bad.outcome == "reject")

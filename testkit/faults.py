@@ -996,7 +996,8 @@ def try_bad_input(
     rejection, the data stages for a warning.
 
     Returns what happened: ``outcome`` (reject / warn / accept / crash), ``message``,
-    ``missing`` (parts of ``bad.names`` not in the message), ``quarantined`` (a new report
+    ``missing`` (parts of ``bad.names`` not in the message; none for an input to be accepted
+    as it is, which says nothing), ``quarantined`` (a new report
     exists), ``changed`` (files of the lake that changed, or that a rejected input wrote
     past 01_raw).
     """
@@ -1023,7 +1024,7 @@ def try_bad_input(
     return {
         "outcome": outcome,
         "message": message,
-        "missing": [part for part in bad.names if part not in message],
+        "missing": [] if bad.outcome == "accept" else [part for part in bad.names if part not in message],
         "quarantined": bool(set((lake / "quarantine").glob("*/report.md")) - reports),
         "changed": changed,
     }
