@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -91,10 +92,16 @@ def _start(args: list[str], env: dict, out: Path) -> subprocess.Popen:
     )
 
 
+def _epochs(log: Path) -> list[int]:
+    """The epoch numbers of the training lines a run logged."""
+    text = log.with_suffix(".err").read_text() + log.with_suffix(".out").read_text()
+    return [int(n) for n in re.findall(r"mf fold \d epoch (\d+):", text)]
+
+
 def _wait_for_training(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    """Until the run logged its second epoch (its training process is well under way)."""
+    """Until the run logged two epochs (its training process is well under way)."""
     deadline = time.time() + timeout
-    while "epoch 2:" not in log.with_suffix(".err").read_text() + log.with_suffix(".out").read_text():
+    while len(_epochs(log)) < 2:
         assert proc.poll() is None, log.with_suffix(".err").read_text()[-3000:]
         assert time.time() < deadline, "the run did not start training"
         time.sleep(0.5)
@@ -129,7 +136,7 @@ def test_one_run_at_a_time_and_a_signal_stops_a_run_within_seconds(tmp_path, hom
     stops it the same way."""
     path, env = home
     spec = write_slice(tmp_path / "src", *sample_frames(150), name="opsrun")
-    long = [*TRAIN, "--spec", str(spec), "--max-epochs", "300", "--patience", "300"]
+    long = [*TRAIN, "--spec", str(spec), "--max-epochs", "100000", "--patience", "100000"]  # until stopped
     a = _start(long, env, tmp_path / "a")
 
     def second_run_refuses():
@@ -149,6 +156,7 @@ def test_one_run_at_a_time_and_a_signal_stops_a_run_within_seconds(tmp_path, hom
     marks = {p: p.stat().st_mtime_ns for p in lake.glob("0[1-4]_*/*/_SUCCESS")}
     _stops_within_seconds(_start(long, env, tmp_path / "c"), signal.SIGTERM, tmp_path / "c", path)
     assert {p: p.stat().st_mtime_ns for p in lake.glob("0[1-4]_*/*/_SUCCESS")} == marks  # reused, not redone
+    assert _epochs(tmp_path / "c")[0] > 1  # and fold 0 resumed from the checkpoint A left
     assert _flow_run_states(spec) == ["CANCELLED", "CANCELLED", "FAILED"]  # A and C; B refused
 
 
