@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
@@ -345,13 +346,19 @@ def check_ready(spec_path: str | Path, scheduled: datetime) -> None:
     scheduled = scheduled.tz_convert("UTC") if scheduled.tzinfo else scheduled.tz_localize("UTC")
     retry_s, deadline = rule.retry_minutes * 60, (scheduled + pd.Timedelta(hours=rule.deadline_hours)).to_pydatetime()
     src = spec.events
-    if not storage.exists(src.uri):
-        raise InputNotReady(f"source file {src.uri} is not there yet (the spec's freshness rule)", retry_s, deadline)
+    for f in (src,) if spec.items.from_events else (src, spec.items):
+        if not storage.exists(f.uri) or not _read_source_bytes(f):  # not there, or its copy not begun
+            raise InputNotReady(f"source file {f.uri} is not there yet (the spec's freshness rule)", retry_s, deadline)
     if rule.max_age_hours is None:
         return
     oldest_ok = scheduled - pd.Timedelta(hours=rule.max_age_hours)
-    newest = parse_ts(_read_table(src, [src.columns["ts"]])[src.columns["ts"]], src.ts_unit, src.ts_format).max()
-    if pd.isna(newest) or newest < oldest_ok:
+    try:
+        newest = parse_ts(_read_table(src, [src.columns["ts"]])[src.columns["ts"]], src.ts_unit, src.ts_format).max()
+    except (SpecError, KeyError, ValueError):
+        return  # unreadable, or no such column: the ingest rejects it, with its report
+    if pd.isna(newest):
+        return  # no timestamp parses (a wrong unit or format): validation rejects it, naming why
+    if newest < oldest_ok:
         raise InputNotReady(
             f"source file {src.uri}: the newest event is from {newest}, older than freshness.max_age_hours "
             f"{rule.max_age_hours:g} before the scheduled time {scheduled} (today's events are not in yet)",
@@ -460,12 +467,14 @@ def parse_ts(values: pd.Series, unit: str | None, fmt: str | None) -> pd.Series:
         seconds = num / UNITS_PER_SECOND[unit]
         num = num.where((seconds > _NS_RANGE_S[0]) & (seconds < _NS_RANGE_S[1]))
         out = pd.to_datetime(num, unit=unit, utc=True, errors="coerce")
-    else:
+    else:  # text ("9999-12-31") or a Parquet timestamp may parse at a coarser unit, out of ns range
         out = pd.to_datetime(values, format=fmt or "ISO8601", utc=True, errors="coerce")
+        lo, hi = (pd.Timestamp(t, tz="UTC") for t in (pd.Timestamp.min, pd.Timestamp.max))
+        out = out.where((out > lo) & (out < hi))
     return out.astype("datetime64[ns, UTC]")
 
 
-NULL_LIKE = ("", "null", "none", "nan", "-")
+NULL_LIKE = ("", "null", "none", "nan", "-", "n/a", "<na>")
 """Id values that mean "no id" (compared after stripping, case-insensitively)."""
 
 
@@ -552,6 +561,7 @@ def read_items(src: SourceSpec, strip_ids: bool = True) -> pd.DataFrame:
         item_col = src.columns["item_id"]
         if item_col not in df.columns:
             raise SpecError(f"source file {src.uri}: items.from_events: column {item_col!r} is not in the file")
+        df[item_col], _ = clean_ids(df[item_col], strip_ids)  # as the events' ids are, before grouping
         df = df.groupby(item_col, sort=False, dropna=False).last().reset_index()
     out = _select(df, src, ITEM_COLUMNS)
     out["item_id"], found = clean_ids(out["item_id"], strip_ids)
@@ -573,9 +583,14 @@ def _numeric_or_text(s: pd.Series) -> pd.Series:
     """float64 when every non-empty value is a number: CSV text that parses, and every Arrow
     integer width (signed and unsigned), decimal and float column; otherwise the values as
     they are, so validation reports the ones that are not numbers."""
+    kinds = pd.api.types
+    if kinds.is_bool_dtype(s) or kinds.is_datetime64_any_dtype(s) or kinds.is_timedelta64_dtype(s):
+        return s  # true/false, times and durations are not numbers (validation says so)
     if s.dtype == object and s.map(lambda v: isinstance(v, bool)).any():
-        return s  # true/false are not numbers
+        return s
     num = pd.to_numeric(s, errors="coerce")
+    if np.isinf(num).any():
+        return s.astype(object)  # "inf" is not a price or a value
     if (num.isna() & s.notna()).any():
         return s
     return num.astype("float64")

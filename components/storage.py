@@ -73,7 +73,9 @@ def _s3_client(endpoint_url: str, credentials_key: int):
     # A session of its own, with the credentials given: boto3's default session would keep the
     # first credentials it saw, and its credential chain would ask the instance-metadata address.
     return boto3.session.Session(
-        aws_access_key_id=os.environ[CREDENTIAL_ENV[0]], aws_secret_access_key=os.environ[CREDENTIAL_ENV[1]]
+        aws_access_key_id=os.environ[CREDENTIAL_ENV[0]],
+        aws_secret_access_key=os.environ[CREDENTIAL_ENV[1]],
+        aws_session_token=os.environ.get("AWS_SESSION_TOKEN"),  # temporary (STS) credentials
     ).client(
         "s3",
         endpoint_url=endpoint_url,
@@ -97,10 +99,11 @@ def s3_client(uri: str = "s3://"):
             "AWS_ENDPOINT_URL=https://s3.<region>.amazonaws.com); no request was sent"
         )
     # Cached per endpoint and credentials (by hash, so the secret is not a cache key).
-    return _s3_client(endpoint, hash(tuple(os.environ[k] for k in CREDENTIAL_ENV)))
+    return _s3_client(endpoint, hash((*(os.environ[k] for k in CREDENTIAL_ENV), os.environ.get("AWS_SESSION_TOKEN"))))
 
 
 _THROTTLED = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestLimitExceeded"}
+_MLFLOW_BUSY = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
 
 
 def is_transient(error: BaseException) -> bool:
@@ -113,8 +116,16 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(error, ConnectionError | TimeoutError):
             return True
         name = type(error).__name__
-        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
-            return True  # botocore's transport errors
+        if name in (
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+            "ConnectionClosedError",
+            "ResponseStreamingError",
+            "IncompleteReadError",
+            "ProtocolError",
+        ):
+            return True  # botocore's and urllib3's transport errors (a connection dropped mid-body too)
         if name in ("ConnectionError", "Timeout", "ReadTimeout", "ConnectTimeout", "ChunkedEncodingError"):
             return True  # requests' (MLflow's client), not subclasses of the builtin ConnectionError
         response = getattr(error, "response", None)
@@ -123,11 +134,13 @@ def is_transient(error: BaseException) -> bool:
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if response.get("Error", {}).get("Code") in _THROTTLED:
                 return True
+        if getattr(error, "error_code", None) in _MLFLOW_BUSY:  # a locked SQLite store, a rate limit
+            return True
         if name == "RestException":  # the MLflow server's answer: its error code maps to an HTTP status
             status = status or _http_status(error)
         if name == "RetryError" or (status is not None and (int(status) >= 500 or int(status) == 429)):
             return True  # requests' RetryError: urllib3 gave up on 5xx answers
-        error = error.__cause__ or error.__context__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return False
 
 

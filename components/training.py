@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import contextvars
 import json
 import os
 import signal
@@ -330,37 +331,36 @@ class TrainingStopped(RuntimeError):
     """The run is being stopped (SIGINT, SIGTERM): this training was ended, or not started."""
 
 
-# The training processes this process runs now (their process-group ids), and whether a stop
-# was asked for: each runs in its own process group (so that a kill reaches every DDP rank),
-# which also means a Ctrl-C at the terminal does not reach it; :func:`stop_all` does.
-_LIVE: set[int] = set()
+# The training processes this process runs now (process-group id -> the stop of the block that
+# started it). Each runs in its own process group (so that a kill reaches every DDP rank),
+# which also means a Ctrl-C at the terminal does not reach it: stoppable() does. The stop
+# travels in a context variable, which Prefect copies into its task threads, so a stopped
+# run's threads see it and a later run in the same process gets a stop of its own.
+_LIVE: dict[int, threading.Event] = {}
 _LIVE_LOCK = threading.Lock()
-_STOPPING = threading.Event()
+_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("interestflow_stop", default=None)
 
 
 @contextlib.contextmanager
 def stoppable():
     """Run a block whose trainings a SIGINT or SIGTERM must end: on KeyboardInterrupt or
-    Prefect's TerminationSignal (any BaseException but a normal exit), every live training
-    process group is killed and no new training starts until the next block."""
-    _STOPPING.clear()
+    Prefect's TerminationSignal (any BaseException that is not an Exception), the training
+    process groups this block started are killed, and none of its tasks starts another."""
+    stop = threading.Event()
+    token = _STOP.set(stop)
     try:
         yield
     except BaseException as e:
         if not isinstance(e, Exception):  # an interrupt, not a failure
-            stop_all()
+            stop.set()
+            with _LIVE_LOCK:
+                groups = [pgid for pgid, owner in _LIVE.items() if owner is stop]
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
         raise
-
-
-def stop_all() -> int:
-    """Kill every live training process group and refuse new ones; returns how many were killed."""
-    _STOPPING.set()
-    with _LIVE_LOCK:
-        groups = list(_LIVE)
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-    return len(groups)
+    finally:
+        _STOP.reset(token)
 
 
 class TrainingFailed(RuntimeError):
@@ -416,8 +416,9 @@ def launch(
         cmd = [sys.executable, "-m", "components.training"]
     terminal = sys.stderr.isatty()
     env = {**os.environ, PROGRESS_ENV: "1" if terminal else "0", "PYTHONUNBUFFERED": "1"}
+    stop = _STOP.get() or threading.Event()  # outside a stoppable block: never stopped
     with _LIVE_LOCK:
-        if _STOPPING.is_set():
+        if stop.is_set():
             raise TrainingStopped(f"training {request['family']}/{request['stage']} not started: the run is stopping")
         proc = subprocess.Popen(
             [*cmd, "--request", str(req), "--result", str(res)],
@@ -426,7 +427,7 @@ def launch(
             env=env,
             start_new_session=True,  # its own process group, so that a kill reaches every rank
         )
-        _LIVE.add(proc.pid)
+        _LIVE[proc.pid] = stop
     tail: collections.deque[str] = collections.deque(maxlen=30)
     readers = [
         threading.Thread(target=_epoch_lines, args=(proc.stdout, log or (lambda line: None)), daemon=True),
@@ -443,10 +444,10 @@ def launch(
         raise
     finally:
         with _LIVE_LOCK:
-            _LIVE.discard(proc.pid)
+            _LIVE.pop(proc.pid, None)
         for t in readers:
             t.join(timeout=10)
-    if _STOPPING.is_set() and proc.returncode != 0:
+    if stop.is_set() and proc.returncode != 0:
         raise TrainingStopped(f"training {request['family']}/{request['stage']} was stopped (the run is stopping)")
     if proc.returncode != 0 or not res.exists():
         raise TrainingFailed(

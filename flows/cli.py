@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     from prefect.exceptions import CancelledRun
 
     import flows.nightly
+    from components.events import InputNotReady
     from components.runlock import RunLocked
     from components.tracking import RegistryUnavailable
 
@@ -347,8 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     except flows.nightly.REJECTIONS as e:  # the message says what and where
         print(f"interestflow {args.cmd}: rejected: {e}", file=sys.stderr)
         sys.exit(EXIT_REJECTED)
-    except (RunLocked, RegistryUnavailable, CancelledRun) as e:
+    except (RunLocked, RegistryUnavailable, InputNotReady, CancelledRun) as e:
         print(f"interestflow {args.cmd}: {'cancelled: ' if isinstance(e, CancelledRun) else ''}{e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # before or after the run proper (a stop during it ends Cancelled, above)
+        print(f"interestflow {args.cmd}: interrupted", file=sys.stderr)
         sys.exit(1)
 
 

@@ -86,11 +86,13 @@ def _run_name() -> str:
     return (RERUN_PREFIX if prefect_flow_run.parameters.get("rerun_of") else "") + generate_slug(2)
 
 
-def _scheduled_time() -> datetime:
-    """When this run was meant to start: its first state's scheduled time (a deployment run's
-    schedule slot) or, for a run started by hand, when it was created; kept across retries."""
+def _scheduled_time(rerun_of: str | None) -> datetime:
+    """When this night was meant to start: the first state's scheduled time (a deployment
+    run's schedule slot) or, for a run started by hand, when it was created; kept across
+    retries, and for a re-run the failed run's (so a re-run gets no new freshness deadline)."""
+    run_id = rerun_of.removeprefix("prefect.flow-run.") if rerun_of else prefect_flow_run.id
     with get_client(sync_client=True) as c:
-        first = min(c.read_flow_run_states(prefect_flow_run.id), key=lambda st: st.timestamp)
+        first = min(c.read_flow_run_states(run_id), key=lambda st: st.timestamp)
     return first.state_details.scheduled_time or first.timestamp
 
 
@@ -170,7 +172,7 @@ def nightly(
         rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
     try:  # the spec's freshness rule: not there yet means "come back later", not "fail"
-        check_ready(spec, _scheduled_time())
+        check_ready(spec, _scheduled_time(rerun_of))
     except InputNotReady as e:
         raise _later_or_never(e) from None
     settings = pipeline.NightlySettings(
@@ -208,8 +210,8 @@ def nightly(
     except (KeyboardInterrupt, TerminationSignal) as e:
         signal_name = "SIGTERM" if isinstance(e, TerminationSignal) else "SIGINT"
         return Cancelled(
-            message=f"stopped by {signal_name}: training processes ended, nothing promoted; "
-            "completed layers are kept for the next run"
+            message=f"stopped by {signal_name}: training processes ended; completed layers (and any family "
+            "registered before the signal) are kept, the next run reuses them"
         )
     print(out.summary)
     return out

@@ -134,3 +134,39 @@ def test_a_spec_is_checked_whole_against_its_schema(tmp_path, edit, says):
     with pytest.raises(events.SpecError) as e:
         events.load_spec(spec)
     assert str(spec) in str(e.value) and all(s in str(e.value) for s in says), str(e.value)
+
+
+def test_values_that_are_not_numbers_or_not_in_range_are_left_for_validation_to_report():
+    """Ingest maps, validation judges: booleans, times and "inf" stay what they are (the
+    type rule reports them); a timestamp beyond pandas' nanosecond range (year 9999, epoch
+    milliseconds read as seconds) becomes NaT, never an error, and is reported as written."""
+    import numpy as np
+
+    assert events._numeric_or_text(pd.Series([True, False])).dtype == bool
+    assert events._numeric_or_text(pd.Series(["1.5", "inf"])).dtype == object
+    assert events._numeric_or_text(pd.Series(pd.to_datetime(["2014-01-01"]))).dtype.kind == "M"
+    for col in (pd.Series([1, 2], dtype="uint8"), pd.Series([1, None], dtype="Int16"), pd.Series(["3.5", None])):
+        assert events._numeric_or_text(col).dtype == np.float64
+    ts = events.parse_ts(pd.Series(["9999-12-31", "2014-01-01", "0001-01-01"]), None, None)
+    assert ts.isna().tolist() == [True, False, True] and str(ts.dtype) == "datetime64[ns, UTC]"
+    assert events.parse_ts(pd.Series(["1270166400000"]), "s", None).isna().all()
+
+
+def test_null_like_ids_become_null_and_padded_ids_are_counted():
+    ids, found = events.clean_ids(pd.Series(["u1", " u1", "NULL", "  ", "n/a", None, "u2 "]), strip=True)
+    assert ids.tolist()[:2] == ["u1", "u1"] and ids.isna().tolist() == [False, False, True, True, True, True, False]
+    assert found["null_like"] == {2: "NULL", 3: "  ", 4: "n/a"} and found["null_like_rows"] == 3
+    assert found["padded"] == {"ids": 2, "rows": 2, "merged": 1, "examples": ["' u1'", "'u2 '"]}
+    kept, _ = events.clean_ids(pd.Series([" u1"]), strip=False)
+    assert kept.tolist() == [" u1"]
+
+
+def test_a_catalogue_from_events_groups_by_the_cleaned_item_id(tmp_path):
+    (tmp_path / "ev.csv").write_text("u,i,t,title\nx,A,1300000000,a\ny, A,1300000001,b\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: fe\nevents:\n  uri: ev.csv\n  columns: {user_id: u, item_id: i, ts: t}\n  ts_unit: s\n"
+        "  event_type: view\nitems:\n  from_events: true\n  columns: {item_id: i, title: title}\n"
+    )
+    items = events.read_items(events.load_spec(spec).items)
+    assert items["item_id"].tolist() == ["A"]  # one item, not "A" and " A"

@@ -129,3 +129,21 @@ def test_epoch_lines_reach_the_prefect_task_logs(dataset):
     assert [r.message.split(":")[0] for r in epoch] == [f"mf fold 1 epoch {e}" for e in (1, 2, 3)]
     finished = datetime.fromtimestamp(os.path.getmtime(lake.file(result.checkpoint_uri, training.RESULT)), UTC)
     assert epoch[0].timestamp < finished
+
+
+def test_a_stopped_block_stops_its_own_trainings_only():
+    """training.stoppable(): an interrupt sets that block's stop (its task threads see it and
+    start no training); the next block, or code outside any, is not stopped."""
+    from components import training
+
+    with pytest.raises(KeyboardInterrupt):
+        with training.stoppable():
+            stop = training._STOP.get()
+            raise KeyboardInterrupt
+    assert stop.is_set() and training._STOP.get() is None
+    with training.stoppable():
+        assert not training._STOP.get().is_set()
+    with pytest.raises(ValueError), training.stoppable():  # a failure is not a stop
+        stop = training._STOP.get()
+        raise ValueError("a bug")
+    assert not stop.is_set()

@@ -180,13 +180,28 @@ def test_s3_without_settings_fails_at_once_and_sends_nothing(monkeypatch):
     assert seen == []
 
 
-def test_only_transient_errors_are_retried():
+def test_only_transient_errors_are_retried(tmp_path):
     """The one retry rule of every task (tasks/_retry.py), on the errors the clients raise."""
     import requests
     from botocore.exceptions import ClientError, EndpointConnectionError
 
     from components.training import TrainingFailed
     from components.validation import DataValidationError
+
+    home = tmp_path / "home"
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+
+    from components import runlock
+
+    def locked() -> BaseException:
+        try:
+            with runlock.hold(home, "first", wait_s=0), runlock.hold(home, "second", wait_s=0):
+                pass
+        except runlock.RunLocked as e:
+            return e
+        raise AssertionError("the second hold did not refuse")
 
     def client_error(code: str, status: int) -> ClientError:
         return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
@@ -210,6 +225,7 @@ def test_only_transient_errors_are_retried():
         wrapped(requests.exceptions.ConnectionError("refused")),
         wrapped(requests.exceptions.RetryError("too many 503 error responses")),
         TrainingFailed("training mf/final failed (exit -9)", -9),
+        MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE),  # the SQLite store, busy
     ]
     permanent = [
         client_error("AccessDenied", 403),
@@ -221,6 +237,8 @@ def test_only_transient_errors_are_retried():
         ValueError("TrainConfig: lr must be > 0"),
         TrainingFailed("training mf/final failed (exit 1)", 1),
         tracking.RegistryUnavailable("the registry did not accept model x"),
+        MlflowException("RESOURCE_DOES_NOT_EXIST", error_code=RESOURCE_DOES_NOT_EXIST),
+        locked(),  # raised "from None" over filelock's Timeout (a TimeoutError): not a transport error
     ]
     from prefect.states import Failed
 
