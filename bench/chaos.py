@@ -31,7 +31,6 @@ The slice is the first users of the shipped sample (data/sample, 2,000 Beauty us
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import random
@@ -42,6 +41,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from _common import fresh_home, quiet_env
 
+from testkit.netguard import sitecustomize as netguard  # the CLI runs' audit hook, for this process too
+
 NIGHT = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
 NIGHT_ARGS = ["train", "--families", "mf", "--folds", "2", "--max-epochs", "3", "--patience", "2", "--seed", "0"]
 NETWORK: list[str] = []  # non-loopback connection attempts of this process
@@ -49,14 +50,9 @@ NETWORK: list[str] = []  # non-loopback connection attempts of this process
 
 def _watch_network(event: str, args: tuple) -> None:
     """Audit hook: every non-loopback connection attempt of this process (it only records)."""
-    if event == "socket.connect" and isinstance(args[1], tuple):
-        host = str(args[1][0]).split("%")[0]
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            NETWORK.append(f"{host}:{args[1][1]}")
+    seen = netguard.non_loopback(event, args)
+    if seen:
+        NETWORK.append(seen)
 
 
 def main() -> None:

@@ -10,20 +10,24 @@ import sys
 _LOG = os.environ.get("INTERESTFLOW_NETGUARD_LOG")
 
 
-def _hook(event, args):
-    if event != "socket.connect" or not _LOG:
-        return
-    address = args[1]
-    if not isinstance(address, tuple):
-        return  # a Unix socket
-    host = str(address[0]).split("%")[0]
+def non_loopback(event, args):
+    """For an audit event: the ``host:port`` of a non-loopback connection attempt, else None
+    (bench/chaos.py watches its own process with this too)."""
+    if event != "socket.connect" or not isinstance(args[1], tuple):
+        return None  # not a connection, or a Unix socket
+    host = str(args[1][0]).split("%")[0]
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
+    return None if loopback else f"{host}:{args[1][1]}"
+
+
+def _hook(event, args):
+    seen = non_loopback(event, args)
+    if seen and _LOG:
         with open(_LOG, "a") as f:
-            f.write(f"{host}:{address[1]}\n")
+            f.write(seen + "\n")
 
 
 if _LOG:
