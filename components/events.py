@@ -1,4 +1,4 @@
-"""Ingest: map any CSV/Parquet event log and item catalogue onto the data contract.
+"""Ingest: map any CSV, Parquet or JSON Lines event log and item catalogue onto the data contract.
 
 A dataset spec (YAML, see ``specs/``) names the source files and how their columns map
 onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
@@ -9,6 +9,7 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       columns: {user_id: user_id, item_id: item_id, ts: timestamp}
       ts_unit: s            # or ts_format: "%Y-%m-%d %H:%M:%S"
       event_type: review    # a constant, or columns: {event_type: <source column>}
+      # columns may also map a review's text and summary: {text: reviewText, summary: summary}
       # event_types: {pv: view, fav: favorite, cart: cart, buy: purchase}   # source value -> contract type
       order_by: seq_pos     # optional: breaks ties between events with the same ts
       # window: {start: 2017-11-25, end: 2017-12-04}   # optional: events outside it are warned about
@@ -33,12 +34,14 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
     privacy:
       pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
-Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, value, seq``
-(and ``ts_source``, the timestamp as written in the source, for validation reports)
+Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, value, seq``,
+``text`` and ``summary`` where the spec maps them (a review's words, stripped; empty is null),
+and ``ts_source`` (the timestamp as written in the source, for validation reports)
 and ``items.parquet`` with ``item_id, title, categories, brand, price``. Types are only
 *mapped* here (ids to strings, ts parsed, unparseable ts -> NaT); whether the data obeys
 the contract is decided by the expectation suites in validation, which need to see the
-bad values to report them. Ids written as empty, whitespace or a null word (``null``,
+bad values to report them. Source columns the spec does not map (a reviewer's display name,
+say) are dropped here: they never reach the lake, and validation warns naming them. Ids written as empty, whitespace or a null word (``null``,
 ``None``, ``NaN``, ``-``) become null ids (validation rejects them, naming the words);
 surrounding whitespace is stripped (a warning counts the ids) or kept for validation to
 reject, as ``ids.whitespace`` says. ``seq`` is the event's position in the source (or the
@@ -76,6 +79,9 @@ from components.behaviour import EVENT_TYPES, Behaviour
 from components.lake import RawLayer
 
 EVENT_COLUMNS = ("user_id", "item_id", "ts", "event_type", "value")
+REVIEW_COLUMNS = ("text", "summary")
+"""Optional event columns (DESIGN.md §3): a review's text and its one-line summary; written to
+01_raw and 02_validated only when the spec maps them."""
 ITEM_COLUMNS = ("item_id", "title", "categories", "brand", "price")
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "ts")
 REQUIRED_ITEM_COLUMNS = ("item_id",)
@@ -120,7 +126,8 @@ class SourceSpec:
     columns: dict[str, str]
     """Contract column -> source column."""
     format: str = ""
-    """``csv`` or ``parquet``; inferred from the file name when empty."""
+    """``csv``, ``parquet`` or ``jsonl`` (JSON Lines, plain or gzip); inferred from the file
+    name when empty."""
     ts_unit: str | None = None
     """Unit of numeric timestamps (``s``, ``ms``, ``us``, ``ns``)."""
     ts_format: str | None = None
@@ -143,8 +150,8 @@ class SourceSpec:
 
     def __post_init__(self):
         fmt = self.format or _infer_format(self.uri)
-        if fmt not in ("csv", "parquet"):
-            raise SpecError(f"source {self.uri!r}: format must be csv or parquet, got {fmt!r}")
+        if fmt not in FORMATS:
+            raise SpecError(f"source {self.uri!r}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         object.__setattr__(self, "format", fmt)
         if self.ts_unit and self.ts_format:
             raise SpecError("ts_unit and ts_format are both given: ts_unit is for numbers, ts_format for text")
@@ -189,10 +196,15 @@ class DatasetSpec:
     spec_text: str = field(default="", repr=False)
 
 
+FORMATS = ("csv", "parquet", "jsonl")
+
+
 def _infer_format(uri: str) -> str:
     name = uri.lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
+    if name.removesuffix(".gz").endswith((".json", ".jsonl", ".ndjson")):
+        return "jsonl"
     if name.endswith((".csv", ".csv.gz", ".tsv", ".txt", ".csv.bz2")):
         return "csv"
     return ""
@@ -209,7 +221,7 @@ def _resolve(uri: str, base: Path) -> str:
 
 # The spec's schema: every key it may hold, at every level, and what its value must be.
 # Checked before anything is read, so a typo never silently turns a setting off.
-_SOURCE = {"uri": str, "columns": dict, "format": ("csv", "parquet")}
+_SOURCE = {"uri": str, "columns": dict, "format": FORMATS}
 SPEC_SCHEMA = {
     "name": str,
     "events": {
@@ -288,7 +300,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
         except SpecError as e:
             raise SpecError(f"dataset spec {path}: '{part}.uri': {e}") from e
         s.setdefault("columns", {})
-        unknown = set(s["columns"]) - set(EVENT_COLUMNS if part == "events" else ITEM_COLUMNS)
+        unknown = set(s["columns"]) - set((*EVENT_COLUMNS, *REVIEW_COLUMNS) if part == "events" else ITEM_COLUMNS)
         if unknown:
             raise SpecError(f"dataset spec {path}: '{part}.columns' maps unknown contract columns {sorted(unknown)}")
         missing = [c for c in required if c not in s["columns"]]
@@ -414,6 +426,8 @@ def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFra
     try:
         if src.format == "parquet":
             return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
+        if src.format == "jsonl":
+            return _read_jsonl(src, data, columns)
         sep = "\t" if src.uri.lower().endswith(".tsv") else ","
         compression = "gzip" if src.uri.lower().endswith(".gz") else ("bz2" if src.uri.endswith(".bz2") else None)
         df = pd.read_csv(
@@ -428,6 +442,8 @@ def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFra
         )
     except UnicodeDecodeError as e:
         raise SpecError(f"source file {src.uri}: not UTF-8 text ({e})") from e
+    except SpecError:
+        raise
     except Exception as e:  # gzip/parquet/csv decoding errors all mean: unreadable file
         raise SpecError(f"source file {src.uri} cannot be read as {src.format}: {type(e).__name__}: {e}") from e
     header = (df == pd.Series(df.columns, index=df.columns)).all(axis=1)
@@ -438,6 +454,35 @@ def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFra
             f"{','.join(map(str, df.columns))}; {len(rows)} such row(s) (files concatenated with their headers?)"
         )
     return df
+
+
+def _read_jsonl(src: SourceSpec, data: bytes, columns: list[str] | None) -> pd.DataFrame:
+    """JSON Lines (one object a line; gzip-compressed or plain, told by its first bytes) as a
+    frame with the values as JSON typed them. pandas parses the file; only when it fails are
+    the lines read one by one, to name the first bad one (pandas' error has no line number)."""
+    import gzip
+    import json
+
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    try:  # dtype/convert_dates off: ids such as "0006428320" stay text, times stay numbers
+        df = pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False, encoding="utf-8")
+    except ValueError as e:
+        for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as bad:
+                raise SpecError(
+                    f"source file {src.uri}: line {n} is not JSON ({bad.msg} at column {bad.colno}): {line[:80]!r}"
+                ) from e
+            if not isinstance(obj, dict):
+                raise SpecError(f"source file {src.uri}: line {n} is not a JSON object: {line[:80]!r}") from e
+        raise SpecError(f"source file {src.uri} cannot be read as JSON Lines: {e}") from e
+    if df.empty and not len(df.columns):
+        raise SpecError(f"source file {src.uri} holds no JSON objects")
+    return df[columns] if columns else df
 
 
 def _select(df: pd.DataFrame, src: SourceSpec, contract: tuple[str, ...]) -> pd.DataFrame:
@@ -534,8 +579,11 @@ def read_events(src: SourceSpec, strip_ids: bool = True) -> pd.DataFrame:
     else:
         out["seq"] = range(len(out))
         out["seq"] = out["seq"].astype("float64")
+    review = [c for c in REVIEW_COLUMNS if c in src.columns]
+    for c in review:  # a review's words as written; a missing or empty one is null
+        out[c] = out[c].astype("string").str.strip().replace("", pd.NA)
     ids = out.attrs["ids"]
-    out = out[[*EVENT_COLUMNS, "seq", "ts_source"]]
+    out = out[[*EVENT_COLUMNS, *review, "seq", "ts_source"]]
     out.attrs.update(ignored_columns=_unmapped(df, src), ids=ids)
     return out
 

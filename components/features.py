@@ -23,6 +23,12 @@ FEATURES_LAYOUT = 2
 """2: user sequences carry event types and values (1: items and times only)."""
 
 
+def time_ordered(events: pd.DataFrame) -> pd.DataFrame:
+    """Events per user in time order; ties keep the order the source recorded (``seq``, see
+    components/events.py). A user's n-th row here is position n of their sequence."""
+    return events.sort_values(["user_id", "ts", "seq"], kind="stable")
+
+
 def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (items with ``item_idx``, users with ``user_idx`` and their time-ordered
     ``items``, ``ts`` (unix seconds), ``types`` (event type codes, components/behaviour.py)
@@ -30,9 +36,7 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     index = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str))
-    ev = events.assign(item_idx=events["item_id"].astype(str).map(index).to_numpy())
-    # Time order; ties keep the order the source recorded (seq), see components/events.py.
-    ev = ev.sort_values(["user_id", "ts", "seq"], kind="stable")
+    ev = time_ordered(events.assign(item_idx=events["item_id"].astype(str).map(index).to_numpy()))
     ts = ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9
     type_codes = ev["event_type"].astype(str).map(TYPE_CODES).to_numpy(np.int8)
     ev = ev.assign(ts_s=ts.to_numpy(), type_code=type_codes, value_f=ev["value"].astype("float64").to_numpy())
@@ -79,6 +83,26 @@ def _to_frame(hashes: list[str], vectors: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"text_hash": hashes, "embedding": list(vectors)})
 
 
+def embed_cached(
+    texts: list[str], root: str, max_length: int = text.MAX_LENGTH, what: str = "item texts", **encoder
+) -> tuple[list[str], list[np.ndarray], int]:
+    """(text hashes, one vector per text, how many were embedded now): the lake's text cache
+    for this encoder version (``03_features/_text_cache/<version>``) answers what it holds;
+    only the texts it lacks are embedded, and the cache grows by them."""
+    hashes = [text.text_hash(t) for t in texts]
+    cache_uri = lake.text_cache_uri(root, text.model_version(max_length))
+    cache = storage.read_parquet(cache_uri) if storage.exists(cache_uri) else _to_frame([], np.zeros((0, 384)))
+    known = dict(zip(cache["text_hash"], cache["embedding"], strict=True))
+    missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
+    if missing:
+        enc = text.TextEncoder(max_length=max_length, **encoder)
+        new = _to_frame([h for h, _ in missing], enc.encode([t for _, t in missing], what=what))
+        known.update(zip(new["text_hash"], new["embedding"], strict=True))
+        # The cache only grows; an atomic rewrite never leaves it half-written.
+        storage.write_parquet(pd.concat([cache, new], ignore_index=True), cache_uri)
+    return hashes, [np.asarray(known[h], dtype=np.float32) for h in hashes], len(missing)
+
+
 def embed_items(features: FeatureLayer, root: str, batch_size: int = 64, num_threads: int = 0) -> FeatureLayer:
     """Write ``03_features/<key>/text-<model version>/item_text.parquet`` (item_idx, item_id,
     text_hash, embedding) aligned with the item vocabulary; embed only texts the cache lacks.
@@ -89,28 +113,19 @@ def embed_items(features: FeatureLayer, root: str, batch_size: int = 64, num_thr
 
     def compute(uri: str) -> dict:
         items = storage.read_parquet(lake.file(features.uri, "items.parquet"))
-        texts = text.item_texts(items)
-        hashes = [text.text_hash(t) for t in texts]
-        cache_uri = lake.text_cache_uri(root, text.model_version())
-        cache = storage.read_parquet(cache_uri) if storage.exists(cache_uri) else _to_frame([], np.zeros((0, 384)))
-        known = dict(zip(cache["text_hash"], cache["embedding"], strict=True))
-        missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in known}.items())
-        if missing:
-            vectors = text.TextEncoder(batch_size=batch_size, num_threads=num_threads).encode([t for _, t in missing])
-            new = _to_frame([h for h, _ in missing], vectors)
-            known.update(zip(new["text_hash"], new["embedding"], strict=True))
-            # The cache only grows; an atomic rewrite never leaves it half-written.
-            storage.write_parquet(pd.concat([cache, new], ignore_index=True), cache_uri)
+        hashes, vectors, embedded = embed_cached(
+            text.item_texts(items), root, batch_size=batch_size, num_threads=num_threads
+        )
         frame = pd.DataFrame(
             {
                 "item_idx": items["item_idx"].to_numpy(),
                 "item_id": items["item_id"].astype(str).to_numpy(),
                 "text_hash": hashes,
-                "embedding": [np.asarray(known[h], dtype=np.float32) for h in hashes],
+                "embedding": vectors,
             }
         )
         storage.write_parquet(frame, lake.file(uri, "item_text.parquet"))
-        stats = {"items": len(items), "embedded": len(missing), "cached": len(items) - len(missing)}
+        stats = {"items": len(items), "embedded": embedded, "cached": len(items) - embedded}
         return {**stats, "model_version": text.model_version()}
 
     uri = lake.text_uri(features.uri, text.model_version())
@@ -121,3 +136,70 @@ def embed_items(features: FeatureLayer, root: str, batch_size: int = 64, num_thr
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("item text: %s", stats)
     return replace(features, text_uri=uri, text_stats=stats)
+
+
+def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_threads: int = 0) -> FeatureLayer:
+    """Write ``03_features/<key>/reviews-<model version>/reviews.parquet`` when the log has review
+    text (events mapped with ``text`` or ``summary``): one row per event with words, placed in
+    its user's sequence (``user_idx``, ``pos``), with ``item_idx``, ``ts`` (unix s), ``stars``
+    (the event's value), ``summary`` and ``body`` as written, the ``text`` embedded
+    (``summary | body``), its MiniLM ``embedding``
+    (at :data:`components.text.REVIEW_MAX_LENGTH` tokens) and the summary's own
+    ``summary_embedding`` (zeros where there is none). Both go through the text cache.
+
+    Returns ``features`` with ``review_uri`` (None: the log has no review text) and ``review_stats``.
+    """
+    t0 = time.perf_counter()
+    columns = set(storage.parquet_columns(lake.file(features.validated.uri, "events.parquet")))
+    if not columns & {"text", "summary"}:
+        return replace(features, review_uri=None, review_stats=None)
+
+    def compute(uri: str) -> dict:
+        ev = storage.read_parquet(lake.file(features.validated.uri, "events.parquet"))
+        for c in ("text", "summary"):
+            if c not in ev:
+                ev[c] = pd.Series(pd.NA, index=ev.index, dtype="string")
+        users = storage.read_parquet(lake.file(features.uri, "users.parquet"), columns=["user_id", "user_idx"])
+        items = storage.read_parquet(lake.file(features.uri, "items.parquet"), columns=["item_id", "item_idx"])
+        ev = time_ordered(ev)
+        ev = ev.assign(pos=ev.groupby("user_id", sort=False).cumcount().to_numpy())
+        ev = ev[ev["text"].notna() | ev["summary"].notna()]
+        docs = text.review_texts(ev)
+        hashes, vectors, embedded = embed_cached(
+            docs, root, text.REVIEW_MAX_LENGTH, "reviews", batch_size=batch_size, num_threads=num_threads
+        )
+        summaries = ev["summary"].fillna("").astype(str).tolist()
+        _, summary_vectors, s_embedded = embed_cached(
+            [x for x in summaries if x], root, what="review summaries", batch_size=batch_size, num_threads=num_threads
+        )
+        it = iter(summary_vectors)
+        zero = np.zeros(384, dtype=np.float32)
+        frame = pd.DataFrame(
+            {
+                "user_idx": ev["user_id"].astype(str).map(dict(zip(users["user_id"], users["user_idx"]))).to_numpy(),
+                "pos": ev["pos"].to_numpy(np.int64),
+                "item_idx": ev["item_id"].astype(str).map(dict(zip(items["item_id"], items["item_idx"]))).to_numpy(),
+                "ts": (ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy(),
+                "stars": ev["value"].astype("float64").to_numpy(),
+                "text": docs,
+                "summary": ev["summary"].astype("string").to_numpy(),
+                "body": ev["text"].astype("string").to_numpy(),
+                "text_hash": hashes,
+                "embedding": vectors,
+                "summary_embedding": [next(it) if x else zero for x in summaries],
+            }
+        ).sort_values(["user_idx", "pos"], kind="stable")
+        storage.write_parquet(frame, lake.file(uri, "reviews.parquet"))
+        return {
+            "reviews": len(frame),
+            "embedded": embedded + s_embedded,
+            "empty_text": int(ev["text"].isna().sum()),
+            "model_version": text.model_version(text.REVIEW_MAX_LENGTH),
+        }
+
+    uri = lake.reviews_uri(features.uri, text.model_version(text.REVIEW_MAX_LENGTH))
+    info, reused = lake.build(uri, compute)
+    stats = {"reviews": info["reviews"], "embedded": 0 if reused else info["embedded"]}
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("review text: %s", stats)
+    return replace(features, review_uri=uri, review_stats=stats)

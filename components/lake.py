@@ -13,9 +13,11 @@ its source files)::
     02_validated/<key>                   events.parquet, items.parquet, warnings.json
     03_features/<key>                    items.parquet (vocabulary), users.parquet (sequences)
     03_features/<key>/text-<model>       item_text.parquet (MiniLM vectors per item)
+    03_features/<key>/reviews-<model>    reviews.parquet (review texts, MiniLM vectors, per event)
     03_features/_text_cache/<model>      embeddings.parquet (by text hash, grows)
     04_datasets/<key>-k<K>-s<seed>       splits.parquet (folds, targets)
     05_models/<dataset>/<family>-<cfg>/<fold N | final-eE>   checkpoints, result.json
+    05_models/<key>/reviews-<cfg>        review sentiment and topics (scored.parquet, topics.parquet)
     06_recommendations/                  test_recommendations_<family>.parquet, recommendations.parquet
     07_profiles/<key>                    profiles, transitions, exploration, summary
     quarantine/<key>                     what a failed validation rejected, with its report
@@ -99,6 +101,10 @@ def text_uri(features_layer_uri: str, model_version: str) -> str:
     return storage.join(features_layer_uri, f"text-{model_version}")
 
 
+def reviews_uri(features_layer_uri: str, model_version: str) -> str:
+    return storage.join(features_layer_uri, f"reviews-{model_version}")
+
+
 def text_cache_uri(root: str, model_version: str) -> str:
     return storage.join(root, "03_features", "_text_cache", model_version, "embeddings.parquet")
 
@@ -111,6 +117,12 @@ def model_uri(root: str, dataset: DatasetLayer, family: str, config: dict, name:
     """05_models/<dataset>/<family>-<config hash>/<name>: one place per distinct training."""
     cfg = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return storage.join(root, "05_models", key(dataset.uri), f"{family}-{cfg}", name)
+
+
+def review_models_uri(root: str, features: FeatureLayer, config: dict) -> str:
+    """05_models/<features key>/reviews-<config hash>: the sentiment classifier and topics."""
+    cfg = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return storage.join(root, "05_models", key(features.uri), f"reviews-{cfg}")
 
 
 def test_recommendations_uri(root: str, family: str) -> str:
@@ -195,6 +207,11 @@ class FeatureLayer:
     """03_features/<key>/text-<model>: MiniLM vectors per item, once the item-text stage ran."""
     text_stats: dict | None = None
     """Items, embedded, cached, seconds of the item-text stage."""
+    review_uri: str | None = None
+    """03_features/<key>/reviews-<model>: review texts and vectors, once the review-text stage
+    ran on a log with review text (None: no review text)."""
+    review_stats: dict | None = None
+    """Reviews, embedded, seconds of the review-text stage."""
 
     @property
     def data_hash(self) -> str:
@@ -293,6 +310,24 @@ class Registered:
     name: str
     version: str
     reused: bool = False
+
+
+@dataclass(frozen=True)
+class ReviewsLayer:
+    """05_models/<key>/reviews-<cfg>: what the log's reviews say (components/reviews.py)."""
+
+    uri: str
+    run_id: str
+    """The MLflow run ``reviews``: figures, topic table, topic model, sentiment model."""
+    report: dict
+    """Sentiment figures beside VADER's, topics, seconds (NaN figures with the reason when skipped)."""
+    topics: tuple = ()
+    """(label, keywords) per topic."""
+    model_uri: str | None = None
+    """The logged sentiment pyfunc (runs:/...); None when the classifier could not be fitted."""
+    registered: Registered | None = None
+    decision: object | None = None
+    """The promotion gate's Decision for the sentiment model (None: not registered)."""
 
 
 @dataclass(frozen=True)

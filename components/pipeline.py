@@ -37,6 +37,7 @@ from components.lake import (
     RawLayer,
     RecommendationsLayer,
     Registered,
+    ReviewsLayer,
     TestReport,
     ValidatedLayer,
 )
@@ -70,6 +71,11 @@ def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
 def embed_items(feats: FeatureLayer, root: str) -> FeatureLayer:
     """03_features text layer: MiniLM embeddings of the item texts the cache lacks."""
     return features.embed_items(feats, root)
+
+
+def embed_reviews(feats: FeatureLayer, root: str) -> FeatureLayer:
+    """03_features review layer: MiniLM embeddings of the review texts (when the log has them)."""
+    return features.embed_reviews(feats, root)
 
 
 def build_datasets(feats: FeatureLayer, root: str, folds: int, seed: int) -> DatasetLayer:
@@ -285,6 +291,129 @@ def promote(registered: Registered, report: TestReport, dataset: DatasetLayer, g
     return decision
 
 
+# -- what the reviews say ------------------------------------------------------------------------
+SENTIMENT = "sentiment"
+"""The sentiment classifier's registered model: ``tracking.model_name(SENTIMENT)``."""
+
+
+def analyse_reviews(
+    dataset: DatasetLayer,
+    root: str,
+    overrides: dict | None = None,
+    gate: GateConfig = GateConfig(),
+    tags: dict | None = None,
+    register: bool = True,
+) -> ReviewsLayer | None:
+    """05_models/<key>/reviews-<cfg>: sentiment (beside VADER) and topics of the log's reviews,
+    logged to an MLflow run ``reviews``; with ``register`` the classifier becomes a new version
+    of the sentiment model and goes through the promotion gate (primary metric: its AUC on
+    today's later reviews, macro-F1 guarded). None when the log has no review text."""
+    import tempfile
+    from pathlib import Path
+
+    import joblib
+
+    from components import reviews as reviews_
+    from components import text
+
+    feats = dataset.features
+    if not feats.review_uri:
+        return None
+    cfg = reviews_.ReviewConfig(**(overrides or {}))
+    uri = lake.review_models_uri(root, feats, asdict(cfg))
+    run_tags = {"interestflow.stage": "reviews", "interestflow.data_hash": dataset.data_hash, **(tags or {})}
+
+    def compute(uri: str) -> dict:
+        frame = storage.read_parquet(lake.file(feats.review_uri, "reviews.parquet"))
+        report, scored, table, clf, tm = reviews_.analyse(frame, cfg)
+        storage.write_parquet(scored, lake.file(uri, "scored.parquet"))
+        storage.write_parquet(table, lake.file(uri, "topics.parquet"))
+        with tempfile.TemporaryDirectory() as tmp:
+            if clf is not None:
+                joblib.dump(clf, Path(tmp) / "sentiment.joblib")
+                storage.upload_file(Path(tmp) / "sentiment.joblib", lake.file(uri, "sentiment.joblib"))
+            tm.save(Path(tmp) / "topic_model", serialization="safetensors", save_ctfidf=True)
+            names = sorted(p.name for p in (Path(tmp) / "topic_model").iterdir())
+            for name in names:
+                storage.upload_file(Path(tmp) / "topic_model" / name, lake.file(uri, f"topic_model/{name}"))
+        return {"report": report, "topic_model_files": names, "classifier": clf is not None}
+
+    info, reused = lake.build(uri, compute)
+    report, table = info["report"], storage.read_parquet(lake.file(uri, "topics.parquet"))
+    run_id, model_uri = info.get("run_id"), info.get("model_uri")
+    if not tracking.run_exists(run_id):  # first time, or a registry that never saw this layer
+        run_id = tracking.create_run("reviews", reviews_.config_params(cfg), run_tags)
+        tracking.log_metrics(run_id, {k: v for k, v in report.items() if isinstance(v, int | float) and np.isfinite(v)})
+        tracking.log_table(run_id, table.assign(keywords=table["keywords"].map(", ".join)), "topics.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in info["topic_model_files"]:
+                storage.download_file(lake.file(uri, f"topic_model/{name}"), Path(tmp) / "topic_model" / name)
+            tracking.log_artifacts(run_id, Path(tmp) / "topic_model", "topic_model")
+            model_uri = None
+            if info["classifier"]:
+                path = storage.download_file(lake.file(uri, "sentiment.joblib"), Path(tmp) / "sentiment.joblib")
+                model_uri = pyfunc.log_sentiment(run_id, str(path), text.model_version(text.REVIEW_MAX_LENGTH))
+        tracking.end_run(run_id)
+        lake.mark_complete(uri, {**info, "run_id": run_id, "model_uri": model_uri})
+    topics = tuple((str(r.label), tuple(r.keywords)) for r in table.itertuples())
+    log.info(
+        "reviews: %d reviews, sentiment AUC %.4f (VADER %.4f), macro-F1 %.4f (VADER %.4f), %d topics: %s",
+        report["reviews"],
+        report["sentiment_auc"],
+        report["vader_auc"],
+        report["sentiment_macro_f1"],
+        report["vader_macro_f1"],
+        report["n_topics"],
+        ", ".join(t for t, _ in topics),
+    )
+    layer = ReviewsLayer(uri=uri, run_id=run_id, report=report, topics=topics, model_uri=model_uri)
+    if not register or model_uri is None:
+        return layer
+    registered, decision = _gate_sentiment(layer, feats, gate)
+    return replace(layer, registered=registered, decision=decision)
+
+
+def _gate_sentiment(layer: ReviewsLayer, feats: FeatureLayer, gate: GateConfig) -> tuple[Registered, Decision]:
+    """Register the classifier (idempotent) and let the gate decide against the champion,
+    re-scored on the same later reviews."""
+    from components import reviews as reviews_
+    from components import text
+
+    name = tracking.model_name(SENTIMENT)
+    challenger = {"auc": layer.report["sentiment_auc"], "macro_f1": layer.report["sentiment_macro_f1"]}
+    version = tracking.version_of_run(name, layer.run_id)
+    reused = version is not None
+    if version is None:
+        tags = {"data_hash": feats.data_hash, **{f"test_{k}": round(v, 4) for k, v in challenger.items()}}
+        version = tracking.register(layer.model_uri, name, tags)
+    tracking.set_alias(name, tracking.CHALLENGER, version)
+    registered = Registered(name=name, version=version, reused=reused)
+    if tracking.alias_version(name, tracking.CHAMPION) == version:
+        return registered, Decision(False, f"v{version} is already the champion", challenger, challenger, "auc")
+    champion, error = None, None
+    if tracking.alias_version(name, tracking.CHAMPION) is not None:
+        try:
+            model = tracking.load_pyfunc(f"models:/{name}@{tracking.CHAMPION}")
+            frame = storage.read_parquet(lake.file(feats.review_uri, "reviews.parquet"))
+            scored = storage.read_parquet(lake.file(layer.uri, "scored.parquet"))
+            test = scored["sentiment_test"].to_numpy()
+            frame = frame[test].reset_index(drop=True)
+            if model.encoder_version == text.model_version(text.REVIEW_MAX_LENGTH):
+                out = model.score(reviews_.features(frame))  # the same vectors: no need to embed again
+            else:
+                out = model.predict(None, pd.DataFrame({"text": frame["body"], "summary": frame["summary"]}))
+            y = reviews_.star_labels(frame["stars"].to_numpy())
+            proba = out[[f"p_{c}" for c in reviews_.CLASSES]].to_numpy()
+            champion = reviews_.scores(y, out["sentiment"].to_numpy(), proba.argmax(1))
+        except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
+            error = f"{type(e).__name__}: {e}"
+    sentiment_gate = GateConfig(min_gain=gate.min_gain, guarded=("macro_f1",), tolerance=gate.tolerance, primary="auc")
+    decision = promotion.decide(challenger, champion, sentiment_gate, error)
+    promotion.apply(name, version, decision, layer.run_id)
+    log.info("promote %s v%s: %s (%s)", name, version, "promoted" if decision.promote else "kept", decision.reason)
+    return registered, decision
+
+
 # -- 06, 07: recommendations and profiles ------------------------------------------------------------
 def recommend(
     dataset: DatasetLayer,
@@ -466,7 +595,9 @@ class Stages:
     validate: Callable = validate
     features: Callable = build_features
     item_text: Callable = embed_items
+    review_text: Callable = embed_reviews
     datasets: Callable = build_datasets
+    reviews: Callable = analyse_reviews
     train_folds: Callable = train_folds
     train_final: Callable = train_final
     evaluate: Callable = evaluate
@@ -481,10 +612,11 @@ PLAIN = Stages()
 
 
 def data_path(spec: str, root: str, folds: int, seed: int, stages: Stages = PLAIN) -> DatasetLayer:
-    """01_raw -> 02_validated -> 03_features (+ item text) -> 04_datasets; finished layers are reused."""
+    """01_raw -> 02_validated -> 03_features (+ item and review text) -> 04_datasets; finished
+    layers are reused."""
     raw = stages.ingest(spec, root)
     validated = stages.validate(raw, root)
-    feats = stages.item_text(stages.features(validated, root), root)
+    feats = stages.review_text(stages.item_text(stages.features(validated, root), root), root)
     return stages.datasets(feats, root, folds, seed)
 
 

@@ -30,6 +30,8 @@ class Decision:
     reason: str
     challenger: dict
     champion: dict | None
+    metric: str = "ndcg10"
+    """The primary metric the decision compared."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,14 +41,19 @@ def decide(
     challenger: dict, champion: dict | None, gate: GateConfig = GateConfig(), champion_error: str | None = None
 ) -> Decision:
     """Pure: should ``challenger`` replace ``champion`` (metric dicts on the same holdout)?"""
+    p = gate.primary
     if champion_error:
-        return Decision(False, f"champion could not be re-scored ({champion_error}); keeping it", challenger, None)
+        return Decision(False, f"champion could not be re-scored ({champion_error}); keeping it", challenger, None, p)
     if champion is None:
-        return Decision(True, "no champion yet", challenger, None)
-    p, need = gate.primary, champion[gate.primary] * (1 + gate.min_gain)
+        return Decision(True, "no champion yet", challenger, None, p)
+    need = champion[p] * (1 + gate.min_gain)
     if challenger[p] < need:
         return Decision(
-            False, f"{p} {challenger[p]:.4f} < champion {champion[p]:.4f} x (1 + {gate.min_gain})", challenger, champion
+            False,
+            f"{p} {challenger[p]:.4f} < champion {champion[p]:.4f} x (1 + {gate.min_gain})",
+            challenger,
+            champion,
+            p,
         )
     for m in gate.guarded:
         floor = champion[m] * (1 - gate.tolerance)
@@ -57,9 +64,10 @@ def decide(
                 f"(champion {champion[m]:.4f}, tolerance {gate.tolerance})",
                 challenger,
                 champion,
+                p,
             )
     return Decision(
-        True, f"{p} {challenger[p]:.4f} >= champion {champion[p]:.4f} x (1 + {gate.min_gain})", challenger, champion
+        True, f"{p} {challenger[p]:.4f} >= champion {champion[p]:.4f} x (1 + {gate.min_gain})", challenger, champion, p
     )
 
 
@@ -68,8 +76,8 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     tags = {
         "promotion.decision": "promoted" if decision.promote else "rejected",
         "promotion.reason": decision.reason,
-        "promotion.champion_ndcg10": (decision.champion or {}).get("ndcg10", "none"),
-        "promotion.challenger_ndcg10": decision.challenger.get("ndcg10"),
+        f"promotion.champion_{decision.metric}": (decision.champion or {}).get(decision.metric, "none"),
+        f"promotion.challenger_{decision.metric}": decision.challenger.get(decision.metric),
     }
     tracking.set_tags(run_id, tags)
     tracking.set_version_tags(name, version, tags)

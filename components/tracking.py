@@ -104,15 +104,27 @@ def log_text(run_id: str, text: str, path: str) -> None:
     client().log_text(run_id, text, path)
 
 
+def log_artifacts(run_id: str, folder: str | Path, path: str) -> None:
+    """Every file in ``folder`` as artifacts of the run under ``path``."""
+    client().log_artifacts(run_id, str(folder), path)
+
+
 def log_table(run_id: str, frame: pd.DataFrame, path: str) -> None:
     client().log_table(run_id, frame, path)
 
 
 def log_pyfunc(
-    run_id: str, python_model, artifacts: dict[str, str], input_example: pd.DataFrame, output, optional=()
+    run_id: str,
+    python_model,
+    artifacts: dict[str, str],
+    input_example: pd.DataFrame,
+    output,
+    optional=(),
+    extra_requirements: list[str] | tuple = (),
 ) -> str:
     """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI.
-    ``optional``: input columns a request may leave out."""
+    ``optional``: input columns a request may leave out; ``extra_requirements``: pip
+    requirements beside torch, mlflow, pandas, numpy and transformers."""
     mlflow = _mlflow()
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
@@ -129,7 +141,7 @@ def log_pyfunc(
             artifacts=artifacts,
             signature=signature,
             input_example=input_example,
-            pip_requirements=PIP_REQUIREMENTS,
+            pip_requirements=[*PIP_REQUIREMENTS, *extra_requirements],
         )
     return info.model_uri if hasattr(info, "model_uri") else f"runs:/{run_id}/model"
 

@@ -389,7 +389,7 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
     sources = {"events": raw.events_source, "items": raw.items_source}
     for table, columns in (raw.ignored_columns or {}).items():
         if columns:  # a file's columns that the spec does not map: harmless, but say so
-            guards = "columns the dataset spec does not map are not used"
+            guards = "columns the dataset spec does not map are dropped at ingest (never written to the lake)"
             findings.append(
                 Finding(
                     table, sources[table], "warning", "column_mapped_by_spec", ", ".join(columns), guards, None, 0, []
