@@ -115,8 +115,9 @@ def log_sentiment(run_id: str, classifier_path: str, encoder_version: str) -> st
         model = SentimentModel()
         model.load_context(type("Context", (), {"artifacts": artifacts})())
         output = model.predict(None, example)
+        extra = SENTIMENT_REQS
         return tracking.log_pyfunc(
-            run_id, SentimentModel(), artifacts, example, output, optional=("summary",), extra_requirements=SENTIMENT_REQS
+            run_id, SentimentModel(), artifacts, example, output, optional=("summary",), extra_requirements=extra
         )
 
 
