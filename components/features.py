@@ -174,11 +174,13 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
         )
         it = iter(summary_vectors)
         zero = np.zeros(384, dtype=np.float32)
+        user_idx = pd.Series(users["user_idx"].to_numpy(), users["user_id"])
+        item_idx = pd.Series(items["item_idx"].to_numpy(), items["item_id"])
         frame = pd.DataFrame(
             {
-                "user_idx": ev["user_id"].astype(str).map(pd.Series(users["user_idx"].to_numpy(), users["user_id"])).to_numpy(),
+                "user_idx": ev["user_id"].astype(str).map(user_idx).to_numpy(),
                 "pos": ev["pos"].to_numpy(np.int64),
-                "item_idx": ev["item_id"].astype(str).map(pd.Series(items["item_idx"].to_numpy(), items["item_id"])).to_numpy(),
+                "item_idx": ev["item_id"].astype(str).map(item_idx).to_numpy(),
                 "ts": (ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy(),
                 "stars": ev["value"].astype("float64").to_numpy(),
                 "text": docs,
