@@ -43,8 +43,8 @@ the contract is decided by the expectation suites in validation, which need to s
 bad values to report them. Source columns the spec does not map (a reviewer's display name,
 say) are dropped here: they never reach the lake, and validation warns naming them. Ids
 written as empty, whitespace or a null word (``null``, ``None``, ``NaN``, ``-``) become null
-ids (validation rejects them, naming the words); surrounding whitespace is stripped (a warning counts the ids) or kept for validation to
-reject, as ``ids.whitespace`` says. ``seq`` is the event's position in the source (or the
+ids (validation rejects them, naming the words); surrounding whitespace is stripped (a
+warning counts the ids) or kept for validation to reject, as ``ids.whitespace`` says. ``seq`` is the event's position in the source (or the
 ``order_by`` column): the tie-break for events with equal timestamps, so that day-level
 logs keep their recorded order.
 
