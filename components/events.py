@@ -38,15 +38,15 @@ Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, val
 ``text`` and ``summary`` where the spec maps them (a review's words, stripped; empty is null),
 and ``ts_source`` (the timestamp as written in the source, for validation reports)
 and ``items.parquet`` with ``item_id, title, categories, brand, price``. Types are only
-*mapped* here (ids to strings, ts parsed, unparseable ts -> NaT); whether the data obeys
-the contract is decided by the expectation suites in validation, which need to see the
-bad values to report them. Source columns the spec does not map (a reviewer's display name,
-say) are dropped here: they never reach the lake, and validation warns naming them. Ids
-written as empty, whitespace or a null word (``null``, ``None``, ``NaN``, ``-``) become null
-ids (validation rejects them, naming the words); surrounding whitespace is stripped (a
-warning counts the ids) or kept for validation to reject, as ``ids.whitespace`` says. ``seq`` is the event's position in the source (or the
-``order_by`` column): the tie-break for events with equal timestamps, so that day-level
-logs keep their recorded order.
+*mapped* here (ids to strings, ts parsed, unparseable ts -> NaT); whether the data obeys the
+contract is decided by the expectation suites in validation, which need to see the bad
+values to report them. Source columns the spec does not map (a reviewer's display name, say)
+are dropped here: they never reach the lake, and validation warns naming them. Ids written
+as empty, whitespace or a null word (``null``, ``None``, ``NaN``, ``-``) become null ids
+(validation rejects them, naming the words); surrounding whitespace is stripped (a warning
+counts the ids) or kept for validation to reject, as ``ids.whitespace`` says. ``seq`` is the
+event's position in the source (or the ``order_by`` column): the tie-break for events with
+equal timestamps, so that day-level logs keep their recorded order.
 
 Pseudonymisation: with ``privacy.pseudonymise_users: true`` every user id is replaced at
 ingest by ``u_`` + HMAC-SHA256(key, id) (first 20 hex digits), so no raw user id reaches
