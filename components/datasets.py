@@ -77,6 +77,16 @@ def load_item_text(text_uri: str) -> np.ndarray:
     return np.stack(df["embedding"].to_numpy()).astype(np.float32)
 
 
+def load_reviews(review_uri: str, lengths: list[int]) -> dict:
+    """The review layer's vectors and, per user (sequence ``lengths``), each event's row in them."""
+    df = storage.read_parquet(lake.file(review_uri, "reviews.parquet"), columns=["user_idx", "pos", "embedding"])
+    rows = [np.full(n, -1, dtype=np.int64) for n in lengths]
+    for r, (u, p) in enumerate(zip(df["user_idx"].to_numpy(), df["pos"].to_numpy(), strict=True)):
+        rows[u][p] = r
+    vectors = np.stack(df["embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 384), np.float32)
+    return {"review_vectors": vectors, "review_rows": rows}
+
+
 @dataclass
 class Dataset:
     """Everything a training or an evaluation needs, in memory."""
@@ -93,6 +103,8 @@ class Dataset:
     behaviour: Behaviour = Behaviour()
     item_text: np.ndarray | None = None  # (n_items, d) text embeddings, when the text layer exists
     item_strings: list[str] | None = None  # each item's embedded text
+    review_vectors: np.ndarray | None = None  # (R, d) MiniLM vectors of the reviews, when the log has them
+    review_rows: list[np.ndarray] | None = None  # per user, aligned with seqs: row in review_vectors, -1 = none
 
     @classmethod
     def load(cls, dataset: DatasetLayer) -> Dataset:
@@ -102,6 +114,8 @@ class Dataset:
         text = {}
         if dataset.features.text_uri:
             text = {"item_text": load_item_text(dataset.features.text_uri), "item_strings": item_texts(items)}
+        if dataset.features.review_uri:
+            text.update(load_reviews(dataset.features.review_uri, [len(s) for s in users["items"]]))
         return cls(
             n_items=len(items),
             n_users=len(users),
@@ -124,6 +138,30 @@ class Dataset:
             has = self.fold >= 0
             self.test_pos = np.array([len(s) - 1 if h else -1 for s, h in zip(self.seqs, has, strict=True)])
             self.val_pos = np.where(has, self.test_pos - 1, -1)
+
+    def item_text_with_reviews(self, view: View) -> np.ndarray:
+        """(n_items, d): each item's text vector plus the mean vector of the reviews written
+        about it in ``view``'s training events, L2-normalised (an item with no text string is
+        its reviews alone). Leakage-safe by construction: only events inside the training
+        sequences count, and never a validation or test target's event, in any stage (the
+        final fit trains on validation targets, but their review text stays out)."""
+        if self.item_text is None or self.review_vectors is None:
+            raise ValueError("review text needs the item-text and review-text layers (a log with review text)")
+        d = self.item_text.shape[1]
+        total, count = np.zeros((self.n_items, d), np.float64), np.zeros(self.n_items)
+        for u, seq in enumerate(view.train_seqs):
+            rows = self.review_rows[u][: len(seq)].copy()
+            for p in (self.val_pos[u], self.test_pos[u]):
+                if 0 <= p < len(rows):
+                    rows[p] = -1
+            has = rows >= 0
+            np.add.at(total, seq[has], self.review_vectors[rows[has]])
+            np.add.at(count, seq[has], 1)
+        reviews = total / np.maximum(count, 1)[:, None]
+        reviews /= np.maximum(np.linalg.norm(reviews, axis=1, keepdims=True), 1e-12)
+        has_text = np.array([bool(s) for s in (self.item_strings or [""] * self.n_items)])
+        mixed = self.item_text * has_text[:, None] + reviews
+        return (mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def view(self, stage: str, fold: int | None = None) -> View:
         """The training sequences and the evaluation (history, target) pairs of a stage.

@@ -482,11 +482,13 @@ def write_profiles(
     test_recommendations: dict[str, str] | None = None,
     tags: dict | None = None,
     data: Dataset | None = None,
+    reviews: ReviewsLayer | None = None,
 ) -> ProfilesLayer:
     """Write 07_profiles/<features key>/: profiles.parquet (one row per user), transitions.parquet,
     exploration.parquet (when a ``scorer`` is given) and summary.json; log figures and plots to
     an MLflow run named ``profiles``. ``test_recommendations``: family -> URI of its written
-    test-time top-K (for next-category accuracy)."""
+    test-time top-K (for next-category accuracy). ``reviews``: the reviews stage's layer, for
+    the review columns (sentiment, topics, review-text vector) and the churn model's sentiment."""
     import json
 
     from components import exploration
@@ -502,7 +504,8 @@ def write_profiles(
         for f, uri in (test_recommendations or {}).items()
     }
     item_cat, cat_names = features.item_categories(items, cfg.category_depth)
-    profiles, trans, summary, curves = profiles_.profile_tables(data, tss, item_cat, cat_names, cfg, topk)
+    user_reviews = _user_reviews(reviews, dataset, data.n_users) if reviews else None
+    profiles, trans, summary, curves = profiles_.profile_tables(data, tss, item_cat, cat_names, cfg, topk, user_reviews)
     table = exploration.exploration_table(scorer, data, item_cat, max_len=max_len) if scorer else []
     summary["profile_s"] = time.perf_counter() - t0
 
@@ -536,6 +539,17 @@ def write_profiles(
     )
 
 
+def _user_reviews(reviews: ReviewsLayer, dataset: DatasetLayer, n_users: int) -> profiles_.UserReviews:
+    """The reviews stage's scored reviews and their vectors, per user."""
+    scored = storage.read_parquet(lake.file(reviews.uri, "scored.parquet"))
+    vectors = storage.read_parquet(lake.file(dataset.features.review_uri, "reviews.parquet"), columns=["embedding"])
+    table = storage.read_parquet(lake.file(reviews.uri, "topics.parquet"))
+    labels = [""] * (int(table["topic"].max()) + 1 if len(table) else 0)
+    for t, label in zip(table["topic"], table["label"], strict=True):
+        labels[int(t)] = str(label)
+    return profiles_.UserReviews.from_frames(n_users, scored, np.stack(vectors["embedding"].to_numpy()), labels)
+
+
 def build_profiles(
     dataset: DatasetLayer,
     root: str,
@@ -543,24 +557,30 @@ def build_profiles(
     model_uri: str | None = None,
     test_recommendations: dict[str, str] | None = None,
     tags: dict | None = None,
+    reviews: ReviewsLayer | None = None,
 ) -> ProfilesLayer:
-    """07_profiles, with the serving model's exploration table when there is a model."""
+    """07_profiles, with the serving model's exploration table when there is a model and the
+    review columns when the log has reviews (``reviews``: the reviews stage's layer)."""
     cfg = ProfileConfig(**(overrides or {}))
     data = Dataset.load(dataset)
     scorer, max_len = None, 512
     if model_uri:
         rec = pyfunc.load(model_uri)
         scorer, max_len = rec.scorer_for(data), rec.max_len
-    return write_profiles(dataset, root, cfg, scorer, max_len, test_recommendations, tags, data)
+    return write_profiles(dataset, root, cfg, scorer, max_len, test_recommendations, tags, data, reviews)
 
 
 def report(
-    results: list[FamilyResult], recommendations: RecommendationsLayer | None, data_hash: str, profiles=None
+    results: list[FamilyResult],
+    recommendations: RecommendationsLayer | None,
+    data_hash: str,
+    profiles=None,
+    reviews: ReviewsLayer | None = None,
 ) -> str:
     """The run summary (markdown); the flow also publishes it and the leaderboard as artifacts."""
     from components import report as report_
 
-    return report_.markdown(results, recommendations, data_hash, profiles)
+    return report_.markdown(results, recommendations, data_hash, profiles, reviews)
 
 
 # -- the path --------------------------------------------------------------------------------------
@@ -584,6 +604,8 @@ class NightlyResult:
     recommendations: RecommendationsLayer | None
     profiles: ProfilesLayer | None
     summary: str
+    reviews: ReviewsLayer | None = None
+    """What the reviews say (None: the log has no review text)."""
 
 
 @dataclass(frozen=True)
@@ -635,6 +657,8 @@ class NightlySettings:
     explore_share: float = 0.0
     profiles: bool = True
     profile: dict = field(default_factory=dict)
+    reviews: dict = field(default_factory=dict)
+    """Overrides of components.reviews.ReviewConfig (logs with review text only)."""
     dry_run: bool = False
 
 
@@ -646,6 +670,7 @@ def nightly(
     s = settings
     dataset = data_path(spec, root, s.folds, s.train.seed, stages)
     tags = {"interestflow.spec": dataset.spec, "interestflow.dry_run": s.dry_run, **(tags or {})}
+    reviews = stages.reviews(dataset, root, s.reviews, s.gate, tags, not s.dry_run)
     results = []
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
@@ -664,9 +689,10 @@ def nightly(
     if s.profiles:  # the serving champion, or in a dry run this run's best final model, re-ranks
         best = max(results, key=lambda r: r.report.test["ndcg10"]).report.model_uri if results else None
         test_recs = {r.family: r.report.test_recommendations_uri for r in results}
-        prof = stages.profiles(dataset, root, s.profile, recs.model_uri if recs else best, test_recs, tags)
-    summary = stages.report(results, recs, dataset.data_hash, prof)
-    return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary)
+        model = recs.model_uri if recs else best
+        prof = stages.profiles(dataset, root, s.profile, model, test_recs, tags, reviews)
+    summary = stages.report(results, recs, dataset.data_hash, prof, reviews)
+    return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary, reviews)
 
 
 def recommend_path(
@@ -686,5 +712,6 @@ def recommend_path(
     prof = None
     if profiles:
         tags = {"interestflow.spec": dataset.spec, "interestflow.flow": "recommend"}
-        prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags)
+        reviews = stages.reviews(dataset, root, None, GateConfig(), tags, False)  # read, not registered
+        prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags, reviews)
     return dataset, recs, prof

@@ -11,6 +11,13 @@ is the time decay times the spec's weight of the event's type, so a purchase say
 a view; the churn label is "no event of the target types in the window". A log too short
 for two churn windows gets its churn figures as NaN with the reason, not an error.
 
+Reviews (components/reviews.py), when the log has review text: per user, the mean
+sentiment of their reviews, their top review topics with weights and the sentiment on each,
+what they praise and complain about ("praises: strings, cables; complains: tuner"), and a
+review-text interest vector (the time-decayed mean of their reviews' MiniLM vectors) beside
+the item-text one; the churn model also reads the sentiment of the reviews written before its
+cut (and is reported without it too, ``churn_auc_no_sentiment``).
+
 Time is the event log's own: "now" is the last event's timestamp, never the wall clock,
 so the same log always gives the same profiles.
 """
@@ -44,6 +51,11 @@ class ProfileConfig:
     """Each window needs this many events, or the user's drift is missing (NaN)."""
     churn_window_days: int = 90
     """Churn: no activity in the final window of this many days."""
+    top_topics: int = 3
+    """Review topics listed per user, with their weights and the user's sentiment on each."""
+    praise_threshold: float = 0.5
+    """A topic is praised when the user's mean sentiment on it (P(pos) - P(neg)) is at least
+    this, and complained about when it is at most minus this."""
     seed: int = 0
 
     def __post_init__(self):
@@ -98,19 +110,115 @@ def interest_vector(items: np.ndarray, ts: np.ndarray, text: np.ndarray, now: in
     return (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32)
 
 
+# -- reviews --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UserReviews:
+    """Each user's reviews in time order (from the reviews stage's layers): times, sentiment,
+    topic and MiniLM vector per review; ``topic_labels`` by topic id."""
+
+    ts: list[np.ndarray]
+    sentiment: list[np.ndarray]
+    topic: list[np.ndarray]
+    vectors: list[np.ndarray]
+    topic_labels: list[str]
+
+    @classmethod
+    def from_frames(cls, n_users: int, scored: pd.DataFrame, vectors: np.ndarray, labels: list[str]) -> UserReviews:
+        """``scored``: one row per review (user_idx, ts, sentiment, topic), aligned with ``vectors``."""
+        order = np.lexsort((scored["ts"].to_numpy(), scored["user_idx"].to_numpy()))
+        users = scored["user_idx"].to_numpy()[order]
+        bounds = np.searchsorted(users, np.arange(n_users + 1))
+        cols = {c: scored[c].to_numpy()[order] for c in ("ts", "sentiment", "topic")}
+        vec = vectors[order]
+
+        def split(a):
+            return [a[bounds[u] : bounds[u + 1]] for u in range(n_users)]
+
+        return cls(
+            ts=split(cols["ts"].astype(np.int64)),
+            sentiment=split(cols["sentiment"].astype(np.float64)),
+            topic=split(cols["topic"].astype(np.int64)),
+            vectors=split(vec),
+            topic_labels=list(labels),
+        )
+
+
+REVIEW_FEATURES = ("review_sentiment_mean", "review_sentiment_last", "negative_review_share")
+
+
+def review_features(sentiment: np.ndarray) -> list[float]:
+    """The churn model's sentiment inputs from a user's reviews so far (NaN: none yet)."""
+    s = sentiment[~np.isnan(sentiment)]
+    if not len(s):
+        return [float("nan")] * len(REVIEW_FEATURES)
+    return [float(s.mean()), float(s[-1]), float((s < 0).mean())]
+
+
+def review_profile(r: UserReviews, u: int, now: int, cfg: ProfileConfig) -> dict:
+    """User ``u``'s review columns of the profile."""
+    ts, sent, topic, vec = r.ts[u], r.sentiment[u], r.topic[u], r.vectors[u]
+    if not len(ts):
+        return {
+            "reviews": 0,
+            "sentiment_mean": float("nan"),
+            "review_topics": [],
+            "review_topic_weights": np.zeros(0, np.float32),
+            "topic_sentiment": np.zeros(0, np.float32),
+            "praises": [],
+            "complains": [],
+            "review_summary": "",
+            "review_vector": None,
+        }
+    w = 0.5 ** ((now - ts) / (cfg.half_life_days * DAY))
+    known = topic >= 0
+    n_topics = len(r.topic_labels)
+    weights = np.bincount(topic[known], weights=w[known], minlength=n_topics) / max(w[known].sum(), 1e-12)
+    scored = known & ~np.isnan(sent)
+    total = np.bincount(topic[scored], weights=sent[scored], minlength=n_topics)
+    count = np.bincount(topic[scored], minlength=n_topics)
+    mean = np.divide(total, count, out=np.full(n_topics, np.nan), where=count > 0)
+    ranked = [t for t in np.argsort(-weights, kind="stable") if weights[t] > 0]
+    top = ranked[: cfg.top_topics]
+    praises = [r.topic_labels[t] for t in ranked if mean[t] >= cfg.praise_threshold]
+    complains = [r.topic_labels[t] for t in ranked if mean[t] <= -cfg.praise_threshold]
+    summary = "; ".join(
+        f"{what}: {', '.join(topics)}" for what, topics in (("praises", praises), ("complains", complains)) if topics
+    )
+    v = (w[:, None] * vec).sum(0) / max(w.sum(), 1e-12)
+    return {
+        "reviews": int(len(ts)),
+        "sentiment_mean": float(np.nanmean(sent)) if scored.any() else float("nan"),
+        "review_topics": [r.topic_labels[t] for t in top],
+        "review_topic_weights": weights[top].astype(np.float32),
+        "topic_sentiment": mean[top].astype(np.float32),
+        "praises": praises,
+        "complains": complains,
+        "review_summary": summary,
+        "review_vector": (v / max(np.linalg.norm(v), 1e-12)).astype(np.float32),
+    }
+
+
 # -- activity features at a point in time (the churn model's inputs) ---------------------------
 FEATURES = ("recency_days", "n_events", "span_days", "events_last_window", "drift")
 
 
 def activity_features(
-    seqs: list[np.ndarray], tss: list[np.ndarray], as_of: int, item_cat, n_cats, text, cfg: ProfileConfig
+    seqs: list[np.ndarray],
+    tss: list[np.ndarray],
+    as_of: int,
+    item_cat,
+    n_cats,
+    text,
+    cfg: ProfileConfig,
+    reviews: UserReviews | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(user mask: has an event before ``as_of``, features (U, len(FEATURES) + d)).
+    """(user mask: has an event before ``as_of``, features (U, len(FEATURES) + d), then the
+    :data:`REVIEW_FEATURES` when ``reviews`` are given).
 
-    Only events strictly before ``as_of`` are read: nothing after the split leaks in.
+    Only events and reviews strictly before ``as_of`` are read: nothing after the split leaks in.
     """
     rows, has = [], np.zeros(len(seqs), dtype=bool)
-    d = text.shape[1]
+    d = text.shape[1] + (len(REVIEW_FEATURES) if reviews is not None else 0)
     for u, (s, t) in enumerate(zip(seqs, tss, strict=True)):
         keep = t < as_of
         s, t = s[keep], t[keep]
@@ -126,9 +234,10 @@ def activity_features(
             int((t >= as_of - window).sum()),
             drift(s, t, item_cat, n_cats, cfg, as_of),
         ]
-        rows.append(
-            np.concatenate([np.array(base, dtype=np.float32), interest_vector(s, t, text, as_of, cfg.half_life_days)])
-        )
+        parts = [np.array(base, dtype=np.float32), interest_vector(s, t, text, as_of, cfg.half_life_days)]
+        if reviews is not None:
+            parts.append(np.array(review_features(reviews.sentiment[u][reviews.ts[u] < as_of]), dtype=np.float32))
+        rows.append(np.concatenate(parts))
     return has, np.stack(rows)
 
 
@@ -145,7 +254,7 @@ def precision_at_top(y: np.ndarray, score: np.ndarray, share: float = 0.1) -> fl
 
 
 def churn(
-    seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig, target_tss=None
+    seqs, tss, now: int, item_cat, n_cats, text, cfg: ProfileConfig, target_tss=None, reviews: UserReviews | None = None
 ) -> tuple[dict, np.ndarray, dict]:
     """Train on one time split, evaluate on the next, score everybody for the coming window.
 
@@ -158,6 +267,7 @@ def churn(
     features at t1 = now+1-2W with labels from [t1, t1+W), is evaluated on features at
     t2 = t1+W with labels from [t2, now+1) (AUC and precision at the top decile, beside the
     recency-only baseline), then refitted on that latest window and applied at now+1.
+    ``reviews``: the users' review sentiment becomes features too (:data:`REVIEW_FEATURES`).
     Returns (report, risk per user, ROC curves for the plot).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -165,8 +275,8 @@ def churn(
 
     window, end = cfg.churn_window_days * DAY, now + 1
     t2, t1 = end - window, end - 2 * window
-    has1, x1 = activity_features(seqs, tss, t1, item_cat, n_cats, text, cfg)
-    has2, x2 = activity_features(seqs, tss, t2, item_cat, n_cats, text, cfg)
+    has1, x1 = activity_features(seqs, tss, t1, item_cat, n_cats, text, cfg, reviews)
+    has2, x2 = activity_features(seqs, tss, t2, item_cat, n_cats, text, cfg, reviews)
     labels = tss if target_tss is None else target_tss
     y1, y2 = churned(labels, t1, t2)[has1], churned(labels, t2, end)[has2]
     if len(np.unique(y1)) < 2 or len(np.unique(y2)) < 2:
@@ -203,7 +313,7 @@ def churn(
         "churn_eval_users": int(has2.sum()),
     }
     curves = {"model": roc_curve(y2, p)[:2], "recency only": roc_curve(y2, recency)[:2]}
-    _, x_now = activity_features(seqs, tss, end, item_cat, n_cats, text, cfg)
+    _, x_now = activity_features(seqs, tss, end, item_cat, n_cats, text, cfg, reviews)
     risk = model().fit(x2[has2], y2).predict_proba(x_now)[:, 1]
     return report, risk.astype(np.float32), curves
 
@@ -235,12 +345,19 @@ def next_category_accuracy(
 
 # -- the tables ------------------------------------------------------------------------------------
 def profile_tables(
-    data, tss: list[np.ndarray], item_cat: np.ndarray, cat_names: list[str], cfg: ProfileConfig, topk: dict
+    data,
+    tss: list[np.ndarray],
+    item_cat: np.ndarray,
+    cat_names: list[str],
+    cfg: ProfileConfig,
+    topk: dict,
+    reviews: UserReviews | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
     """Per-user profiles, the category transitions, the population summary and the churn
     curves, from a loaded Dataset ``data``, each user's event times ``tss`` (seconds) and the
     items' categories (components/features.py: ``item_categories``). ``topk``: family -> its
-    test-time top-K as (users of the final view, K) item indices (for next-category accuracy)."""
+    test-time top-K as (users of the final view, K) item indices (for next-category accuracy).
+    ``reviews``: the users' scored reviews, for the review columns and the churn model."""
     seqs = data.seqs
     vectors = data.item_text
     n_cats = len(cat_names)
@@ -249,7 +366,10 @@ def profile_tables(
     event_w = [type_weight[ty] for ty in data.types]
     target_tss = [t[data.behaviour.is_target(ty)] for t, ty in zip(tss, data.types, strict=True)]
 
-    report, risk, curves = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg, target_tss)
+    report, risk, curves = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg, target_tss, reviews)
+    if reviews is not None:
+        without = churn(seqs, tss, now, item_cat, n_cats, vectors, cfg, target_tss)[0]
+        report["churn_auc_no_sentiment"] = without["churn_auc"]
     rows = []
     for u, (s, t) in enumerate(zip(seqs, tss, strict=True)):
         w = 0.5 ** ((now - t) / (cfg.half_life_days * DAY)) * event_w[u]
@@ -271,6 +391,7 @@ def profile_tables(
                 "events_per_30d": len(s) / max(span / 30, 1.0),
                 "drift_jsd": drift(s, t, item_cat, n_cats, cfg, now),
                 "churn_risk": float(risk[u]),
+                **(review_profile(reviews, u, now, cfg) if reviews is not None else {}),
             }
         )
     profiles = pd.DataFrame(rows)
@@ -296,6 +417,14 @@ def profile_tables(
         "users": len(profiles),
         "categories": n_cats,
     }
+    if reviews is not None:
+        with_reviews = profiles["reviews"] > 0
+        summary.update(
+            review_users=int(with_reviews.sum()),
+            review_sentiment_mean=float(profiles.loc[with_reviews, "sentiment_mean"].mean()),
+            users_praising=int((profiles["praises"].map(len) > 0).sum()),
+            users_complaining=int((profiles["complains"].map(len) > 0).sum()),
+        )
     return profiles, trans_frame, summary, curves
 
 

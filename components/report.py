@@ -39,8 +39,9 @@ def behaviour_line(report) -> str:
     )
 
 
-def markdown(results: list, recommendations, data_hash: str, profiles=None) -> str:
-    """The run summary: FamilyResults, the RecommendationsLayer and the ProfilesLayer (or None)."""
+def markdown(results: list, recommendations, data_hash: str, profiles=None, reviews=None) -> str:
+    """The run summary: FamilyResults, the RecommendationsLayer, the ProfilesLayer and the
+    ReviewsLayer (each may be None)."""
     lines = [f"# interestflow nightly run (data {data_hash})", ""]
     if results:
         lines += [behaviour_line(results[0].report), ""]
@@ -100,9 +101,34 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None) -> s
     if recommendations:
         r = recommendations
         lines += ["", f"Recommendations: {r.rows} rows for {r.users} users from {r.family} v{r.version} -> `{r.uri}`"]
+    if reviews:
+        lines += review_lines(reviews)
     if profiles:
         lines += profile_lines(profiles)
     return "\n".join(lines) + "\n"
+
+
+def review_lines(reviews) -> list[str]:
+    """A ReviewsLayer's figures as markdown: sentiment beside VADER, the gate, the topics."""
+    r = reviews.report
+    if r.get("sentiment_skipped"):
+        sentiment = r["sentiment_skipped"]
+    else:
+        sentiment = (
+            f"Sentiment on the {r['sentiment_test_reviews']} reviews from {r['sentiment_cut']} on (trained on the "
+            f"{r['sentiment_train_reviews']} before): AUC positive vs negative {r['sentiment_auc']:.4f} "
+            f"(VADER {r['vader_auc']:.4f}), macro-F1 {r['sentiment_macro_f1']:.4f} (VADER {r['vader_macro_f1']:.4f})."
+        )
+    lines = ["", f"## What the reviews say ({r['reviews']} reviews)", "", sentiment]
+    if reviews.decision is not None:
+        d = reviews.decision
+        verdict = "promoted to champion" if d.promote else "not promoted"
+        lines.append(
+            f"Sentiment model {reviews.registered.name} v{reviews.registered.version}: {verdict} ({d.reason})."
+        )
+    lines += ["", "| topic | keywords |", "|---|---|"]
+    lines += [f"| {label} | {', '.join(words)} |" for label, words in reviews.topics]
+    return lines
 
 
 def profile_lines(profiles) -> list[str]:

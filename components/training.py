@@ -168,9 +168,10 @@ def resolve_strategy(cfg: TrainConfig) -> str:
     return "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
 
 
-def side_inputs(cls, data: Dataset, view: View) -> SideInputs:
+def side_inputs(cls, data: Dataset, view: View, config=None) -> SideInputs:
     """What a family gets beside ids (see components/models/contract.py): the behaviour
-    tables of the dataset's spec, and for a text-reading family the items' text."""
+    tables of the dataset's spec, and for a text-reading family the items' text (with the
+    review text of the view's training events mixed in when its ``config.review_text`` is on)."""
     behaviour = {
         "type_weights": torch.as_tensor(data.behaviour.weight_table()),
         "target_types": torch.as_tensor(data.behaviour.target_table()),
@@ -184,8 +185,9 @@ def side_inputs(cls, data: Dataset, view: View) -> SideInputs:
             f"{cls.__name__} reads item text, but the dataset has no text embeddings: "
             "run the item-text stage (tasks/features.py: embed_items) before training it"
         )
+    text = data.item_text_with_reviews(view) if getattr(config, "review_text", False) else data.item_text
     return SideInputs(
-        item_text=torch.from_numpy(data.item_text),
+        item_text=torch.from_numpy(text),
         item_strings=data.item_strings,
         item_counts=torch.as_tensor(evaluation.item_counts(view, data.n_items)),
         **behaviour,
@@ -207,7 +209,7 @@ def fit(request: dict) -> dict:
         lr=cfg.lr if cfg.lr is not None else model_cfg.lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else model_cfg.weight_decay,
     )
-    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, side_inputs(cls, data, view)), optim)
+    system = RecSystem(cls(model_cfg, data.n_items, data.n_users, side_inputs(cls, data, view, model_cfg)), optim)
     max_len = model_cfg.max_len
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])

@@ -26,13 +26,14 @@ from components.tracking import home
 from components.validation import DataValidationError
 from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
-from tasks.features import build_features, embed_items
+from tasks.features import build_features, embed_items, embed_reviews
 from tasks.ingest import ingest
 from tasks.profiles import build_profiles
 from tasks.promote import promote
 from tasks.recommend import recommend
 from tasks.register import register
 from tasks.report import publish
+from tasks.reviews import analyse_reviews
 from tasks.train import train_final, train_folds
 from tasks.validate import validate
 
@@ -43,7 +44,9 @@ TASKS = pipeline.Stages(
     validate=validate,
     features=build_features,
     item_text=embed_items,
+    review_text=embed_reviews,
     datasets=build_datasets,
+    reviews=analyse_reviews,
     train_folds=train_folds,
     train_final=train_final,
     evaluate=evaluate,
@@ -140,6 +143,7 @@ def nightly(
     explore_share: float = 0.0,
     profiles: bool = True,
     profile: dict | None = None,
+    reviews: dict | None = None,
     dry_run: bool = False,
     rerun_of: str | None = None,
 ) -> pipeline.NightlyResult:
@@ -168,6 +172,7 @@ def nightly(
         explore_share: Share of each top-k reserved for relevant items outside the user's usual categories.
         profiles: Write user interest profiles (07_profiles): interests, drift, churn risk, exploration table.
         profile: Overrides of components.profiles.ProfileConfig, e.g. {"half_life_days": 90, "drift_by": "days"}.
+        reviews: Overrides of components.reviews.ReviewConfig for logs with review text, e.g. {"n_topics": 30}.
         dry_run: Train and evaluate, but register, promote and recommend nothing.
         rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
@@ -197,6 +202,7 @@ def nightly(
         explore_share=explore_share,
         profiles=profiles,
         profile=profile or {},
+        reviews=reviews or {},
         dry_run=dry_run,
     )
     tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it

@@ -15,3 +15,9 @@ def build_features(validated: ValidatedLayer, lake: str) -> FeatureLayer:
 def embed_items(features: FeatureLayer, lake: str) -> FeatureLayer:
     """03_features text layer: MiniLM embeddings of item texts, only for texts not cached yet."""
     return pipeline.embed_items(features, lake)
+
+
+@task(name="review-text", **IO_RETRIES, task_run_name="review-text-{features.validated.raw.spec}")
+def embed_reviews(features: FeatureLayer, lake: str) -> FeatureLayer:
+    """03_features review layer: MiniLM embeddings of review texts (logs with review text only)."""
+    return pipeline.embed_reviews(features, lake)
