@@ -467,7 +467,7 @@ def _read_jsonl(src: SourceSpec, data: bytes, columns: list[str] | None) -> pd.D
         data = gzip.decompress(data)
     try:  # dtype/convert_dates off: ids such as "0006428320" stay text, times stay numbers
         df = pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False, encoding="utf-8")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # a line that is not JSON, or JSON that is not an object
         for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
