@@ -179,13 +179,15 @@ def side_inputs(cls, data: Dataset, view: View, config=None) -> SideInputs:
         "repeats": data.behaviour.exclude != "interacted",
     }
     if not cls.uses_text:
+        if config is not None and config.review_text:
+            raise ValueError(f"{cls.__name__} does not read item text: review_text needs a text-aware family (bert)")
         return SideInputs(**behaviour)
     if data.item_text is None:
         raise ValueError(
             f"{cls.__name__} reads item text, but the dataset has no text embeddings: "
             "run the item-text stage (tasks/features.py: embed_items) before training it"
         )
-    text = data.item_text_with_reviews(view) if getattr(config, "review_text", False) else data.item_text
+    text = data.item_text_with_reviews(view) if config is not None and config.review_text else data.item_text
     return SideInputs(
         item_text=torch.from_numpy(text),
         item_strings=data.item_strings,

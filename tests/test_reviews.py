@@ -232,3 +232,31 @@ def test_bert_reads_the_review_mixed_item_vectors(built):
     np.testing.assert_array_equal(model.text.numpy(), data.item_text_with_reviews(view))
     with pytest.raises(ValueError, match="review_text"):
         cls.Config(review_text=True, fusion="id")
+    mf = MODELS["mf"]
+    with pytest.raises(ValueError, match="review_text needs a text-aware family"):
+        side_inputs(mf, data, view, mf.Config(review_text=True))
+
+
+@pytest.mark.slow
+def test_the_nightly_flow_runs_the_review_path(built):
+    """The real Prefect flow on the review log: the review-text and reviews tasks, bert with
+    review text in its item vectors, the summary's review section and the review columns."""
+    from flows.nightly import nightly
+
+    out = nightly(
+        spec=str(built["spec"]),
+        lake=built["root"],
+        families=["bert"],
+        folds=1,
+        max_epochs=2,
+        patience=1,
+        batch_size=64,
+        model={"bert": {"review_text": True, "dim": 16}},
+        profile={"churn_window_days": 180},
+    )
+    assert out.reviews is not None and out.reviews.registered is not None
+    assert "## What the reviews say" in out.summary and "VADER" in out.summary
+    run = tracking.client().get_run(out.results[0].report.run_id).data
+    assert run.params["model.review_text"] == "True"
+    frame = storage.read_parquet(lake.file(out.profiles.uri, "profiles.parquet"))
+    assert {"sentiment_mean", "review_topics", "review_vector", "review_summary"} <= set(frame.columns)

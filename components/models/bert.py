@@ -53,10 +53,6 @@ class BERTConfig(FamilyConfig):
     """Size of the item text embeddings (MiniLM: 384)."""
     finetune_layers: int = 0
     """Top text-encoder layers trained with the recommender (0: text embeddings frozen)."""
-    review_text: bool = False
-    """Add to each item's text vector the mean vector of the reviews written about it in the
-    training events (logs with review text; never a validation or test target's review:
-    components/datasets.py ``item_text_with_reviews``)."""
     sampled: int = 0
     """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N negatives."""
     id_dropout: float = 0.0

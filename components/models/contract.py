@@ -71,6 +71,11 @@ class FamilyConfig:
     repeat: bool = True
     """Sequence families: add the learned repeat term (:class:`RepeatTerm`) where the
     exclusion policy lets a user's own items be ranked (``exclude: target | none``)."""
+    review_text: bool = False
+    """Families that read item text (``uses_text``), on a log with review text: add to each
+    item's text vector the mean vector of the reviews written about it in the training
+    events, never a validation or test target's (components/datasets.py
+    ``item_text_with_reviews``)."""
 
     def __post_init__(self):
         if self.predict not in PREDICT:
