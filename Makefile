@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos bench-behaviour clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos bench-behaviour bench-reviews clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench-quality: $(STAMP)
 
 bench-behaviour: $(STAMP)
 	$(BIN)/python bench/behaviour.py --lake bench/out/behaviour --families mf lstm cnn bert
+
+bench-reviews: $(STAMP)
+	$(BIN)/python bench/reviews.py --out bench/out/reviews
 
 bench-speed: $(STAMP)
 	$(BIN)/python bench/speed.py --lake bench/out/speed

@@ -91,6 +91,19 @@ def _print_summary(out: dict) -> None:
             f"Top-{rc.rows // max(rc.users, 1)} recommendations for {rc.users} users "
             f"(champion {rc.family} v{rc.version}): {rc.uri}"
         )
+    if out.reviews:
+        r = out.reviews.report
+        console.print(
+            r.get("sentiment_skipped")
+            or f"Reviews ({r['reviews']}): sentiment AUC {r['sentiment_auc']:.4f} (VADER {r['vader_auc']:.4f}), "
+            f"macro-F1 {r['sentiment_macro_f1']:.4f} (VADER {r['vader_macro_f1']:.4f}) on the later "
+            f"{r['sentiment_test_reviews']}; {r['n_topics']} topics: "
+            + ", ".join(t for t, _ in out.reviews.topics)
+        )
+        if out.reviews.decision:
+            v, d = out.reviews.registered, out.reviews.decision
+            verdict = "PROMOTED to champion" if d.promote else "not promoted"
+            console.print(f"[bold]{v.name} v{v.version}[/]: {verdict} — {d.reason}")
     if out.profiles:
         p = out.profiles.summary
         churn = p.get("churn_skipped") or (
@@ -150,7 +163,7 @@ def _print_registry() -> None:
     t = Table(title=f"MLflow registry ({tracking.tracking_uri()})")
     for col in ("registered model", "alias", "version", "test ndcg10", "test hr10", "data", "decision"):
         t.add_column(col)
-    for family in MODELS:
+    for family in [*MODELS, "sentiment"]:  # the recommenders, then the review sentiment model (test AUC)
         name = tracking.model_name(family)
         for alias in (tracking.CHAMPION, tracking.CHALLENGER):
             v = tracking.alias_version(name, alias)
@@ -161,7 +174,7 @@ def _print_registry() -> None:
                 name,
                 alias,
                 v,
-                tags.get("test_ndcg10", "")[:6],
+                tags.get("test_ndcg10", tags.get("test_auc", ""))[:6],
                 tags.get("test_hr10", "")[:6],
                 tags.get("data_hash", ""),
                 tags.get("promotion.decision", ""),

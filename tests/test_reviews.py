@@ -46,17 +46,29 @@ def _write(folder: Path, lines: list[str], gz: bool) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The data path, the reviews stage (registered) and the profiles on the marked sample."""
+    """The real nightly flow on the marked sample (bert with review text in its item vectors,
+    one fold, two epochs): the review-text and reviews tasks, the gate, the profiles."""
+    from flows.nightly import nightly
+
     folder = tmp_path_factory.mktemp("reviews")
     rows = [json.loads(line) for line in _lines()]
     for r in rows[::7]:
         r["reviewerName"] = NAME
     spec = _spec(folder, _write(folder, [json.dumps(r) for r in rows], gz=True))
     root = str(folder / "lake")
-    ds = pipeline.data_path(str(spec), root, 2, 0)
-    rev = pipeline.analyse_reviews(ds, root)
-    prof = pipeline.build_profiles(ds, root, {}, None, {}, {}, rev)
-    return {"root": root, "ds": ds, "rev": rev, "prof": prof, "spec": spec}
+    out = nightly(
+        spec=str(spec),
+        lake=root,
+        families=["bert"],
+        folds=1,
+        max_epochs=2,
+        patience=1,
+        batch_size=64,
+        model={"bert": {"review_text": True, "dim": 16}},
+        profile={"churn_window_days": 180},
+    )
+    ds = pipeline.data_path(str(spec), root, 1, 0)  # the flow's layers, reused
+    return {"root": root, "ds": ds, "rev": out.reviews, "prof": out.profiles, "spec": spec, "out": out}
 
 
 # -- ingest -------------------------------------------------------------------------------------
@@ -204,7 +216,7 @@ def test_no_validation_or_test_review_reaches_an_item_vector(built):
     targets = {(u, int(p)) for u in range(data.n_users) for p in (data.val_pos[u], data.test_pos[u]) if p >= 0}
     target_rows = [int(data.review_rows[u][p]) for u, p in targets if data.review_rows[u][p] >= 0]
     assert target_rows
-    views = [data.view("fold", 0), data.view("fold", 1), data.view("final")]
+    views = [data.view("fold", 0), data.view("final")]
     before = [data.item_text_with_reviews(v) for v in views]
     rng = np.random.default_rng(0)
     data.review_vectors[target_rows] = rng.normal(size=(len(target_rows), data.review_vectors.shape[1]))
@@ -237,26 +249,10 @@ def test_bert_reads_the_review_mixed_item_vectors(built):
         side_inputs(mf, data, view, mf.Config(review_text=True))
 
 
-@pytest.mark.slow
-def test_the_nightly_flow_runs_the_review_path(built):
-    """The real Prefect flow on the review log: the review-text and reviews tasks, bert with
-    review text in its item vectors, the summary's review section and the review columns."""
-    from flows.nightly import nightly
-
-    out = nightly(
-        spec=str(built["spec"]),
-        lake=built["root"],
-        families=["bert"],
-        folds=1,
-        max_epochs=2,
-        patience=1,
-        batch_size=64,
-        model={"bert": {"review_text": True, "dim": 16}},
-        profile={"churn_window_days": 180},
-    )
+def test_the_nightly_flow_ran_the_review_path(built):
+    """The flow's summary has the review section; bert's run records review_text."""
+    out = built["out"]
     assert out.reviews is not None and out.reviews.registered is not None
     assert "## What the reviews say" in out.summary and "VADER" in out.summary
     run = tracking.client().get_run(out.results[0].report.run_id).data
     assert run.params["model.review_text"] == "True"
-    frame = storage.read_parquet(lake.file(out.profiles.uri, "profiles.parquet"))
-    assert {"sentiment_mean", "review_topics", "review_vector", "review_summary"} <= set(frame.columns)
