@@ -713,6 +713,7 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             "ignored_columns": ignored,
             "behaviour": asdict(spec.behaviour),
             "id_fixes": id_fixes,
+            "review_columns": [c for c in REVIEW_COLUMNS if c in spec.events.columns],
         }
 
     uri = lake.raw_uri(root, spec.name, data_hash)
@@ -731,4 +732,5 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
         ts_unit=spec.events.ts_unit,
         id_whitespace=spec.id_whitespace,
         id_fixes=info.get("id_fixes", {}),
+        review_columns=tuple(info.get("review_columns", ())),
     )

@@ -140,7 +140,7 @@ def embed_items(features: FeatureLayer, root: str, batch_size: int = 64, num_thr
 
 def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_threads: int = 0) -> FeatureLayer:
     """Write ``03_features/<key>/reviews-<model version>/reviews.parquet`` when the log has review
-    text (events mapped with ``text`` or ``summary``): one row per event with words, placed in
+    text (the spec maps ``text`` or ``summary``): one row per event with words, placed in
     its user's sequence (``user_idx``, ``pos``), with ``item_idx``, ``ts`` (unix s), ``stars``
     (the event's value), ``summary`` and ``body`` as written, the ``text`` embedded
     (``summary | body``), its MiniLM ``embedding``
@@ -150,8 +150,7 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
     Returns ``features`` with ``review_uri`` (None: the log has no review text) and ``review_stats``.
     """
     t0 = time.perf_counter()
-    columns = set(storage.parquet_columns(lake.file(features.validated.uri, "events.parquet")))
-    if not columns & {"text", "summary"}:
+    if not features.validated.raw.review_columns:
         return replace(features, review_uri=None, review_stats=None)
 
     def compute(uri: str) -> dict:

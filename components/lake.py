@@ -179,6 +179,9 @@ class RawLayer:
     """Ids with surrounding whitespace: stripped with a warning, or rejected."""
     id_fixes: dict = field(default_factory=dict)
     """Per ``<table>.<column>``, what ingest found in the ids (components/events.py:clean_ids)."""
+    review_columns: tuple[str, ...] = ()
+    """The optional review columns the events carry (``text``, ``summary``): the review
+    stages run only when there are some."""
 
 
 @dataclass(frozen=True)
@@ -357,7 +360,13 @@ class ProfilesLayer:
 def dataset_from_dict(d: dict) -> DatasetLayer:
     """A DatasetLayer back from ``dataclasses.asdict`` (the training request crosses a process)."""
     f, v = d["features"], d["features"]["validated"]
-    raw = RawLayer(**{**v["raw"], "behaviour": Behaviour(**v["raw"]["behaviour"])})
+    raw = RawLayer(
+        **{
+            **v["raw"],
+            "behaviour": Behaviour(**v["raw"]["behaviour"]),
+            "review_columns": tuple(v["raw"].get("review_columns", ())),
+        }
+    )
     validated = ValidatedLayer(**{**v, "raw": raw, "warnings": tuple(v["warnings"])})
     return DatasetLayer(**{**d, "features": FeatureLayer(**{**f, "validated": validated})})
 
@@ -378,6 +387,7 @@ def open_dataset(root: str, dataset_key: str, text_model: str | None = None) -> 
         items_source=r["items_uri"],
         ignored_columns=r.get("ignored_columns", {}),
         behaviour=Behaviour(**r.get("behaviour", {})),
+        review_columns=tuple(r.get("review_columns", ())),
     )
     validated = ValidatedLayer(uri=validated_uri(root, raw), raw=raw)
     feats = storage.join(root, "03_features", key_)

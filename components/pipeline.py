@@ -638,8 +638,14 @@ def data_path(spec: str, root: str, folds: int, seed: int, stages: Stages = PLAI
     layers are reused."""
     raw = stages.ingest(spec, root)
     validated = stages.validate(raw, root)
-    feats = stages.review_text(stages.item_text(stages.features(validated, root), root), root)
+    feats = stages.item_text(stages.features(validated, root), root)
+    if raw.review_columns:  # a log with review text (no empty task in a run without)
+        feats = stages.review_text(feats, root)
     return stages.datasets(feats, root, folds, seed)
+
+
+def _has_reviews(dataset: DatasetLayer) -> bool:
+    return dataset.features.review_uri is not None
 
 
 @dataclass(frozen=True)
@@ -670,7 +676,7 @@ def nightly(
     s = settings
     dataset = data_path(spec, root, s.folds, s.train.seed, stages)
     tags = {"interestflow.spec": dataset.spec, "interestflow.dry_run": s.dry_run, **(tags or {})}
-    reviews = stages.reviews(dataset, root, s.reviews, s.gate, tags, not s.dry_run)
+    reviews = stages.reviews(dataset, root, s.reviews, s.gate, tags, not s.dry_run) if _has_reviews(dataset) else None
     results = []
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
@@ -712,6 +718,6 @@ def recommend_path(
     prof = None
     if profiles:
         tags = {"interestflow.spec": dataset.spec, "interestflow.flow": "recommend"}
-        reviews = stages.reviews(dataset, root, None, GateConfig(), tags, False)  # read, not registered
+        reviews = stages.reviews(dataset, root, None, GateConfig(), tags, False) if _has_reviews(dataset) else None
         prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags, reviews)
     return dataset, recs, prof

@@ -227,13 +227,6 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
     return pq.read_table(local_path(uri), columns=columns).to_pandas()
 
 
-def parquet_columns(uri: str) -> list[str]:
-    """The column names of a Parquet file, from its footer."""
-    if is_s3(uri):
-        return pq.read_schema(io.BytesIO(read_bytes(uri))).names
-    return pq.read_schema(local_path(uri)).names
-
-
 def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = None) -> None:
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:

@@ -321,12 +321,13 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     from components.models import MODELS
 
     families = list(MODELS)
+    registered = [*families, "sentiment"]  # the recommenders and the review sentiment model
     p = sub.add_parser("promote", help="make a registered version the champion (with a reason)")
-    p.add_argument("--family", required=True, choices=families)
+    p.add_argument("--family", required=True, choices=registered)
     p.add_argument("--version", required=True)
     p.add_argument("--reason", required=True)
     p = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
-    p.add_argument("--family", required=True, choices=families)
+    p.add_argument("--family", required=True, choices=registered)
     p.add_argument("--reason", required=True)
     p = sub.add_parser("recommend", help="top-k for one user from the serving champion, with item titles")
     p.add_argument("--user", required=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import events, lake, pipeline, reviews, storage, tracking
+from components import events, lake, pipeline, promotion, reviews, storage, tracking
 from components.config import home
 from components.datasets import Dataset
 
@@ -155,6 +155,10 @@ def test_a_second_night_is_gated_against_the_champion(built):
     assert tags["promotion.decision"] in ("promoted", "rejected") and "promotion.champion_auc" in tags
     again = pipeline.analyse_reviews(built["ds"], built["root"], {"c_grid": (1.0,)})  # the same night again
     assert again.registered.version == rev.registered.version and again.registered.reused
+    # by hand, as for the recommenders (interestflow promote --family sentiment ...)
+    first = built["rev"].registered.version
+    promotion.promote_version("sentiment", first, "the first model reads better")
+    assert tracking.alias_version(rev.registered.name, tracking.CHAMPION) == first
 
 
 # -- topics ------------------------------------------------------------------------------------
