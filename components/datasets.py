@@ -103,7 +103,8 @@ class Dataset:
     behaviour: Behaviour = Behaviour()
     item_text: np.ndarray | None = None  # (n_items, d) text embeddings, when the text layer exists
     item_strings: list[str] | None = None  # each item's embedded text
-    review_vectors: np.ndarray | None = None  # (R, d) MiniLM vectors of the reviews, when the log has them
+    review_uri: str | None = None  # the review-text layer, when the log has review text
+    review_vectors: np.ndarray | None = None  # (R, d) MiniLM vectors of the reviews (load_reviews)
     review_rows: list[np.ndarray] | None = None  # per user, aligned with seqs: row in review_vectors, -1 = none
 
     @classmethod
@@ -114,8 +115,8 @@ class Dataset:
         text = {}
         if dataset.features.text_uri:
             text = {"item_text": load_item_text(dataset.features.text_uri), "item_strings": item_texts(items)}
-        if dataset.features.review_uri:
-            text.update(load_reviews(dataset.features.review_uri, [len(s) for s in users["items"]]))
+        if dataset.features.review_uri:  # read on first use (item_text_with_reviews): most trainings never do
+            text["review_uri"] = dataset.features.review_uri
         return cls(
             n_items=len(items),
             n_users=len(users),
@@ -139,12 +140,18 @@ class Dataset:
             self.test_pos = np.array([len(s) - 1 if h else -1 for s, h in zip(self.seqs, has, strict=True)])
             self.val_pos = np.where(has, self.test_pos - 1, -1)
 
+    def load_reviews(self) -> None:
+        """Read the review layer's vectors and each event's row in them."""
+        self.__dict__.update(load_reviews(self.review_uri, [len(s) for s in self.seqs]))
+
     def item_text_with_reviews(self, view: View) -> np.ndarray:
         """(n_items, d): each item's text vector plus the mean vector of the reviews written
         about it in ``view``'s training events, L2-normalised (an item with no text string is
         its reviews alone). Leakage-safe by construction: only events inside the training
         sequences count, and never a validation or test target's event, in any stage (the
         final fit trains on validation targets, but their review text stays out)."""
+        if self.review_vectors is None and self.review_uri:
+            self.load_reviews()
         if self.item_text is None or self.review_vectors is None:
             raise ValueError("review text needs the item-text and review-text layers (a log with review text)")
         d = self.item_text.shape[1]

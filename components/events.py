@@ -468,18 +468,21 @@ def _read_jsonl(src: SourceSpec, data: bytes, columns: list[str] | None) -> pd.D
     try:  # dtype/convert_dates off: ids such as "0006428320" stay text, times stay numbers
         df = pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False, encoding="utf-8")
     except (ValueError, TypeError) as e:  # a line that is not JSON, or JSON that is not an object
-        for n, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        # The message names the line and the fault, never the line's content: it may hold a
+        # person's name or raw id, and the message goes to the quarantine report and the logs.
+        for n, line in enumerate(data.split(b"\n"), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as bad:
-                raise SpecError(
-                    f"source file {src.uri}: line {n} is not JSON ({bad.msg} at column {bad.colno}): {line[:80]!r}"
-                ) from e
+            except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+                why = f"{bad.msg} at column {bad.colno}" if isinstance(bad, json.JSONDecodeError) else "not UTF-8"
+                raise SpecError(f"source file {src.uri}: line {n} is not JSON ({why})") from None
             if not isinstance(obj, dict):
-                raise SpecError(f"source file {src.uri}: line {n} is not a JSON object: {line[:80]!r}") from e
-        raise SpecError(f"source file {src.uri} cannot be read as JSON Lines: {e}") from e
+                raise SpecError(
+                    f"source file {src.uri}: line {n} is not a JSON object (a JSON {type(obj).__name__})"
+                ) from None
+        raise SpecError(f"source file {src.uri} cannot be read as JSON Lines: {type(e).__name__}") from None
     if df.empty and not len(df.columns):
         raise SpecError(f"source file {src.uri} holds no JSON objects")
     return df[columns] if columns else df
@@ -529,6 +532,10 @@ def clean_ids(values: pd.Series, strip: bool) -> tuple[pd.Series, dict]:
     (data row -> the value as written, first few) with ``null_like_rows``, and ``padded``
     (distinct ids with surrounding whitespace, their rows, how many are the same as an
     unpadded id, examples)."""
+    if pd.api.types.is_float_dtype(values):  # JSON/Parquet ids with a gap become floats: 123.0 -> "123"
+        whole = values.dropna()
+        if len(whole) and (whole == np.floor(whole)).all() and whole.abs().max() < 2**53:
+            values = values.astype("Int64")
     s = values.astype("string")
     stripped = s.str.strip()
     null_like = (stripped.str.lower().isin(NULL_LIKE) & s.notna()).fillna(False).astype(bool)

@@ -142,7 +142,7 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
     """Write ``03_features/<key>/reviews-<model version>/reviews.parquet`` when the log has review
     text (the spec maps ``text`` or ``summary``): one row per event with words, placed in
     its user's sequence (``user_idx``, ``pos``), with ``item_idx``, ``ts`` (unix s), ``stars``
-    (the event's value), ``summary`` and ``body`` as written, the ``text`` embedded
+    (the event's value), ``summary`` and ``body`` (stripped; null where none), the ``text`` embedded
     (``summary | body``), its MiniLM ``embedding``
     (at :data:`components.text.REVIEW_MAX_LENGTH` tokens) and the summary's own
     ``summary_embedding`` (zeros where there is none). Both go through the text cache.
@@ -158,7 +158,7 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
         for c in ("text", "summary"):
             if c not in ev:
                 ev[c] = pd.Series(pd.NA, index=ev.index, dtype="string")
-        users = storage.read_parquet(lake.file(features.uri, "users.parquet"), columns=["user_id", "user_idx"])
+        users = storage.read_parquet(lake.file(features.uri, "users.parquet"), columns=["user_id", "user_idx", "items"])
         items = storage.read_parquet(lake.file(features.uri, "items.parquet"), columns=["item_id", "item_idx"])
         ev = time_ordered(ev)
         ev = ev.assign(pos=ev.groupby("user_id", sort=False).cumcount().to_numpy())
@@ -190,6 +190,10 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
                 "summary_embedding": [next(it) if x else zero for x in summaries],
             }
         ).sort_values(["user_idx", "pos"], kind="stable")
+        seqs = users.set_index("user_idx")["items"]
+        placed = [int(seqs[u][p]) for u, p in zip(frame["user_idx"], frame["pos"], strict=True)]
+        if placed != frame["item_idx"].astype(int).tolist():  # one ordering of events, or a clear stop
+            raise RuntimeError(f"review layer {uri}: reviews do not line up with the user sequences of {features.uri}")
         storage.write_parquet(frame, lake.file(uri, "reviews.parquet"))
         return {
             "reviews": len(frame),

@@ -314,13 +314,13 @@ def analyse_reviews(
     import joblib
 
     from components import reviews as reviews_
-    from components import text
 
     feats = dataset.features
     if not feats.review_uri:
         return None
     cfg = reviews_.ReviewConfig(**(overrides or {}))
-    uri = lake.review_models_uri(root, feats, asdict(cfg))
+    # keyed by the review layer too: new vectors (another encoder) never reuse an old classifier
+    uri = lake.review_models_uri(root, feats, {**asdict(cfg), "review_layer": lake.key(feats.review_uri)})
     run_tags = {"interestflow.stage": "reviews", "interestflow.data_hash": dataset.data_hash, **(tags or {})}
 
     def compute(uri: str) -> dict:
@@ -328,31 +328,28 @@ def analyse_reviews(
         report, scored, table, clf, tm = reviews_.analyse(frame, cfg)
         storage.write_parquet(scored, lake.file(uri, "scored.parquet"))
         storage.write_parquet(table, lake.file(uri, "topics.parquet"))
+        names = []
         with tempfile.TemporaryDirectory() as tmp:
             if clf is not None:
                 joblib.dump(clf, Path(tmp) / "sentiment.joblib")
                 storage.upload_file(Path(tmp) / "sentiment.joblib", lake.file(uri, "sentiment.joblib"))
-            tm.save(Path(tmp) / "topic_model", serialization="safetensors", save_ctfidf=True)
-            names = sorted(p.name for p in (Path(tmp) / "topic_model").iterdir())
-            for name in names:
-                storage.upload_file(Path(tmp) / "topic_model" / name, lake.file(uri, f"topic_model/{name}"))
+            if tm is not None:
+                tm.save(Path(tmp) / "topic_model", serialization="safetensors", save_ctfidf=True)
+                names = sorted(p.name for p in (Path(tmp) / "topic_model").iterdir())
+                for name in names:
+                    storage.upload_file(Path(tmp) / "topic_model" / name, lake.file(uri, f"topic_model/{name}"))
         return {"report": report, "topic_model_files": names, "classifier": clf is not None}
 
-    info, reused = lake.build(uri, compute)
+    info, _ = lake.build(uri, compute)
     report, table = info["report"], storage.read_parquet(lake.file(uri, "topics.parquet"))
     run_id, model_uri = info.get("run_id"), info.get("model_uri")
     if not tracking.run_exists(run_id):  # first time, or a registry that never saw this layer
         run_id = tracking.create_run("reviews", reviews_.config_params(cfg), run_tags)
-        tracking.log_metrics(run_id, {k: v for k, v in report.items() if isinstance(v, int | float) and np.isfinite(v)})
-        tracking.log_table(run_id, table.assign(keywords=table["keywords"].map(", ".join)), "topics.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in info["topic_model_files"]:
-                storage.download_file(lake.file(uri, f"topic_model/{name}"), Path(tmp) / "topic_model" / name)
-            tracking.log_artifacts(run_id, Path(tmp) / "topic_model", "topic_model")
-            model_uri = None
-            if info["classifier"]:
-                path = storage.download_file(lake.file(uri, "sentiment.joblib"), Path(tmp) / "sentiment.joblib")
-                model_uri = pyfunc.log_sentiment(run_id, str(path), text.model_version(text.REVIEW_MAX_LENGTH))
+        try:
+            model_uri = _log_reviews(run_id, uri, info, report, table)
+        except BaseException:
+            tracking.end_run(run_id, "FAILED")
+            raise
         tracking.end_run(run_id)
         lake.mark_complete(uri, {**info, "run_id": run_id, "model_uri": model_uri})
     topics = tuple((str(r.label), tuple(r.keywords)) for r in table.itertuples())
@@ -373,36 +370,74 @@ def analyse_reviews(
     return replace(layer, registered=registered, decision=decision)
 
 
+def _log_reviews(run_id: str, uri: str, info: dict, report: dict, table: pd.DataFrame) -> str | None:
+    """The reviews layer's figures, topic table, topic model and sentiment pyfunc into ``run_id``;
+    returns the pyfunc's URI (None: no classifier)."""
+    import tempfile
+    from pathlib import Path
+
+    from components import text
+
+    tracking.log_metrics(run_id, {k: v for k, v in report.items() if isinstance(v, int | float) and np.isfinite(v)})
+    tracking.log_table(run_id, table.assign(keywords=table["keywords"].map(", ".join)), "topics.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in info["topic_model_files"]:
+            storage.download_file(lake.file(uri, f"topic_model/{name}"), Path(tmp) / "topic_model" / name)
+        if info["topic_model_files"]:
+            tracking.log_artifacts(run_id, Path(tmp) / "topic_model", "topic_model")
+        if not info["classifier"]:
+            return None
+        path = storage.download_file(lake.file(uri, "sentiment.joblib"), Path(tmp) / "sentiment.joblib")
+        return pyfunc.log_sentiment(run_id, str(path), text.model_version(text.REVIEW_MAX_LENGTH))
+
+
 def _gate_sentiment(layer: ReviewsLayer, feats: FeatureLayer, gate: GateConfig) -> tuple[Registered, Decision]:
-    """Register the classifier (idempotent) and let the gate decide against the champion,
-    re-scored on the same later reviews."""
+    """Register the classifier (idempotent) and let the gate decide against the champion, both
+    scored on the same later reviews: today's test reviews written after the champion's own
+    training reviews too (a champion is never scored on what it was trained on)."""
     from components import reviews as reviews_
     from components import text
 
     name = tracking.model_name(SENTIMENT)
-    challenger = {"auc": layer.report["sentiment_auc"], "macro_f1": layer.report["sentiment_macro_f1"]}
+    r = layer.report
+    challenger = {"auc": r["sentiment_auc"], "macro_f1": r["sentiment_macro_f1"]}
     version = tracking.version_of_run(name, layer.run_id)
     reused = version is not None
     if version is None:
-        tags = {"data_hash": feats.data_hash, **{f"test_{k}": round(v, 4) for k, v in challenger.items()}}
+        tags = {
+            "data_hash": feats.data_hash,
+            "train_until": r["sentiment_train_until"],
+            **{f"test_{k}": round(v, 4) for k, v in challenger.items()},
+        }
         version = tracking.register(layer.model_uri, name, tags)
     tracking.set_alias(name, tracking.CHALLENGER, version)
     registered = Registered(name=name, version=version, reused=reused)
-    if tracking.alias_version(name, tracking.CHAMPION) == version:
+    champion_version = tracking.alias_version(name, tracking.CHAMPION)
+    if champion_version == version:
         return registered, Decision(False, f"v{version} is already the champion", challenger, challenger, "auc")
     champion, error = None, None
-    if tracking.alias_version(name, tracking.CHAMPION) is not None:
+    if champion_version is not None:
         try:
-            model = tracking.load_pyfunc(f"models:/{name}@{tracking.CHAMPION}")
             frame = storage.read_parquet(lake.file(feats.review_uri, "reviews.parquet"))
             scored = storage.read_parquet(lake.file(layer.uri, "scored.parquet"))
-            test = scored["sentiment_test"].to_numpy()
+            seen_until = int(tracking.version_tags(name, champion_version).get("train_until", 0))
+            test = scored["sentiment_test"].to_numpy() & (scored["ts"].to_numpy() > seen_until)
+            y = reviews_.star_labels(scored["stars"].to_numpy())[test]
+            if not {reviews_.NEGATIVE, reviews_.POSITIVE} <= set(y.tolist()):
+                raise ValueError(
+                    f"today's later reviews after the champion's training reviews (up to "
+                    f"{pd.Timestamp(seen_until, unit='s').date()}) hold no positive and negative pair to compare on"
+                )
+            if test.sum() < scored["sentiment_test"].sum():  # a narrower holdout: the challenger on it too
+                mine = scored[test]
+                proba = mine[[f"p_{c}" for c in reviews_.CLASSES]].to_numpy()
+                challenger = reviews_.scores(y, mine["sentiment"].to_numpy(), proba.argmax(1))
+            model = tracking.load_pyfunc(f"models:/{name}@{tracking.CHAMPION}")
             frame = frame[test].reset_index(drop=True)
             if model.encoder_version == text.model_version(text.REVIEW_MAX_LENGTH):
                 out = model.score(reviews_.features(frame))  # the same vectors: no need to embed again
             else:
                 out = model.predict(None, pd.DataFrame({"text": frame["body"], "summary": frame["summary"]}))
-            y = reviews_.star_labels(frame["stars"].to_numpy())
             proba = out[[f"p_{c}" for c in reviews_.CLASSES]].to_numpy()
             champion = reviews_.scores(y, out["sentiment"].to_numpy(), proba.argmax(1))
         except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
@@ -711,13 +746,16 @@ def recommend_path(
     profiles: bool = True,
     profile: dict | None = None,
     stages=PLAIN,
+    reviews: dict | None = None,
 ) -> tuple[DatasetLayer, RecommendationsLayer, ProfilesLayer | None]:
-    """Top-k for every user of today's log from the current champions, then their profiles."""
+    """Top-k for every user of today's log from the current champions, then their profiles
+    (with what the reviews say: ``reviews``, the nightly run's ReviewConfig overrides, finds
+    its reviews layer; nothing is registered here)."""
     dataset = data_path(spec, root, 1, 0, stages)  # one fold: only the serving view is read
     recs = stages.recommend(dataset, list(families), root, k, serve_family, explore_share)
     prof = None
     if profiles:
         tags = {"interestflow.spec": dataset.spec, "interestflow.flow": "recommend"}
-        reviews = stages.reviews(dataset, root, None, GateConfig(), tags, False) if _has_reviews(dataset) else None
-        prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags, reviews)
+        found = stages.reviews(dataset, root, reviews, GateConfig(), tags, False) if _has_reviews(dataset) else None
+        prof = stages.profiles(dataset, root, profile or {}, recs.model_uri, {}, tags, found)
     return dataset, recs, prof

@@ -16,7 +16,11 @@ sentiment of their reviews, their top review topics with weights and the sentime
 what they praise and complain about ("praises: strings, cables; complains: tuner"), and a
 review-text interest vector (the time-decayed mean of their reviews' MiniLM vectors) beside
 the item-text one; the churn model also reads the sentiment of the reviews written before its
-cut (and is reported without it too, ``churn_auc_no_sentiment``).
+cut (and is reported without it too, ``churn_auc_no_sentiment``). Those sentiment scores come
+from the one classifier of the reviews stage, fitted on the reviews before its own time cut,
+which may lie after the churn model's cuts: the classifier has seen the stars of some
+reviews written after a churn cut (never a churn label), so the with-sentiment AUC may be a
+little optimistic.
 
 Time is the event log's own: "now" is the last event's timestamp, never the wall clock,
 so the same log always gives the same profiles.

