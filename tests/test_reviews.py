@@ -293,3 +293,22 @@ def test_the_nightly_flow_ran_the_review_path(built):
     assert "## What the reviews say" in out.summary and "VADER" in out.summary
     run = tracking.client().get_run(out.results[0].report.run_id).data
     assert run.params["model.review_text"] == "True"
+
+
+def test_churn_reads_only_the_sentiment_of_reviews_before_its_cut():
+    from components import profiles
+
+    r = profiles.UserReviews(
+        ts=[np.array([10, 20, 30])],
+        sentiment=[np.array([0.8, -0.6, -1.0])],
+        topic=[np.array([0, 0, 1])],
+        vectors=[np.eye(3, 384, dtype=np.float32)],
+        topic_labels=["strings", "tuner"],
+    )
+    seqs, tss, text = [np.array([0, 1, 2])], [np.array([10, 20, 30])], np.eye(3, 8, dtype=np.float32)
+    cfg = profiles.ProfileConfig()
+    _, x = profiles.activity_features(seqs, tss, 25, np.zeros(3, np.int64), 1, text, cfg, r)
+    mean, last, negative = x[0, -3:]
+    assert np.isclose(mean, 0.1) and np.isclose(last, -0.6) and np.isclose(negative, 0.5)  # the review at 30 unseen
+    row = profiles.review_profile(r, 0, 30, cfg)
+    assert row["praises"] == [] and row["complains"] == ["tuner"] and row["review_summary"] == "complains: tuner"
