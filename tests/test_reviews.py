@@ -46,8 +46,10 @@ def _write(folder: Path, lines: list[str], gz: bool) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """The real nightly flow on the marked sample (bert with review text in its item vectors,
-    one fold, two epochs): the review-text and reviews tasks, the gate, the profiles."""
+    """The real nightly flow on the marked sample, as a dry run with no family to train (the
+    recommenders' path has its own flow tests): ingest of the JSON Lines file, the review-text
+    and reviews tasks, the profiles and the summary; then the reviews stage once more, plainly,
+    registering the sentiment model (a dry run registers nothing)."""
     from flows.nightly import nightly
 
     folder = tmp_path_factory.mktemp("reviews")
@@ -56,19 +58,10 @@ def built(tmp_path_factory):
         r["reviewerName"] = NAME
     spec = _spec(folder, _write(folder, [json.dumps(r) for r in rows], gz=True))
     root = str(folder / "lake")
-    out = nightly(
-        spec=str(spec),
-        lake=root,
-        families=["bert"],
-        folds=1,
-        max_epochs=2,
-        patience=1,
-        batch_size=64,
-        model={"bert": {"review_text": True, "dim": 16}},
-        profile={"churn_window_days": 180},
-    )
+    out = nightly(spec=str(spec), lake=root, families=[], folds=1, dry_run=True, profile={"churn_window_days": 180})
     ds = pipeline.data_path(str(spec), root, 1, 0)  # the flow's layers, reused
-    return {"root": root, "ds": ds, "rev": out.reviews, "prof": out.profiles, "spec": spec, "out": out}
+    rev = pipeline.analyse_reviews(ds, root)  # the flow's reviews layer, now registered
+    return {"root": root, "ds": ds, "rev": rev, "prof": out.profiles, "spec": spec, "out": out}
 
 
 # -- ingest -------------------------------------------------------------------------------------
@@ -287,12 +280,17 @@ def test_bert_reads_the_review_mixed_item_vectors(built):
 
 
 def test_the_nightly_flow_ran_the_review_path(built):
-    """The flow's summary has the review section; bert's run records review_text."""
+    """The flow's tasks made the layers, the summary has the review section, and the flow's
+    stage table holds the review tasks."""
+    from prefect import Task
+
+    from flows.nightly import TASKS
+
     out = built["out"]
-    assert out.reviews is not None and out.reviews.registered is not None
+    assert isinstance(TASKS.review_text, Task) and isinstance(TASKS.reviews, Task)
+    assert out.reviews is not None and out.reviews.registered is None  # a dry run registers nothing
+    assert out.reviews.uri == built["rev"].uri  # the plain call found the flow's layer
     assert "## What the reviews say" in out.summary and "VADER" in out.summary
-    run = tracking.client().get_run(out.results[0].report.run_id).data
-    assert run.params["model.review_text"] == "True"
 
 
 def test_churn_reads_only_the_sentiment_of_reviews_before_its_cut():
