@@ -161,7 +161,8 @@ def _print_registry() -> None:
     from components.models import MODELS
 
     t = Table(title=f"MLflow registry ({tracking.tracking_uri()})")
-    for col in ("registered model", "alias", "version", "test ndcg10", "test hr10", "data", "decision"):
+    columns = ("registered model", "alias", "version", "test ndcg10 (sentiment: auc)", "test hr10", "data", "decision")
+    for col in columns:
         t.add_column(col)
     for family in [*MODELS, "sentiment"]:  # the recommenders, then the review sentiment model (test AUC)
         name = tracking.model_name(family)

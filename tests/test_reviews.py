@@ -137,7 +137,6 @@ def test_a_tiny_or_mislabelled_review_log_is_skipped_with_reasons_not_a_crash():
     assert "outside" in report["sentiment_skipped"] and report["n_topics"] == 3
 
 
-
 def test_time_split_keeps_every_later_review_out_of_training():
     ts = np.array([5, 1, 9, 9, 3, 7, 9, 2, 8, 4])
     train, test = reviews.time_split(ts, 0.3)
