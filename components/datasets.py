@@ -77,14 +77,14 @@ def load_item_text(text_uri: str) -> np.ndarray:
     return np.stack(df["embedding"].to_numpy()).astype(np.float32)
 
 
-def load_reviews(review_uri: str, lengths: list[int]) -> dict:
+def load_reviews(review_uri: str, lengths: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
     """The review layer's vectors and, per user (sequence ``lengths``), each event's row in them."""
     df = storage.read_parquet(lake.file(review_uri, "reviews.parquet"), columns=["user_idx", "pos", "embedding"])
     rows = [np.full(n, -1, dtype=np.int64) for n in lengths]
     for r, (u, p) in enumerate(zip(df["user_idx"].to_numpy(), df["pos"].to_numpy(), strict=True)):
         rows[u][p] = r
     vectors = np.stack(df["embedding"].to_numpy()).astype(np.float32) if len(df) else np.zeros((0, 384), np.float32)
-    return {"review_vectors": vectors, "review_rows": rows}
+    return vectors, rows
 
 
 @dataclass
@@ -142,7 +142,7 @@ class Dataset:
 
     def load_reviews(self) -> None:
         """Read the review layer's vectors and each event's row in them."""
-        self.__dict__.update(load_reviews(self.review_uri, [len(s) for s in self.seqs]))
+        self.review_vectors, self.review_rows = load_reviews(self.review_uri, [len(s) for s in self.seqs])
 
     def item_text_with_reviews(self, view: View) -> np.ndarray:
         """(n_items, d): each item's text vector plus the mean vector of the reviews written

@@ -255,7 +255,6 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
 
 def register(report: TestReport) -> Registered:
     """The final run's model as a new registered version with alias ``challenger``."""
-    name = tracking.model_name(report.family)
     tags = {
         "data_hash": report.data_hash,
         "test_ndcg10": report.test["ndcg10"],
@@ -263,30 +262,52 @@ def register(report: TestReport) -> Registered:
         "cv_ndcg10_mean": report.cv.get("ndcg10_mean", ""),
         "cv_ndcg10_std": report.cv.get("ndcg10_std", ""),
     }
-    # Idempotent: a re-run that reused yesterday's training finds the version it registered.
-    version = tracking.version_of_run(name, report.run_id)
+    return _register_once(tracking.model_name(report.family), report.run_id, report.model_uri, tags)
+
+
+def _register_once(name: str, run_id: str, model_uri: str, tags: dict) -> Registered:
+    """``model_uri`` (logged in ``run_id``) as a new version of ``name``, alias ``challenger``.
+    Idempotent: a re-run that reused yesterday's run finds the version it registered."""
+    version = tracking.version_of_run(name, run_id)
     reused = version is not None
     if version is None:
-        version = tracking.register(report.model_uri, name, tags)
+        version = tracking.register(model_uri, name, tags)
     tracking.set_alias(name, tracking.CHALLENGER, version)
     return Registered(name=name, version=version, reused=reused)
 
 
 def promote(registered: Registered, report: TestReport, dataset: DatasetLayer, gate: GateConfig) -> Decision:
     """The promotion gate: re-score the current champion on today's holdout, decide, carry it out."""
+
+    def rescore(_champion_version: str) -> tuple[dict, dict]:
+        rec = pyfunc.load(f"models:/{registered.name}@{tracking.CHAMPION}")
+        return report.test, evaluation.test_report(rec, Dataset.load(dataset))[0]
+
+    return _gate(registered, report.test, rescore, gate, report.run_id)
+
+
+def _gate(
+    registered: Registered,
+    challenger: dict,
+    rescore: Callable[[str], tuple[dict, dict]],
+    gate: GateConfig,
+    run_id: str,
+) -> Decision:
+    """The gate for any registered model: ``rescore(champion version)`` gives (challenger,
+    champion) figures on the same holdout; a champion that cannot be re-scored is kept. The
+    decision is carried out (alias, tags on the run and the version) and logged."""
     name, version = registered.name, registered.version
     champion_version = tracking.alias_version(name, tracking.CHAMPION)
     if champion_version == version:  # a re-run of the night that promoted it: nothing to decide
-        return Decision(False, f"v{version} is already the champion", report.test, report.test)
+        return Decision(False, f"v{version} is already the champion", challenger, challenger, gate.primary)
     champion, error = None, None
     if champion_version is not None:
         try:
-            rec = pyfunc.load(f"models:/{name}@{tracking.CHAMPION}")
-            champion, _ = evaluation.test_report(rec, Dataset.load(dataset))
+            challenger, champion = rescore(champion_version)
         except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
             error = f"{type(e).__name__}: {e}"
-    decision = promotion.decide(report.test, champion, gate, error)
-    promotion.apply(name, version, decision, report.run_id)
+    decision = promotion.decide(challenger, champion, gate, error)
+    promotion.apply(name, version, decision, run_id)
     log.info("promote %s v%s: %s (%s)", name, version, "promoted" if decision.promote else "kept", decision.reason)
     return decision
 
@@ -370,6 +391,11 @@ def analyse_reviews(
     return replace(layer, registered=registered, decision=decision)
 
 
+def _figures(facts: dict) -> dict:
+    """The finite numbers of a stage's facts: what MLflow takes as metrics (NaN: a skipped figure)."""
+    return {k: v for k, v in facts.items() if isinstance(v, int | float) and np.isfinite(v)}
+
+
 def _log_reviews(run_id: str, uri: str, info: dict, report: dict, table: pd.DataFrame) -> str | None:
     """The reviews layer's figures, topic table, topic model and sentiment pyfunc into ``run_id``;
     returns the pyfunc's URI (None: no classifier)."""
@@ -378,7 +404,7 @@ def _log_reviews(run_id: str, uri: str, info: dict, report: dict, table: pd.Data
 
     from components import text
 
-    tracking.log_metrics(run_id, {k: v for k, v in report.items() if isinstance(v, int | float) and np.isfinite(v)})
+    tracking.log_metrics(run_id, _figures(report))
     tracking.log_table(run_id, table.assign(keywords=table["keywords"].map(", ".join)), "topics.json")
     with tempfile.TemporaryDirectory() as tmp:
         for name in info["topic_model_files"]:
@@ -401,52 +427,36 @@ def _gate_sentiment(layer: ReviewsLayer, feats: FeatureLayer, gate: GateConfig) 
     name = tracking.model_name(SENTIMENT)
     r = layer.report
     challenger = {"auc": r["sentiment_auc"], "macro_f1": r["sentiment_macro_f1"]}
-    version = tracking.version_of_run(name, layer.run_id)
-    reused = version is not None
-    if version is None:
-        tags = {
-            "data_hash": feats.data_hash,
-            "train_until": r["sentiment_train_until"],
-            **{f"test_{k}": round(v, 4) for k, v in challenger.items()},
-        }
-        version = tracking.register(layer.model_uri, name, tags)
-    tracking.set_alias(name, tracking.CHALLENGER, version)
-    registered = Registered(name=name, version=version, reused=reused)
-    champion_version = tracking.alias_version(name, tracking.CHAMPION)
-    if champion_version == version:
-        return registered, Decision(False, f"v{version} is already the champion", challenger, challenger, "auc")
-    champion, error = None, None
-    if champion_version is not None:
-        try:
-            frame = storage.read_parquet(lake.file(feats.review_uri, "reviews.parquet"))
-            scored = storage.read_parquet(lake.file(layer.uri, "scored.parquet"))
-            seen_until = int(tracking.version_tags(name, champion_version).get("train_until", 0))
-            test = scored["sentiment_test"].to_numpy() & (scored["ts"].to_numpy() > seen_until)
-            y = reviews_.star_labels(scored["stars"].to_numpy())[test]
-            if not {reviews_.NEGATIVE, reviews_.POSITIVE} <= set(y.tolist()):
-                raise ValueError(
-                    f"today's later reviews after the champion's training reviews (up to "
-                    f"{pd.Timestamp(seen_until, unit='s').date()}) hold no positive and negative pair to compare on"
-                )
-            if test.sum() < scored["sentiment_test"].sum():  # a narrower holdout: the challenger on it too
-                mine = scored[test]
-                proba = mine[[f"p_{c}" for c in reviews_.CLASSES]].to_numpy()
-                challenger = reviews_.scores(y, mine["sentiment"].to_numpy(), proba.argmax(1))
-            model = tracking.load_pyfunc(f"models:/{name}@{tracking.CHAMPION}")
-            frame = frame[test].reset_index(drop=True)
-            if model.encoder_version == text.model_version(text.REVIEW_MAX_LENGTH):
-                out = model.score(reviews_.features(frame))  # the same vectors: no need to embed again
-            else:
-                out = model.predict(None, pd.DataFrame({"text": frame["body"], "summary": frame["summary"]}))
-            proba = out[[f"p_{c}" for c in reviews_.CLASSES]].to_numpy()
-            champion = reviews_.scores(y, out["sentiment"].to_numpy(), proba.argmax(1))
-        except Exception as e:  # noqa: BLE001 - any failure to re-score must block promotion
-            error = f"{type(e).__name__}: {e}"
+    tags = {
+        "data_hash": feats.data_hash,
+        "train_until": r["sentiment_train_until"],
+        **{f"test_{k}": round(v, 4) for k, v in challenger.items()},
+    }
+    registered = _register_once(name, layer.run_id, layer.model_uri, tags)
+
+    def rescore(champion_version: str) -> tuple[dict, dict]:
+        scored = storage.read_parquet(lake.file(layer.uri, "scored.parquet"))
+        seen_until = int(tracking.version_tags(name, champion_version).get("train_until", 0))
+        test = scored["sentiment_test"].to_numpy() & (scored["ts"].to_numpy() > seen_until)
+        y = reviews_.star_labels(scored["stars"].to_numpy())[test]
+        if not {reviews_.NEGATIVE, reviews_.POSITIVE} <= set(y.tolist()):
+            raise ValueError(
+                f"today's later reviews after the champion's training reviews (up to "
+                f"{pd.Timestamp(seen_until, unit='s').date()}) hold no positive and negative pair to compare on"
+            )
+        mine = challenger
+        if test.sum() < scored["sentiment_test"].sum():  # a narrower holdout: the challenger on it too
+            mine = reviews_.scores_of(y, scored[test])
+        model = tracking.load_pyfunc(f"models:/{name}@{tracking.CHAMPION}")
+        frame = storage.read_parquet(lake.file(feats.review_uri, "reviews.parquet"))[test].reset_index(drop=True)
+        if model.encoder_version == text.model_version(text.REVIEW_MAX_LENGTH):
+            out = model.score(reviews_.features(frame))  # the same vectors: no need to embed again
+        else:
+            out = model.predict(None, pd.DataFrame({"text": frame["body"], "summary": frame["summary"]}))
+        return mine, reviews_.scores_of(y, out)
+
     sentiment_gate = GateConfig(min_gain=gate.min_gain, guarded=("macro_f1",), tolerance=gate.tolerance, primary="auc")
-    decision = promotion.decide(challenger, champion, sentiment_gate, error)
-    promotion.apply(name, version, decision, layer.run_id)
-    log.info("promote %s v%s: %s (%s)", name, version, "promoted" if decision.promote else "kept", decision.reason)
-    return registered, decision
+    return registered, _gate(registered, challenger, rescore, sentiment_gate, layer.run_id)
 
 
 # -- 06, 07: recommendations and profiles ------------------------------------------------------------
@@ -558,7 +568,7 @@ def write_profiles(
         {f"profile.{k}": v for k, v in asdict(cfg).items()},
         {"interestflow.stage": "profiles", "interestflow.data_hash": dataset.data_hash, **(tags or {})},
     )
-    tracking.log_metrics(run_id, {k: v for k, v in summary.items() if isinstance(v, int | float) and np.isfinite(v)})
+    tracking.log_metrics(run_id, _figures(summary))
     for row in table:
         tracking.log_metrics(
             run_id, {f"explore_{k}": v for k, v in row.items() if k != "share"}, step=int(row["share"] * 100)

@@ -106,8 +106,7 @@ class SentimentModel(PythonModel):
         from components import reviews
 
         proba = self.classifier.predict_proba(x)
-        out = pd.DataFrame({f"p_{c}": proba[:, i] for i, c in enumerate(reviews.CLASSES)})
-        out["sentiment"] = reviews.sentiment_score(proba)
+        out = pd.DataFrame(reviews.probability_columns(proba))
         out["label"] = [reviews.CLASSES[i] for i in proba.argmax(1)]
         return out
 

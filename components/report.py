@@ -108,18 +108,21 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None, revi
     return "\n".join(lines) + "\n"
 
 
+def sentiment_line(r: dict) -> str:
+    """A reviews report's sentiment figures beside VADER's, or why there are none."""
+    if r.get("sentiment_skipped"):
+        return r["sentiment_skipped"]
+    return (
+        f"Sentiment on the {r['sentiment_test_reviews']} reviews from {r['sentiment_cut']} on (trained on the "
+        f"{r['sentiment_train_reviews']} before): AUC positive vs negative {r['sentiment_auc']:.4f} "
+        f"(VADER {r['vader_auc']:.4f}), macro-F1 {r['sentiment_macro_f1']:.4f} (VADER {r['vader_macro_f1']:.4f})."
+    )
+
+
 def review_lines(reviews) -> list[str]:
     """A ReviewsLayer's figures as markdown: sentiment beside VADER, the gate, the topics."""
     r = reviews.report
-    if r.get("sentiment_skipped"):
-        sentiment = r["sentiment_skipped"]
-    else:
-        sentiment = (
-            f"Sentiment on the {r['sentiment_test_reviews']} reviews from {r['sentiment_cut']} on (trained on the "
-            f"{r['sentiment_train_reviews']} before): AUC positive vs negative {r['sentiment_auc']:.4f} "
-            f"(VADER {r['vader_auc']:.4f}), macro-F1 {r['sentiment_macro_f1']:.4f} (VADER {r['vader_macro_f1']:.4f})."
-        )
-    lines = ["", f"## What the reviews say ({r['reviews']} reviews)", "", sentiment]
+    lines = ["", f"## What the reviews say ({r['reviews']} reviews)", "", sentiment_line(r)]
     if reviews.decision is not None:
         d = reviews.decision
         verdict = "promoted to champion" if d.promote else "not promoted"

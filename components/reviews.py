@@ -96,6 +96,18 @@ def scores(y: np.ndarray, score: np.ndarray, predicted: np.ndarray) -> dict:
     }
 
 
+def probability_columns(proba: np.ndarray) -> dict:
+    """``p_negative, p_neutral, p_positive`` and ``sentiment`` from class probabilities (R, 3)."""
+    return {**{f"p_{c}": proba[:, i] for i, c in enumerate(CLASSES)}, "sentiment": sentiment_score(proba)}
+
+
+def scores_of(y: np.ndarray, frame: pd.DataFrame) -> dict:
+    """:func:`scores` of a frame with the :func:`probability_columns` (scored reviews, or the
+    served model's answer), against labels ``y``."""
+    proba = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
+    return scores(y, frame["sentiment"].to_numpy(), proba.argmax(1))
+
+
 def vader(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(compound score, 3-class label) of each text by VADER (the ``vaderSentiment`` package,
     its lexicon shipped inside it)."""
@@ -252,8 +264,7 @@ def analyse(reviews: pd.DataFrame, cfg: ReviewConfig) -> tuple[dict, pd.DataFram
             "ts": reviews["ts"].to_numpy(),
             "stars": reviews["stars"].to_numpy(),
             "label": pred,
-            **{f"p_{c}": proba[:, i] for i, c in enumerate(CLASSES)},
-            "sentiment": sentiment_score(proba),
+            **probability_columns(proba),
             "topic": assigned,
             "sentiment_test": test,
         }

@@ -51,7 +51,7 @@ def _print_summary(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from components.report import METRICS, behaviour_line
+    from components.report import METRICS, behaviour_line, sentiment_line
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # keep the table whole in logs
     if out.results:
@@ -94,10 +94,7 @@ def _print_summary(out: dict) -> None:
     if out.reviews:
         r = out.reviews.report
         console.print(
-            r.get("sentiment_skipped")
-            or f"Reviews ({r['reviews']}): sentiment AUC {r['sentiment_auc']:.4f} (VADER {r['vader_auc']:.4f}), "
-            f"macro-F1 {r['sentiment_macro_f1']:.4f} (VADER {r['vader_macro_f1']:.4f}) on the later "
-            f"{r['sentiment_test_reviews']}; {r['n_topics']} topics: "
+            f"Reviews ({r['reviews']}): {sentiment_line(r)} {r['n_topics']} topics: "
             + ", ".join(t for t, _ in out.reviews.topics)
         )
         if out.reviews.decision:
