@@ -106,6 +106,8 @@ class Dataset:
     review_uri: str | None = None  # the review-text layer, when the log has review text
     review_vectors: np.ndarray | None = None  # (R, d) MiniLM vectors of the reviews (load_reviews)
     review_rows: list[np.ndarray] | None = None  # per user, aligned with seqs: row in review_vectors, -1 = none
+    ts: list[np.ndarray] | None = None  # per user, aligned with seqs: the events' unix seconds
+    item_titles: np.ndarray | None = None  # (n_items,) each item's title ("" where none)
 
     @classmethod
     def load(cls, dataset: DatasetLayer) -> Dataset:
@@ -128,6 +130,8 @@ class Dataset:
             val_pos=splits["val_pos"].to_numpy(),
             test_pos=splits["test_pos"].to_numpy(),
             behaviour=dataset.behaviour,
+            ts=[np.asarray(t, dtype=np.int64) for t in users["ts"]],
+            item_titles=items["title"].astype("string").fillna("").astype(str).to_numpy(),
             **text,
         )
 

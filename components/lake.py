@@ -137,6 +137,12 @@ def profiles_uri(root: str, features: FeatureLayer) -> str:
     return storage.join(root, "07_profiles", key(features.uri))
 
 
+def catalogue_uri(root: str, spec: str) -> str:
+    """08_catalogue/<spec>: the item table the served champions read between nights
+    (components/catalogue.py)."""
+    return storage.join(root, "08_catalogue", _SAFE.sub("_", spec))
+
+
 def quarantine_uri(root: str, name: str, stamped: bool = False) -> str:
     """quarantine/<name> (a rejected validation), or quarantine/<name>-<UTC time> (a rejected ingest)."""
     name = _SAFE.sub("_", name)

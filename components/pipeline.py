@@ -135,6 +135,7 @@ def train(
         "train_config": asdict(cfg),  # serialised here, where the training process is launched
         "run_id": run_id,
         "checkpoint_uri": ckpt_uri,
+        "catalogue_uri": lake.catalogue_uri(root, dataset.features.validated.raw.spec),
     }
     try:
         result = training.launch(request, log=on_epoch or log.info)
@@ -511,8 +512,9 @@ def recommend_for_user(
     types = [EVENT_TYPES[t] for t in data.types[pos[0]]]
     c = recommend_.serving_champion(families, family)
     request = pd.DataFrame({"user_id": [str(user_id)], "history": [history], "event_types": [types]})
-    top = tracking.predict(c["model_uri"], request, {"k": k})
-    items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))[["item_id", "title", "categories"]]
+    # Today's lake holds the whole history (the model's stored one may be older): it is the history.
+    top = tracking.predict(c["model_uri"], request, {"k": k, "stored_history": False})
+    items = storage.read_parquet(lake.file(dataset.features.uri, "items.parquet"))[["item_id", "categories"]]
     out = top.merge(items.astype({"item_id": str}), on="item_id", how="left")
     out.attrs.update({"model": f"{c['name']} v{c['version']}", "history": len(history)})
     return out

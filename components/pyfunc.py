@@ -15,42 +15,56 @@ from pathlib import Path
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from components import tracking
+from components import serving, tracking
 from components.recommender import Recommender
 
 
 class RecommenderModel(PythonModel):
-    """Input: ``user_id`` (str), ``history`` (list of item ids, oldest first) and, optionally,
-    ``event_types`` (their contract event types). Output: ``user_id, rank, item_id, score``,
-    top ``k`` (param, default 10), what the exclusion policy names left out."""
+    """Input per row: ``user_id`` (str) and, optionally, the user's recent events the model
+    has not seen: ``history`` (item ids, oldest first), ``event_types`` (contract event
+    types) and ``timestamps`` (unix seconds). Params: ``k`` (default 10) and
+    ``stored_history`` (default true: the events follow the user's history as the model
+    was trained on it; false: they are the whole history). Output: the top ``k`` per row
+    with titles, scores and reasons (components/serving.py ``OUTPUT_COLUMNS``). Items
+    published to the catalogue after training are ranked by a family that reads text
+    (components/catalogue.py)."""
 
     def load_context(self, context):
+        from components import catalogue
+
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
+        self.catalogue = catalogue.Watch(self.recommender)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        k = int((params or {}).get("k", 10))
-        types = _column(model_input, "event_types")
-        return self.recommender.recommend(list(model_input["user_id"]), list(model_input["history"]), k, types)
+        from mlflow.exceptions import MlflowException
+
+        params = {**DEFAULT_PARAMS, **(params or {})}
+        try:
+            return serving.answer(
+                self.catalogue.current(), model_input, params["k"], bool(params["stored_history"])
+            )
+        except serving.BadRequest as e:  # the scoring server answers 400 with the message
+            raise MlflowException.invalid_parameter_value(str(e)) from None
 
 
-def _column(frame: pd.DataFrame, name: str) -> list | None:
-    """An optional request column as a list (None where absent or null)."""
-    if name not in frame.columns:
-        return None
-    return [None if v is None or (isinstance(v, float) and pd.isna(v)) else list(v) for v in frame[name]]
+DEFAULT_PARAMS = {"k": 10, "stored_history": True}
 
 
 def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:
     """Log ``rec`` as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI."""
-    output = rec.recommend(
-        list(input_example["user_id"]), list(input_example["history"]), types=_column(input_example, "event_types")
-    )
+    output = serving.answer(rec, input_example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recommender.pt"
         path.write_bytes(rec.to_bytes())
         return tracking.log_pyfunc(
-            run_id, RecommenderModel(), {"recommender": str(path)}, input_example, output, optional=("event_types",)
+            run_id,
+            RecommenderModel(),
+            {"recommender": str(path)},
+            input_example,
+            output,
+            optional=("history", "event_types", "timestamps"),
+            params=DEFAULT_PARAMS,
         )
 
 

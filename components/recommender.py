@@ -23,6 +23,7 @@ from components import metrics
 from components.batches import pad_left, topk_table
 from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.models import MODELS
+from components.serving import ServingTables
 
 REQUEST_BATCH = 1024  # users scored at once when serving a request frame
 
@@ -36,6 +37,9 @@ class Recommender:
     user_ids: np.ndarray
     behaviour: Behaviour = Behaviour()
     """The training data's behaviour: which history items a served ranking leaves out."""
+    serving: ServingTables | None = None
+    """Titles, popularity and the users' stored histories (components/serving.py); None in
+    a model registered before they were kept (a request then carries the whole history)."""
     item_pos: dict = field(init=False, repr=False)
     user_pos: dict = field(init=False, repr=False)
 
@@ -46,6 +50,7 @@ class Recommender:
         self.model.eval()
         self.item_pos = {str(x): i for i, x in enumerate(self.item_ids)}
         self.user_pos = {str(x): i for i, x in enumerate(self.user_ids)}
+        self._vectors = None
 
     @property
     def max_len(self) -> int:
@@ -69,6 +74,7 @@ class Recommender:
                     "weights": dict(self.behaviour.weights),
                     "exclude": self.behaviour.exclude,
                 },
+                **({"serving": self.serving.to_state()} if self.serving is not None else {}),
             },
             buf,
         )
@@ -78,9 +84,46 @@ class Recommender:
     def from_bytes(cls, data: bytes) -> Recommender:
         d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         behaviour = Behaviour(**d["behaviour"]) if "behaviour" in d else Behaviour()  # older models: the old rule
+        serving = ServingTables.from_state(d["serving"]) if "serving" in d else None
         return cls(
-            d["family"], d["config"], d["state_dict"], np.array(d["item_ids"]), np.array(d["user_ids"]), behaviour
+            d["family"],
+            d["config"],
+            d["state_dict"],
+            np.array(d["item_ids"]),
+            np.array(d["user_ids"]),
+            behaviour,
+            serving,
         )
+
+    def with_items(self, item_ids: Sequence[str], text: np.ndarray, titles: Sequence[str]) -> Recommender:
+        """This model with catalogue items it was not trained on appended, scored by their
+        ``text`` vectors (n, d) (a family that reads text; the others raise
+        NotImplementedError)."""
+        rows = self.model.new_item_rows(torch.as_tensor(np.asarray(text, dtype=np.float32)))
+        n = self.n_items
+        state = {  # new rows go after the items, before any padding or [MASK] row
+            name: torch.cat([v[:n], rows[name].to(v.dtype), v[n:]]) if name in rows else v
+            for name, v in self.state_dict.items()
+        }
+        serving = self.serving.with_items(list(titles)) if self.serving is not None else None
+        ids = np.concatenate([self.item_ids.astype(object), np.asarray(list(item_ids), dtype=object)]).astype(str)
+        return Recommender(self.family, self.config, state, ids, self.user_ids, self.behaviour, serving)
+
+    # -- what a served answer shows -------------------------------------------------------------
+    def titles(self) -> np.ndarray:
+        return self.serving.titles if self.serving is not None else self.item_ids.astype(object)
+
+    def popularity(self) -> np.ndarray:
+        """(n_items,) training interactions per item (zeros for a model that did not keep them)."""
+        return self.serving.popularity if self.serving is not None else np.zeros(self.n_items, np.float32)
+
+    def normalised_item_vectors(self) -> np.ndarray:
+        """(n_items, d) the family's item vectors, unit length (computed once)."""
+        if self._vectors is None:
+            with torch.no_grad():
+                v = torch.nn.functional.normalize(self.model.item_vectors().float(), dim=1)
+            self._vectors = v.numpy()
+        return self._vectors
 
     # -- id mapping -----------------------------------------------------------------------------
     def item_indices(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -127,13 +170,22 @@ class Recommender:
         user_ids = [str(u) for u in user_ids]
         types = types if types is not None else [None] * len(histories)
         typed = [self.typed_history(h, t) for h, t in zip(histories, types, strict=True)]
-        all_hists, all_types = [h for h, _ in typed], [t for _, t in typed]
+        top, val = self.rank(user_ids, [h for h, _ in typed], [t for _, t in typed], k)
+        table = topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
+        return table.astype({"score": np.float64})  # what the served model's signature says
+
+    @torch.no_grad()
+    def rank(
+        self, user_ids: Sequence[str], histories: Sequence[np.ndarray], types: Sequence[np.ndarray], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(top item indices, their scores), each (users, k), from histories of item indices
+        and their type codes (oldest first), the exclusion policy applied."""
         # One width for the whole request: a family that reads the padding (lstm) scores a
         # user the same whatever batch they fall in.
-        width = max(1, min(self.max_len, max((len(h) for h in all_hists), default=1)))
+        width = max(1, min(self.max_len, max((len(h) for h in histories), default=1)))
         tops, vals = [], []
         for s in range(0, len(user_ids), REQUEST_BATCH):
-            hists, hist_types = all_hists[s : s + REQUEST_BATCH], all_types[s : s + REQUEST_BATCH]
+            hists, hist_types = histories[s : s + REQUEST_BATCH], types[s : s + REQUEST_BATCH]
             batch = {
                 "users": self.user_indices(user_ids[s : s + REQUEST_BATCH]),
                 "seq": pad_left(hists, self.max_len, self.n_items, length=width),
@@ -147,8 +199,7 @@ class Recommender:
             vals.append(v.numpy())
         top = np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
         val = np.concatenate(vals) if vals else np.zeros((0, k), dtype=np.float32)
-        table = topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
-        return table.astype({"score": np.float64})  # what the served model's signature says
+        return top, val
 
     # -- re-scoring on another day's ids --------------------------------------------------------
     def scorer_for(self, data) -> Callable[[dict], torch.Tensor]:

@@ -121,15 +121,17 @@ def log_pyfunc(
     output,
     optional=(),
     extra_requirements: list[str] | tuple = (),
+    params: dict | None = None,
 ) -> str:
     """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI.
     ``optional``: input columns a request may leave out; ``extra_requirements``: pip
-    requirements beside torch, mlflow, pandas, numpy and transformers."""
+    requirements beside torch, mlflow, pandas, numpy and transformers; ``params``: the
+    inference parameters a request may set, with their defaults."""
     mlflow = _mlflow()
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
 
-    signature = infer_signature(input_example, output)
+    signature = infer_signature(input_example, output, params)
     if optional:
         cols = [ColSpec(c.type, c.name, required=c.name not in optional) for c in signature.inputs.inputs]
         signature = ModelSignature(Schema(cols), signature.outputs, signature.params)

@@ -52,6 +52,7 @@ from components.lake import DatasetLayer
 from components.models import MODELS, SideInputs
 from components.models.system import OptimConfig, RecSystem
 from components.recommender import Recommender
+from components.serving import ServingTables
 
 RESULT = "result.json"  # a finished training's result, beside its checkpoints
 RECOMMENDER = "recommender.pt"  # the final fit's trained model, beside its checkpoints
@@ -285,6 +286,12 @@ def fit(request: dict) -> dict:
             data.item_ids,
             data.user_ids,
             data.behaviour,
+            ServingTables.from_dataset(
+                data,
+                view,
+                request.get("catalogue_uri"),
+                _text_version(request["dataset"]) if cls.uses_text else None,
+            ),
         )
         storage.write_bytes(lake.file(ckpt_uri, RECOMMENDER), rec.to_bytes())
         storage.write_json(_input_example(data, view), lake.file(ckpt_uri, EXAMPLE))
@@ -302,13 +309,21 @@ def mark_final(ckpt_uri: str, result: dict) -> None:
     lake.mark_complete(ckpt_uri, {"stage": "final", "fold": None})
 
 
+def _text_version(dataset: dict) -> str | None:
+    """The encoder version of the dataset's item-text layer (``.../text-<version>``)."""
+    uri = dataset["features"].get("text_uri")
+    return storage.name(uri).removeprefix("text-") if uri else None
+
+
 def _input_example(data: Dataset, view: View, n: int = 2) -> dict:
-    """Two users' request rows (user_id, their last 5 items and those events' types) as columns."""
+    """Two users' request rows (user_id, their last 5 items, those events' types and unix
+    seconds) as columns."""
     users = [u for u in view.eval_users[:n]] or [0]
     return {
         "user_id": [str(data.user_ids[u]) for u in users],
         "history": [[str(data.item_ids[i]) for i in data.seqs[u][-5:]] for u in users],
         "event_types": [[EVENT_TYPES[t] for t in data.types[u][-5:]] for u in users],
+        "timestamps": [[int(t) for t in (data.ts[u][-5:] if data.ts is not None else [0] * 5)] for u in users],
     }
 
 

@@ -100,6 +100,7 @@ class BERTConfig(FamilyConfig):
 class BERT(Family):
     Config = BERTConfig
     uses_text = True  # training passes side.item_text (n_items, text_dim), item_strings, item_counts
+    ITEM_ROWS = ("ids.weight", "bias", "text", "counts")
 
     def __init__(self, config: BERTConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)
@@ -181,6 +182,28 @@ class BERT(Family):
             return self.fuse(torch.cat([i, t], dim=1))
         g = torch.sigmoid(self.fuse(torch.cat([i, t], dim=1)))  # gate
         return g * i + (1 - g) * t
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_table()
+
+    @torch.no_grad()
+    def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A new item is its text: a zero id vector and no interactions; its score offset is
+        that of the rarest tenth of the training items (what the model learnt for an item
+        it barely saw: a new item has no evidence of popularity either)."""
+        if self.config.fusion == "id":
+            raise NotImplementedError("BERT with fusion='id' scores items by their ids alone")
+        m, rows = len(text), {"text": torch.as_tensor(text, dtype=self.text.dtype)}
+        if self.ids is not None:
+            rows["ids.weight"] = torch.zeros(m, self.config.dim)
+        if self.bias is not None:
+            rare = self.bias
+            if self.counts is not None and bool(self.counts.any()):
+                rare = self.bias[self.counts <= torch.quantile(self.counts, 0.1)]
+            rows["bias"] = torch.full((m,), float(rare.mean()))
+        if self.counts is not None:
+            rows["counts"] = torch.zeros(m)
+        return rows
 
     def id_weight(self) -> torch.Tensor:
         """(n_items,) n / (n + id_shrink): how much each item's id counts."""

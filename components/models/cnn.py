@@ -46,6 +46,8 @@ class CNNConfig(FamilyConfig):
 
 class CNN(Family):
     Config = CNNConfig
+    ITEM_ROWS = ("embed.weight", "items.weight", "bias")
+    USER_ROWS = ("user.weight",)
 
     def __init__(self, config: CNNConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)
@@ -81,6 +83,9 @@ class CNN(Family):
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
         return q @ self.items.weight.T + self.bias
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.weight
 
     def score(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], self.event_types(batch)

@@ -210,6 +210,25 @@ class Family(nn.Module):
                 state_dict.setdefault(prefix + "repeat." + name, default)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    ITEM_ROWS: ClassVar[tuple[str, ...]] = ()
+    """State-dict entries indexed by item along their first dimension (a padding or [MASK]
+    row after the last item is not an item's): what a warm start carries over per item id
+    and what new catalogue items extend."""
+    USER_ROWS: ClassVar[tuple[str, ...]] = ()
+    """State-dict entries indexed by user (the unknown-user row after the last)."""
+
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items, d) the vectors the family scores items with (its output layer): a
+        served answer's reason is the history item whose vector is closest to the
+        recommended one's."""
+        raise NotImplementedError
+
+    def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For items that entered the catalogue after training, with their text vectors
+        ``text`` (m, d): the rows each :attr:`ITEM_ROWS` entry gains, so that the family
+        scores them by their text alone. Only a family that reads text (``uses_text``) can."""
+        raise NotImplementedError(f"{type(self).__name__} scores items by their ids alone")
+
     def loss(self, batch: dict) -> torch.Tensor:
         """The training objective on a batch (a scalar)."""
         raise NotImplementedError

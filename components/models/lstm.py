@@ -41,6 +41,7 @@ class LSTMConfig(FamilyConfig):
 
 class LSTM(Family):
     Config = LSTMConfig
+    ITEM_ROWS = ("items.weight", "bias")
 
     def __init__(self, config: LSTMConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)
@@ -63,7 +64,10 @@ class LSTM(Family):
         return self.out(self.drop(h))
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
-        return q @ self.items.weight[: self.n_items].T + self.bias  # (N, n_items)
+        return q @ self.item_vectors().T + self.bias  # (N, n_items)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.weight[: self.n_items]
 
     def score(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], self.event_types(batch)

@@ -56,6 +56,8 @@ class MFConfig(FamilyConfig):
 
 class MF(Family):
     Config = MFConfig
+    ITEM_ROWS = ("items.weight", "bias")
+    USER_ROWS = ("users.weight",)
 
     def __init__(self, config: MFConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)
@@ -68,6 +70,9 @@ class MF(Family):
         nn.init.normal_(self.items.weight, std=config.init_std)
         with torch.no_grad():
             self.users.weight[n_users].zero_()
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.weight
 
     def score(self, batch: dict) -> torch.Tensor:
         u = self.users(batch["users"])  # (B, d)

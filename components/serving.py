@@ -1,0 +1,298 @@
+"""What a served champion answers per request (DESIGN.md §10).
+
+A request row names a user and may carry their recent events (``history``: item ids,
+``event_types``, ``timestamps`` in unix seconds) that the lake has not seen. The answer is
+the top-K items with their titles and scores and, for each, a reason: the event of the
+user's history whose item vector (the family's output layer) is the most similar to the
+recommended item's.
+
+The history a ranking reads is the user's events as the model was trained on them (kept
+in the model: :class:`ServingTables`) followed by the request's events. A user the model
+has never seen is ranked from the request's events alone; with none either, from the
+training popularity, and the answer says which in ``source`` and ``note``. Unknown item ids
+in the events are ignored and listed (``ignored_items``). What cannot be answered (a wrong
+length, an event type outside the contract, K out of range) raises :class:`BadRequest`
+with the field named; the MLflow pyfunc turns it into a 400.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.behaviour import EVENT_TYPES, TYPE_CODES
+
+if TYPE_CHECKING:
+    from components.datasets import Dataset, View
+    from components.recommender import Recommender
+
+STORED_EVENTS = 500
+"""Events kept per user in a registered model: the history a request for them starts from
+(the ranking reads the family's ``max_len`` most recent; the exclusion policy all of them)."""
+MAX_K = 1000
+"""The largest K a request may ask for."""
+MAX_REQUEST_EVENTS = 10_000
+"""A request's history beyond this many events is refused (the ranking reads far fewer)."""
+SOURCES = ("history", "request", "popularity")
+"""What a row's ranking read: the user's stored history and the request's events, the
+request's events alone (a user the model does not know), or the training popularity."""
+
+
+class BadRequest(ValueError):
+    """A request the model cannot answer; the message names the field and the row."""
+
+
+@dataclass
+class ServingTables:
+    """What a served model knows beside its weights: each item's title and training
+    popularity, each training user's latest events, and where new catalogue items are
+    published (components/catalogue.py)."""
+
+    titles: np.ndarray
+    """(n_items,) str."""
+    popularity: np.ndarray
+    """(n_items,) training interactions per item (0: an item added after training)."""
+    offsets: np.ndarray
+    """(n_users + 1,) user u's events are rows offsets[u]:offsets[u+1] of the three below."""
+    items: np.ndarray
+    types: np.ndarray
+    ts: np.ndarray
+    catalogue_uri: str | None = None
+    """The published catalogue's folder (INTERESTFLOW_CATALOGUE overrides it when serving)."""
+    text_version: str | None = None
+    """The item-text encoder the model's text vectors came from (a new item's must match)."""
+    new_items_unranked: int = 0
+    """Published catalogue items this family cannot rank (id-only families)."""
+
+    @classmethod
+    def from_dataset(
+        cls, data: Dataset, view: View, catalogue_uri: str | None = None, text_version: str | None = None
+    ) -> ServingTables:
+        """From the data a final fit trained on: the popularity of its training events and
+        every user's latest :data:`STORED_EVENTS` events (of the whole log: ``serve``)."""
+        train = np.concatenate(view.train_seqs) if view.train_seqs else np.zeros(0, np.int64)
+        serve = data.view("serve")
+        ts = data.ts if data.ts is not None else [np.zeros(len(s), np.int64) for s in data.seqs]
+        seqs = [s[-STORED_EVENTS:] for s in serve.train_seqs]
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+
+        def flat(parts, dtype):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        titles = data.item_titles if data.item_titles is not None else np.array([""] * data.n_items)
+        return cls(
+            titles=np.asarray(titles, dtype=object),
+            popularity=np.bincount(train, minlength=data.n_items).astype(np.float32),
+            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            items=flat(seqs, np.int64),
+            types=flat([t[-STORED_EVENTS:] for t in serve.train_types], np.int64),
+            ts=flat([t[-STORED_EVENTS:] for t in ts], np.int64),
+            catalogue_uri=catalogue_uri,
+            text_version=text_version,
+        )
+
+    def history(self, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b = self.offsets[user], self.offsets[user + 1]
+        return self.items[a:b], self.types[a:b], self.ts[a:b]
+
+    def to_state(self) -> dict:
+        """Tensors and plain values (what ``torch.load(weights_only=True)`` reads back)."""
+        return {
+            "titles": [str(t) for t in self.titles],
+            "popularity": torch.as_tensor(self.popularity),
+            "offsets": torch.as_tensor(self.offsets),
+            "items": torch.as_tensor(self.items),
+            "types": torch.as_tensor(self.types, dtype=torch.int8),
+            "ts": torch.as_tensor(self.ts),
+            "catalogue_uri": self.catalogue_uri,
+            "text_version": self.text_version,
+        }
+
+    @classmethod
+    def from_state(cls, d: dict) -> ServingTables:
+        return cls(
+            titles=np.array(d["titles"], dtype=object),
+            popularity=d["popularity"].numpy(),
+            offsets=d["offsets"].numpy(),
+            items=d["items"].numpy(),
+            types=d["types"].numpy().astype(np.int64),
+            ts=d["ts"].numpy(),
+            catalogue_uri=d.get("catalogue_uri"),
+            text_version=d.get("text_version"),
+        )
+
+    def with_items(self, titles: list[str]) -> ServingTables:
+        """The same tables with items appended (their titles, no training interactions)."""
+        return replace(
+            self,
+            titles=np.concatenate([self.titles, np.asarray(titles, dtype=object)]),
+            popularity=np.concatenate([self.popularity, np.zeros(len(titles), np.float32)]),
+        )
+
+
+# -- one request ----------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    user_id: str
+    source: str
+    hist: np.ndarray  # item indices, oldest first
+    types: np.ndarray  # their type codes
+    ts: np.ndarray  # their unix seconds (-1: not given)
+    ignored: list[str]
+    note: str
+
+
+def _listed(frame: pd.DataFrame, name: str, i: int) -> list | None:
+    if name not in frame.columns:
+        return None
+    v = frame[name].iloc[i]
+    if v is None or (np.isscalar(v) and pd.isna(v)):
+        return None
+    if isinstance(v, str) or not hasattr(v, "__len__"):
+        raise BadRequest(f"row {i}: {name} must be a list, got {type(v).__name__} {str(v)[:40]!r}")
+    return list(v)
+
+
+def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bool) -> _Row:
+    user = frame["user_id"].iloc[i]
+    if user is None or (np.isscalar(user) and pd.isna(user)) or not str(user).strip():
+        raise BadRequest(f"row {i}: user_id is empty")
+    user = str(user)
+    items = _listed(frame, "history", i) or []
+    types = _listed(frame, "event_types", i)
+    stamps = _listed(frame, "timestamps", i)
+    if len(items) > MAX_REQUEST_EVENTS:
+        raise BadRequest(f"row {i}: history has {len(items)} events; at most {MAX_REQUEST_EVENTS} are accepted")
+    for name, values in (("event_types", types), ("timestamps", stamps)):
+        if values is not None and len(values) != len(items):
+            raise BadRequest(f"row {i}: {len(items)} history items but {len(values)} {name}")
+    if types is not None:
+        unknown = sorted({str(t) for t in types} - set(TYPE_CODES))
+        if unknown:
+            raise BadRequest(f"row {i}: event_types {unknown[:5]} are not contract types {list(EVENT_TYPES)}")
+    default = rec.behaviour.target[0] if rec.behaviour.target else EVENT_TYPES[0]
+    codes = [TYPE_CODES[str(t)] for t in types] if types is not None else [TYPE_CODES[default]] * len(items)
+    try:
+        secs = [int(s) for s in stamps] if stamps is not None else [-1] * len(items)
+    except (TypeError, ValueError) as e:
+        raise BadRequest(f"row {i}: timestamps must be unix seconds (integers): {e}") from None
+    ids = [str(x) for x in items]
+    known = [j for j, x in enumerate(ids) if x in rec.item_pos]
+    ignored = list(dict.fromkeys(x for x in ids if x not in rec.item_pos))
+    req = (
+        np.array([rec.item_pos[ids[j]] for j in known], dtype=np.int64),
+        np.array([codes[j] for j in known], dtype=np.int64),
+        np.array([secs[j] for j in known], dtype=np.int64),
+    )
+    if stamps is not None and len(known):  # the request's events in time order (ties: as sent)
+        order = np.argsort(req[2], kind="stable")
+        req = tuple(a[order] for a in req)
+    tables, u = rec.serving, rec.user_pos.get(user)
+    if stored_history and tables is not None and u is not None:
+        stored = tables.history(u)
+        hist = tuple(np.concatenate([s, r]) for s, r in zip(stored, req, strict=True))
+        source = "history"
+        note = f"{len(stored[0])} stored events and {len(known)} from the request"
+    else:
+        hist, source = req, "request"
+        note = (
+            f"unknown user: ranked from the request's {len(known)} events"
+            if u is None
+            else f"ranked from the request's {len(known)} events alone"
+        )
+    if not len(hist[0]):
+        source, note = "popularity", ("unknown user " if u is None else "") + "with no events: the most popular items"
+    if ignored:
+        note += f"; {len(ignored)} unknown item id(s) ignored"
+    if tables is not None and tables.new_items_unranked:
+        note += (
+            f"; {tables.new_items_unranked} catalogue item(s) published after training are not ranked "
+            f"({rec.family} scores items by their ids)"
+        )
+    return _Row(user, source, *hist, ignored=ignored, note=note)
+
+
+def answer(rec: Recommender, frame: pd.DataFrame, k: int = 10, stored_history: bool = True) -> pd.DataFrame:
+    """Top-``k`` per request row with titles, scores, reasons, ``source``, ``note`` and
+    ``ignored_items``; rows in request order, ``rank`` 1..k. ``stored_history = False``:
+    the request's events are the whole history (as before the model kept histories)."""
+    if not isinstance(k, int | np.integer) or not 1 <= k <= min(MAX_K, rec.n_items):
+        raise BadRequest(f"k must be an integer between 1 and {min(MAX_K, rec.n_items)}, got {k!r}")
+    if "user_id" not in frame.columns:
+        raise BadRequest(f"a request needs a user_id column (got {list(frame.columns)})")
+    rows = [_parse_row(rec, frame, i, stored_history) for i in range(len(frame))]
+    ranked = [r for r in rows if r.source != "popularity"]
+    top = np.zeros((len(rows), k), dtype=np.int64)
+    val = np.zeros((len(rows), k), dtype=np.float64)
+    if ranked:
+        t, v = rec.rank([r.user_id for r in ranked], [r.hist for r in ranked], [r.types for r in ranked], k)
+        where = [i for i, r in enumerate(rows) if r.source != "popularity"]
+        top[where], val[where] = t, v
+    popular = [i for i, r in enumerate(rows) if r.source == "popularity"]
+    if popular:
+        counts = rec.popularity()
+        order = np.lexsort((np.arange(len(counts)), -counts))[:k]  # most interactions, ties by index
+        top[popular], val[popular] = order, counts[order]
+    return _table(rec, rows, top, val)
+
+
+def _iso(ts: int) -> str:
+    return "" if ts < 0 else datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(rec: Recommender, rows: list[_Row], top: np.ndarray, val: np.ndarray) -> pd.DataFrame:
+    vectors = rec.normalised_item_vectors()
+    titles = rec.titles()
+    k = top.shape[1]
+    cols: dict[str, list] = {c: [] for c in OUTPUT_COLUMNS}
+    for r, items, scores in zip(rows, top, val, strict=True):
+        if r.source == "popularity":
+            best, sim = np.full(k, -1), np.zeros(k)
+        else:
+            h = r.hist[-rec.max_len :]  # the events the ranking read
+            sims = vectors[items] @ vectors[h].T  # (k, H)
+            best = len(h) - 1 - sims[:, ::-1].argmax(1)  # the most similar; ties: the most recent
+            sim = sims[np.arange(k), best]
+            off = len(r.hist) - len(h)
+            best = best + off
+        for j in range(k):
+            cols["user_id"].append(r.user_id)
+            cols["rank"].append(j + 1)
+            cols["item_id"].append(str(rec.item_ids[items[j]]))
+            cols["title"].append(str(titles[items[j]]))
+            cols["score"].append(float(scores[j]))
+            e = best[j]
+            cols["reason_item_id"].append("" if e < 0 else str(rec.item_ids[r.hist[e]]))
+            cols["reason_title"].append("" if e < 0 else str(titles[r.hist[e]]))
+            cols["reason_event_type"].append("" if e < 0 else EVENT_TYPES[r.types[e]])
+            cols["reason_ts"].append("" if e < 0 else _iso(r.ts[e]))
+            cols["reason_similarity"].append(float(sim[j]))
+            cols["source"].append(r.source)
+            cols["note"].append(r.note)
+            cols["ignored_items"].append(", ".join(r.ignored))
+    return pd.DataFrame(cols)
+
+
+OUTPUT_COLUMNS = (
+    "user_id",
+    "rank",
+    "item_id",
+    "title",
+    "score",
+    "reason_item_id",
+    "reason_title",
+    "reason_event_type",
+    "reason_ts",
+    "reason_similarity",
+    "source",
+    "note",
+    "ignored_items",
+)
+"""A served answer's columns. ``reason_*``: the history event that most supports the item
+(its item's vector is the most similar to the recommended one's; empty for a popularity
+answer); ``ignored_items``: the request's unknown item ids, comma-separated."""
