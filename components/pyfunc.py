@@ -52,7 +52,15 @@ DEFAULT_PARAMS = {"k": 10, "stored_history": True}
 
 
 def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:
-    """Log ``rec`` as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI."""
+    """Log ``rec`` as an MLflow pyfunc model in ``run_id``; returns its ``runs:/`` URI. The
+    signature always takes every request column (an example without event types or times
+    gets the default type and time 0 in them), so that a server never drops one."""
+    input_example = input_example.copy()
+    default = rec.behaviour.target[0] if rec.behaviour.target else "view"
+    if "event_types" not in input_example.columns:
+        input_example["event_types"] = [[default] * len(h) for h in input_example["history"]]
+    if "timestamps" not in input_example.columns:
+        input_example["timestamps"] = [[0] * len(h) for h in input_example["history"]]
     output = serving.answer(rec, input_example)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recommender.pt"

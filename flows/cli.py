@@ -333,6 +333,24 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--family", choices=families, default=None, help="default: the best champion")
     p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
     p.add_argument("--lake", default=None)
+    p = sub.add_parser(
+        "serve",
+        help="MLflow's model server on a family's champion (per-request answers with reasons)",
+        description="Start `mlflow models serve` on models:/interestflow-<family>@champion (this environment, "
+        "no new one). POST /invocations {'dataframe_records': [{'user_id': ..., 'history': [...], "
+        "'event_types': [...], 'timestamps': [...]}], 'params': {'k': 10}}; see README 'Serving'.",
+    )
+    p.add_argument("--family", required=True, choices=families)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per worker (default 1: workers x threads <= cores)"
+    )
+    p.add_argument("--env-manager", default="local", choices=["local", "virtualenv", "uv", "conda"])
+    p = sub.add_parser("catalogue", help="publish today's catalogue for the served champions (no training)")
+    p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
+    p.add_argument("--lake", default=None)
     return parser, names
 
 
@@ -390,6 +408,51 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
         print(f"{out['name']}: champion v{out['previous']} -> v{out['champion']} ({args.reason})")
     elif args.cmd == "recommend":
         _print_user_recommendations(args)
+    elif args.cmd == "serve":
+        _serve(args)
+    elif args.cmd == "catalogue":
+        from components import catalogue
+        from components.config import default_lake
+
+        out = catalogue.publish(args.spec, args.lake or default_lake())
+        verdict = "published" if out.changed else "unchanged (already current)"
+        print(f"catalogue {verdict}: {out.items} items ({out.embedded} texts embedded now, {out.cached} cached) -> {out.uri}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """Replace this process by ``mlflow models serve`` on the champion (its PID is the server's)."""
+    from components import tracking
+
+    name = tracking.model_name(args.family)
+    version = tracking.alias_version(name, tracking.CHAMPION)
+    if version is None:
+        sys.exit(f"interestflow serve: {name} has no champion yet (run `interestflow train` first)")
+    uri = f"models:/{name}@{tracking.CHAMPION}"
+    bin_dir = str(Path(sys.executable).parent)  # uvicorn and mlflow of this environment
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+    }
+    cmd = [
+        str(Path(bin_dir) / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        args.env_manager,
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+        "--workers",
+        str(args.workers),
+    ]
+    print(f"serving {name} v{version} ({uri}) on http://{args.host}:{args.port}/invocations", flush=True)
+    os.execvpe(cmd[0], cmd, env)
 
 
 if __name__ == "__main__":

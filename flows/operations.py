@@ -8,6 +8,7 @@ from prefect import flow
 from components import pipeline
 from components.config import default_lake
 from flows.nightly import TASKS, Family
+from tasks.catalogue import publish
 from tasks.promote import move_champion
 
 
@@ -65,3 +66,19 @@ def recommend(
     )
     print(f"{recs.rows} recommendations for {recs.users} users from {recs.family} v{recs.version}")
     return {"data_hash": dataset.data_hash, "recommendations": recs, "profiles": prof}
+
+
+@flow(name="catalogue", log_prints=True)
+def catalogue(spec: str = "specs/beauty_sample.yaml", lake: str | None = None) -> dict:
+    """Publish today's catalogue (08_catalogue) for the served champions, without retraining:
+    only new or changed item texts are embedded, and a text-aware champion ranks the new
+    items by their text from its next catalogue check (INTERESTFLOW_CATALOGUE_POLL_S).
+
+    Args:
+        spec: Dataset spec (YAML) whose items source is today's catalogue.
+        lake: Lake root: a local folder or s3://bucket/prefix (default: $INTERESTFLOW_LAKE or var/lake).
+    """
+    out = publish(spec, lake or default_lake())
+    verdict = "published" if out.changed else "unchanged (already current)"
+    print(f"catalogue {verdict}: {out.items} items, {out.embedded} texts embedded now, {out.cached} from the cache")
+    return {"uri": out.uri, "items": out.items, "embedded": out.embedded, "changed": out.changed}

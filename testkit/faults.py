@@ -117,6 +117,37 @@ def seaweed(folder: Path):
 
 
 @contextlib.contextmanager
+def model_server(family: str, folder: Path, workers: int = 1, env: dict | None = None, timeout_s: float = 120):
+    """``interestflow serve --family F`` (MLflow's model server on the champion) on a free
+    port; yields its base URL and stops it by its process group (the PID is the server's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / f"serve-{family}-{port}.log"
+    proc = subprocess.Popen(
+        [str(BIN / "interestflow"), "serve", "--family", family, "--port", str(port), "--workers", str(workers)],
+        env={**os.environ, **(env or {})},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + timeout_s
+        while not port_open(port):
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("interestflow serve did not start: " + log.read_text()[-3000:])
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
 def mlflow_server(folder: Path, artifacts: str, s3_endpoint: str = f"http://127.0.0.1:{S3_PORT}"):
     """``mlflow server`` (SQLite backend, artifacts under ``artifacts``); yields its URL."""
     folder.mkdir(parents=True, exist_ok=True)
