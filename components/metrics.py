@@ -45,7 +45,23 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k (values, indices) with ties broken by lower index; (B, N) -> (B, k), (B, k)."""
-    # torch.topk does not promise an order among equal scores; a stable sort does.
+    # torch.topk does not promise an order among equal scores; a stable sort does. Sorting
+    # only the candidates (every score >= each row's k-th largest, ties included, in index
+    # order) gives the same answer as sorting the whole row, several times faster.
+    B, N = scores.shape
+    if B and 8 * k < N:
+        kth = torch.topk(scores, k, dim=1, sorted=False).values.amin(1, keepdim=True)
+        cand = scores >= kth
+        counts = cand.sum(1)
+        width = int(counts.max())
+        if width <= 8 * k:
+            rows, cols = cand.nonzero(as_tuple=True)  # row-major: each row's columns ascending
+            slot = torch.arange(len(rows), device=scores.device) - (torch.cumsum(counts, 0) - counts)[rows]
+            idx = torch.zeros(B, width, dtype=torch.long, device=scores.device)
+            val = torch.full((B, width), -torch.inf, dtype=scores.dtype, device=scores.device)
+            idx[rows, slot], val[rows, slot] = cols, scores[rows, cols]
+            pick = torch.sort(val, dim=1, descending=True, stable=True).indices[:, :k]
+            return val.gather(1, pick), idx.gather(1, pick)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     return scores.gather(1, order), order
 

@@ -9,6 +9,7 @@ unpacks the request frame.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class RecommenderModel(PythonModel):
     def load_context(self, context):
         from components import catalogue
 
+        if "uvicorn" in sys.modules:  # inside `mlflow models serve`'s workers
+            _tcp_nodelay_on_accepted_sockets()
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
         self.catalogue = catalogue.Watch(self.recommender)
@@ -49,6 +52,29 @@ class RecommenderModel(PythonModel):
 
 
 DEFAULT_PARAMS = {"k": 10, "stored_history": True}
+
+
+def _tcp_nodelay_on_accepted_sockets() -> None:
+    """Turn Nagle's algorithm off on every TCP connection the server accepts.
+
+    ``mlflow models serve --workers N`` runs ``uvicorn --workers N``, whose supervisor binds
+    the listening socket itself with ``proto`` 0; asyncio sets TCP_NODELAY only on sockets
+    whose proto is IPPROTO_TCP, so every keep-alive request after a connection's first waited
+    ~40 ms for the client's delayed ACK (uvicorn issue #3149, open; measured here: 55 ms vs
+    14 ms per request at one client). asyncio looks the function up at each accepted
+    connection, so replacing it here, before the worker serves, is enough."""
+    import asyncio.base_events as base
+    import socket
+
+    if getattr(base._set_nodelay, "interestflow", False):
+        return
+
+    def set_nodelay(sock):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    set_nodelay.interestflow = True
+    base._set_nodelay = set_nodelay
 
 
 def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:

@@ -49,3 +49,18 @@ def test_coverage_and_mean_std():
     assert metrics.coverage(np.array([[0, 1], [1, 2]]), 10) == pytest.approx(0.3)
     s = metrics.mean_std([{"a": 1.0}, {"a": 3.0}])
     assert s == {"a_mean": 2.0, "a_std": 1.0}
+
+
+def test_top_k_equals_a_stable_sort_of_the_whole_row_with_ties_and_minus_inf():
+    """The candidate-only path gives exactly what sorting every score gives (ties by index)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        B, N, k = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 30), (20, 2000), (1, 20)))
+        s = torch.randint(0, int(torch.randint(2, 50, (1,), generator=g)), (B, N), generator=g).float()
+        if trial % 3 == 0:
+            s[s < 5] = -torch.inf  # excluded items, as evaluation sets them
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
+        v, i = metrics.top_k(s, k)
+        assert torch.equal(i, order) and torch.equal(v, s.gather(1, order)), trial

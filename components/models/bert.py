@@ -164,7 +164,21 @@ class BERT(Family):
 
     # -- item vectors ------------------------------------------------------------------
     def item_table(self) -> torch.Tensor:
-        """(n_items, dim): each item's fused id/text vector (input tokens and output layer)."""
+        """(n_items, dim): each item's fused id/text vector (input tokens and output layer).
+
+        Scoring without gradients (evaluation, serving) computes it once per state of the
+        weights: the projection of every item's text is most of a served request's time."""
+        if self.training or torch.is_grad_enabled():
+            return self._item_table()
+        # A tensor's _version counts its in-place changes (an optimiser step, load_state_dict).
+        used = (self.ids, self.proj, self.fuse)
+        tensors = [p for m in used if m is not None for p in m.parameters()] + [self.text, self.counts]
+        key = tuple((id(t), t._version) for t in tensors if t is not None)
+        if getattr(self, "_table_key", None) != key:
+            self._table, self._table_key = self._item_table(), key
+        return self._table
+
+    def _item_table(self) -> torch.Tensor:
         c = self.config
         if c.fusion == "id":
             return self.ids.weight
