@@ -128,7 +128,7 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--workers", type=int, default=2, help="server processes")
+    p.add_argument("--workers", type=int, default=4, help="server processes (interestflow serve's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-alive", action="store_true", help="reuse each client's connection (default: one per request)")
     args = p.parse_args()

@@ -343,7 +343,7 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--family", required=True, choices=families)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    p.add_argument("--workers", type=int, default=4, help="server processes (default 4: two per core measured best, bench/serve.py)")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (default 1: workers x threads <= cores)"
     )
