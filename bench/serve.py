@@ -6,8 +6,8 @@ Beauty, as bench/quality.py trained it). It is registered, with its serving tabl
 popularity, each user's stored events), as the champion of a fresh MLflow home in ``--out``,
 and ``interestflow serve`` starts MLflow's model server on it. The load generator is a
 closed loop of C asyncio clients (aiohttp) in this process, on the same two cores, a new
-connection per request unless ``--keep-alive``: each request is a random known user with two recent events the model has not seen (random
-catalogue items, timestamps now), K = 10. Per level: a warm-up, then ``--seconds`` of
+connection per request unless ``--keep-alive``: each request is a random known user with two recent events the model has not
+seen (random catalogue items, timestamps now), K = 10. Per level: a warm-up, then ``--seconds`` of
 requests; p50 / p99 latency and requests per second. Ends with one JSON line.
 
     .venv/bin/python bench/serve.py --lake bench/out/quality --family bert --out bench/out/serve
@@ -31,7 +31,9 @@ from _common import ROOT, fresh_home, quiet_env  # noqa: E402
 
 def champion_file(lake_root: Path, family: str) -> tuple[str, Path]:
     """(dataset key, the newest final fit of ``family``) in a benchmark lake."""
-    fits = sorted((lake_root / "05_models").glob(f"*/{family}-*/final-e*/recommender.pt"), key=lambda p: p.stat().st_mtime)
+    fits = sorted(
+        (lake_root / "05_models").glob(f"*/{family}-*/final-e*/recommender.pt"), key=lambda p: p.stat().st_mtime
+    )
     if not fits:
         sys.exit(f"no final {family} fit under {lake_root}/05_models: run bench/quality.py --families {family} first")
     return fits[-1].parents[2].name, fits[-1]
@@ -130,7 +132,9 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--workers", type=int, default=4, help="server processes (interestflow serve's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-alive", action="store_true", help="reuse each client's connection (default: one per request)")
+    p.add_argument(
+        "--keep-alive", action="store_true", help="reuse each client's connection (default: one per request)"
+    )
     args = p.parse_args()
     quiet_env()
     out = fresh_home(args.out)

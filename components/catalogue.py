@@ -161,7 +161,9 @@ class Watch:
             try:
                 self._refresh()
             except Exception as e:  # noqa: BLE001 - a bad publication never stops serving
-                log.warning("catalogue %s not loaded (%s: %s); serving the previous one", self.folder, type(e).__name__, e)
+                log.warning(
+                    "catalogue %s not loaded (%s: %s); serving the previous one", self.folder, type(e).__name__, e
+                )
         return self.current_model
 
     def _refresh(self) -> None:
@@ -174,6 +176,4 @@ class Watch:
         table = storage.read_parquet(storage.join(self.folder, current["file"]))
         self.current_model = extend(self.base, table, current.get("model_version"))
         self.file = current["file"]
-        log.info(
-            "catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items
-        )
+        log.info("catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items)

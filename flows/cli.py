@@ -343,7 +343,12 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument("--family", required=True, choices=families)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--workers", type=int, default=4, help="server processes (default 4: two per core measured best, bench/serve.py)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="server processes (default 4: two per core, the best in bench/serve.py)",
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads per worker (default 1: workers x threads <= cores)"
     )
@@ -416,7 +421,9 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
 
         out = catalogue.publish(args.spec, args.lake or default_lake())
         verdict = "published" if out.changed else "unchanged (already current)"
-        print(f"catalogue {verdict}: {out.items} items ({out.embedded} texts embedded now, {out.cached} cached) -> {out.uri}")
+        print(
+            f"catalogue {verdict}: {out.items} items ({out.embedded} texts embedded now, {out.cached} cached) -> {out.uri}"
+        )
 
 
 def _serve(args: argparse.Namespace) -> None:
