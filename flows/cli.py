@@ -421,9 +421,8 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
 
         out = catalogue.publish(args.spec, args.lake or default_lake())
         verdict = "published" if out.changed else "unchanged (already current)"
-        print(
-            f"catalogue {verdict}: {out.items} items ({out.embedded} texts embedded now, {out.cached} cached) -> {out.uri}"
-        )
+        counts = f"{out.items} items ({out.embedded} texts embedded now, {out.cached} cached)"
+        print(f"catalogue {verdict}: {counts} -> {out.uri}")
 
 
 def _serve(args: argparse.Namespace) -> None:
