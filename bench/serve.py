@@ -8,7 +8,8 @@ and ``interestflow serve`` starts MLflow's model server on it. The load generato
 closed loop of C asyncio clients (aiohttp) in this process, on the same two cores, a new
 connection per request unless ``--keep-alive``: each request is a random known user with
 two recent events the model has not seen (random catalogue items, timestamps now), K = 10.
-Per level: a warm-up, then ``--seconds`` of requests; p50 / p99 latency and requests per second. Ends with one JSON line.
+Per level: a warm-up, then ``--seconds`` of requests; p50 / p99 latency and requests per
+second. Ends with one JSON line.
 
     .venv/bin/python bench/serve.py --lake bench/out/quality --family bert --out bench/out/serve
 """
