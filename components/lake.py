@@ -283,6 +283,8 @@ class ModelResult:
     train_samples: int = 0
     reused: bool = False
     """True when the same data and config trained before and nothing was trained now."""
+    warm_start: dict | None = None
+    """What the training started from (a champion's weights: which, ids carried and new)."""
 
 
 @dataclass(frozen=True)

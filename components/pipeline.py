@@ -95,13 +95,17 @@ def train(
     tags: dict | None = None,
     parent_run_id: str | None = None,
     on_epoch: Log | None = None,
+    warm_start: WarmStart | None = None,
 ) -> ModelResult:
     """One training (a fold or the final fit) in its own process, as one MLflow run: params,
     live per-epoch curve, metrics, plots and, for the final fit, the logged model.
 
     The same data and config trained before (a re-run of the same night) reuses that
-    training's result and trains nothing. ``on_epoch`` gets one line per epoch as it trains."""
-    ckpt_uri = training.checkpoint_uri(root, dataset, family, cfg, stage, fold, epochs)
+    training's result and trains nothing. ``on_epoch`` gets one line per epoch as it trains.
+    ``warm_start``: start from that registered model's weights where the ids overlap."""
+    ckpt_uri = training.checkpoint_uri(
+        root, dataset, family, cfg, stage, fold, epochs, warm_start.label if warm_start else None
+    )
     if (done := training.finished(ckpt_uri)) is not None:
         return _model_result(done, reused=True)
     model_cfg = MODELS[family].Config(**cfg.model)
@@ -114,6 +118,7 @@ def train(
         "stage": stage,
         "fold": fold if fold is not None else "",
         "epochs": epochs or "",
+        "warm_start": warm_start.label if warm_start else "",
         "data_hash": dataset.data_hash,
         "dataset_uri": dataset.uri,
         "folds": dataset.folds,
@@ -138,6 +143,10 @@ def train(
         "catalogue_uri": lake.catalogue_uri(root, dataset.features.validated.raw.spec),
     }
     try:
+        if warm_start:  # the champion's bytes beside the training, for its process to read
+            start = lake.file(ckpt_uri, training.WARM_START)
+            storage.write_bytes(start, pyfunc.load(warm_start.model_uri).to_bytes())
+            request["warm_start"] = {"uri": start, "label": warm_start.label}
         result = training.launch(request, log=on_epoch or log.info)
         if stage == "final":
             rec = Recommender.from_bytes(storage.read_bytes(lake.file(ckpt_uri, training.RECOMMENDER)))
@@ -180,10 +189,46 @@ def train_final(
     root: str,
     tags: dict | None = None,
     on_epoch: Log | None = None,
+    warm_start: bool | None = None,
 ) -> ModelResult:
-    """The final fit on everything but the test targets, for the epochs the folds chose."""
+    """The final fit on everything but the test targets, for the epochs the folds chose.
+
+    ``warm_start`` (None: when there is a compatible champion trained on other data): start
+    from the champion's weights (:func:`warm_start_from`). Only the final fit: a champion
+    trained on all of yesterday's events has seen most of today's validation targets, so a
+    warm-started fold would score itself on what it learnt."""
     epochs = training.summarize_folds(folds)["epochs"]
-    return train(dataset, family, "final", cfg, root, epochs=epochs, tags=tags, on_epoch=on_epoch)
+    start = warm_start_from(dataset, family, cfg) if warm_start is not False else None
+    if warm_start and start is None:
+        log.warning("warm start asked for %s, but there is no compatible champion: training from scratch", family)
+    return train(dataset, family, "final", cfg, root, epochs=epochs, tags=tags, on_epoch=on_epoch, warm_start=start)
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    model_uri: str
+    label: str
+    """``<registered name> v<version>``: recorded on the run and in its checkpoint's key."""
+
+
+def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> WarmStart | None:
+    """The champion of ``family`` to warm-start from, or None: there is none, it was trained
+    on today's data (a re-run of the same night trains as the night did), or its model
+    settings differ from today's (other shapes)."""
+    name = tracking.model_name(family)
+    version = tracking.alias_version(name, tracking.CHAMPION)
+    if version is None or tracking.version_tags(name, version).get("data_hash") == dataset.data_hash:
+        return None
+    uri = f"models:/{name}@{tracking.CHAMPION}"
+    champion = pyfunc.load(uri)
+    today = asdict(MODELS[family].Config(**cfg.model))
+    training_only = {"lr", "weight_decay"}
+    if champion.family != family or {k: v for k, v in champion.config.items() if k not in training_only} != {
+        k: v for k, v in today.items() if k not in training_only
+    }:
+        log.info("warm start: %s v%s has other model settings: %s trains from scratch", name, version, family)
+        return None
+    return WarmStart(uri, f"{name} v{version}")
 
 
 # -- test, registry, promotion ---------------------------------------------------------------------
@@ -713,6 +758,8 @@ class NightlySettings:
     reviews: dict = field(default_factory=dict)
     """Overrides of components.reviews.ReviewConfig (logs with review text only)."""
     dry_run: bool = False
+    warm_start: bool | None = None
+    """Final fits start from the champion's weights (None: when a compatible one exists)."""
 
 
 def nightly(
@@ -728,7 +775,7 @@ def nightly(
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
         folds = stages.train_folds(dataset, family, cfg, root, tags)
-        final = stages.train_final(dataset, family, folds, cfg, root, tags)
+        final = stages.train_final(dataset, family, folds, cfg, root, tags, s.warm_start)
         test = stages.evaluate(dataset, final, folds, root)
         if s.dry_run:
             results.append(FamilyResult(test))

@@ -25,6 +25,7 @@ import argparse
 import collections
 import contextlib
 import contextvars
+import hashlib
 import json
 import os
 import signal
@@ -57,6 +58,7 @@ from components.serving import ServingTables
 RESULT = "result.json"  # a finished training's result, beside its checkpoints
 RECOMMENDER = "recommender.pt"  # the final fit's trained model, beside its checkpoints
 EXAMPLE = "input_example.json"  # a request frame for the logged model's signature
+WARM_START = "warm_start.pt"  # the model a warm-started training starts from
 EPOCH = "EPOCH "  # prefix of the per-epoch lines rank 0 prints for launch()
 PROGRESS_ENV = "INTERESTFLOW_PROGRESS"  # "1": show Lightning's progress bar (the caller has a terminal)
 
@@ -213,6 +215,12 @@ def fit(request: dict) -> dict:
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else model_cfg.weight_decay,
     )
     system = RecSystem(cls(model_cfg, data.n_items, data.n_users, side_inputs(cls, data, view, model_cfg)), optim)
+    warm = None
+    if request.get("warm_start"):  # the champion's weights where today's ids were its ids
+        start = Recommender.from_bytes(storage.read_bytes(request["warm_start"]["uri"]))
+        item_map = torch.tensor([start.item_pos.get(str(i), -1) for i in data.item_ids], dtype=torch.long)
+        user_map = torch.tensor([start.user_pos.get(str(u), -1) for u in data.user_ids], dtype=torch.long)
+        warm = {"from": request["warm_start"]["label"], **system.model.warm_start(start.state_dict, item_map, user_map)}
     max_len = model_cfg.max_len
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])
@@ -266,6 +274,7 @@ def fit(request: dict) -> dict:
         "world_size": trainer.world_size,
         "train_users": sum(1 for s in view.train_seqs if len(s)),
         "train_samples": int(sum(len(s) for s in view.train_seqs)),  # training events per epoch
+        "warm_start": warm,
     }
     if not trainer.is_global_zero:
         return result
@@ -531,11 +540,13 @@ def fold_metrics(results) -> list[dict]:
 
 
 def checkpoint_uri(
-    root: str, dataset: DatasetLayer, family: str, cfg: TrainConfig, stage: str, fold, epochs=None
+    root: str, dataset: DatasetLayer, family: str, cfg: TrainConfig, stage: str, fold, epochs=None, warm=None
 ) -> str:
-    """05_models/...: one place per distinct training (a final fit for another epoch count is
-    another training)."""
+    """05_models/...: one place per distinct training (a final fit for another epoch count, or
+    from another model's weights ``warm``, is another training)."""
     name = f"fold{fold}" if stage == "fold" else f"{stage}-e{epochs}"
+    if warm:
+        name += "-warm-" + hashlib.sha256(warm.encode()).hexdigest()[:8]
     # The protocol version is part of the key: a training evaluated under an older rule is not reused.
     return lake.model_uri(root, dataset, family, {**asdict(cfg), "protocol": PROTOCOL_VERSION}, name)
 

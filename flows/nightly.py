@@ -145,6 +145,7 @@ def nightly(
     profile: dict | None = None,
     reviews: dict | None = None,
     dry_run: bool = False,
+    warm_start: bool | None = None,
     rerun_of: str | None = None,
 ) -> pipeline.NightlyResult:
     """Retrain, evaluate, register and (maybe) promote each family, then recommend.
@@ -174,6 +175,8 @@ def nightly(
         profile: Overrides of components.profiles.ProfileConfig, e.g. {"half_life_days": 90, "drift_by": "days"}.
         reviews: Overrides of components.reviews.ReviewConfig for logs with review text, e.g. {"n_topics": 30}.
         dry_run: Train and evaluate, but register, promote and recommend nothing.
+        warm_start: Start each final fit from its champion's weights where the ids overlap (default: when the
+            champion was trained on other data with the same model settings).
         rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
     try:  # the spec's freshness rule: not there yet means "come back later", not "fail"
@@ -204,6 +207,7 @@ def nightly(
         profile=profile or {},
         reviews=reviews or {},
         dry_run=dry_run,
+        warm_start=warm_start,
     )
     tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it
     try:

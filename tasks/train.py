@@ -24,7 +24,15 @@ def train_folds(dataset: DatasetLayer, family: str, cfg: TrainConfig, lake: str,
 
 @task(name="train-final", **TRAIN_RETRY, tags=["training"], task_run_name="train-{family}-final")
 def train_final(
-    dataset: DatasetLayer, family: str, folds: list[ModelResult], cfg: TrainConfig, lake: str, tags: dict
+    dataset: DatasetLayer,
+    family: str,
+    folds: list[ModelResult],
+    cfg: TrainConfig,
+    lake: str,
+    tags: dict,
+    warm_start: bool | None = None,
 ) -> ModelResult:
-    """Final fit on everything but the test targets, for the epochs the folds chose."""
-    return pipeline.train_final(dataset, family, folds, cfg, lake, tags, on_epoch=get_run_logger().info)
+    """Final fit on everything but the test targets, for the epochs the folds chose (from the
+    champion's weights with ``warm_start``)."""
+    logger = get_run_logger()
+    return pipeline.train_final(dataset, family, folds, cfg, lake, tags, on_epoch=logger.info, warm_start=warm_start)

@@ -331,3 +331,41 @@ def test_cnn_convolutions_as_matmuls_equal_the_conv_layers():
     h = [F.relu(conv(e).squeeze(3)).amax(dim=2) for conv in model.horizontal]
     z = F.relu(model.fc(torch.cat([v, *h], dim=1)))
     torch.testing.assert_close(model(window, users), torch.cat([z, model.user(users)], dim=1))
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_warm_start_takes_the_champions_rows_for_known_ids_and_keeps_new_rows_fresh(family):
+    """Yesterday's model -> today's: items 0..N-3 and users 0..U-2 carry over (today's index
+    = yesterday's + 2 / + 1), two new items and one new user keep their fresh initialisation."""
+    cls = MODELS[family]
+    torch.manual_seed(0)
+    old = build(family)
+    torch.manual_seed(1)
+    new = build(family)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    item_map = torch.tensor([-1, -1] + list(range(N_ITEMS - 2)))
+    user_map = torch.tensor([-1] + list(range(N_USERS - 1)))
+    info = new.warm_start(old.state_dict(), item_map, user_map)
+    assert info["items_carried"] == N_ITEMS - 2 and info["items_new"] == 2 and info["users_new"] == 1
+    state, before = new.state_dict(), old.state_dict()
+    params = dict(new.named_parameters())
+    for name in params:
+        if name in cls.ITEM_ROWS:
+            assert torch.equal(state[name][2:N_ITEMS], before[name][: N_ITEMS - 2]), name
+            assert torch.equal(state[name][:2], fresh[name][:2]), name  # new items: fresh rows
+            assert torch.equal(state[name][N_ITEMS:], before[name][N_ITEMS:]), name  # padding rows
+        elif name in cls.USER_ROWS:
+            assert torch.equal(state[name][1:N_USERS], before[name][: N_USERS - 1]), name
+            assert torch.equal(state[name][0], fresh[name][0]), name
+        else:
+            assert torch.equal(state[name], before[name]), name
+    for name in set(state) - set(params):  # buffers are today's data
+        assert torch.equal(state[name], fresh[name]), name
+
+
+def test_warm_start_refuses_other_shapes_and_changes_nothing():
+    small, big = build("mf", dim=4), build("mf", dim=8)
+    fresh = {k: v.clone() for k, v in big.state_dict().items()}
+    with pytest.raises(ValueError, match="warm start"):
+        big.warm_start(small.state_dict(), torch.arange(N_ITEMS), torch.arange(N_USERS))
+    assert all(torch.equal(v, fresh[k]) for k, v in big.state_dict().items())

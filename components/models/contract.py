@@ -223,6 +223,43 @@ class Family(nn.Module):
         recommended one's."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def warm_start(self, state: dict, item_map: torch.Tensor, user_map: torch.Tensor) -> dict:
+        """Start from another model's weights ``state`` (same family and sizes) where the ids
+        overlap: ``item_map[i]`` / ``user_map[u]`` is this model's item i's / user u's row in
+        ``state`` (-1: an id it did not have, whose rows keep their fresh initialisation).
+        Only parameters are taken: buffers (text vectors, counts, behaviour weights) are
+        today's data. Raises ValueError, changing nothing, when a shape does not fit.
+        Returns what was carried over."""
+        own, taken = dict(self.named_parameters()), {}
+        for name, p in own.items():
+            if name not in state:
+                continue
+            old = state[name]
+            rows = {**dict.fromkeys(self.ITEM_ROWS, item_map), **dict.fromkeys(self.USER_ROWS, user_map)}.get(name)
+            if rows is None:
+                if old.shape != p.shape:
+                    raise ValueError(f"warm start: {name} is {tuple(old.shape)} there, {tuple(p.shape)} here")
+                taken[name] = old
+                continue
+            n_old = len(old) - (len(p) - len(rows))  # the same padding / unknown rows after the ids
+            if old.shape[1:] != p.shape[1:] or n_old < 0:
+                raise ValueError(f"warm start: {name} is {tuple(old.shape)} there, {tuple(p.shape)} here")
+            new = p.detach().clone()
+            known = rows >= 0
+            new[: len(rows)][known] = old[rows[known]].to(new.dtype)
+            new[len(rows) :] = old[n_old:].to(new.dtype)  # padding / unknown-user rows
+            taken[name] = new
+        for name, value in taken.items():
+            own[name].copy_(value)
+        return {
+            "parameters": len(taken),
+            "items_carried": int((item_map >= 0).sum()),
+            "items_new": int((item_map < 0).sum()),
+            "users_carried": int((user_map >= 0).sum()),
+            "users_new": int((user_map < 0).sum()),
+        }
+
     def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """For items that entered the catalogue after training, with their text vectors
         ``text`` (m, d): the rows each :attr:`ITEM_ROWS` entry gains, so that the family
