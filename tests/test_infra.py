@@ -22,8 +22,8 @@ K8S = [doc for p in sorted((INFRA / "k8s").glob("*.yaml")) for doc in yaml.safe_
 
 def test_compose_has_the_stack_and_builds_one_image():
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker"}
-    for name in ("mlflow", "prefect-server", "worker"):
+    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "serve"}
+    for name in ("mlflow", "prefect-server", "worker", "serve"):
         assert (
             services[name]["build"]["dockerfile"] == "infra/Dockerfile"
             and services[name]["image"] == "interestflow:latest"
@@ -61,14 +61,14 @@ def test_the_compose_worker_serves_the_pool_of_prefect_yaml():
 
 def test_k8s_services_point_at_container_ports_of_their_workloads():
     workloads = {d["metadata"]["name"]: d for d in K8S if d["kind"] in ("Deployment", "StatefulSet")}
-    assert {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker"} <= set(workloads)
+    assert {"postgres", "minio", "mlflow", "prefect-server", "prefect-worker", "serve"} <= set(workloads)
     for svc in (d for d in K8S if d["kind"] == "Service"):
         target = workloads[svc["spec"]["selector"]["app"]]
         ports = {
             p["containerPort"] for c in target["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])
         }
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports, svc["metadata"]["name"]
-    for name in ("mlflow", "prefect-server", "prefect-worker"):
+    for name in ("mlflow", "prefect-server", "prefect-worker", "serve"):
         images = {c["image"] for c in workloads[name]["spec"]["template"]["spec"]["containers"]}
         assert images == {COMPOSE["services"]["mlflow"]["image"]}
     config = next(d for d in K8S if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "interestflow-config")
@@ -86,3 +86,18 @@ def test_the_kubernetes_work_pool_template_requests_gpus():
     assert used <= set(template["variables"]["properties"]), used - set(template["variables"]["properties"])
     worker = next(d for d in K8S if d["kind"] == "Deployment" and d["metadata"]["name"] == "prefect-worker")
     assert "interestflow-k8s" in worker["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_the_serve_service_runs_interestflow_serve_on_the_mlflow_server():
+    from flows.cli import build_parser
+    from flows.nightly import nightly
+
+    serve = COMPOSE["services"]["serve"]
+    args = serve["command"].replace("${SERVE_FAMILY}", "bert").split()
+    assert args[:2] == ["interestflow", "serve"]
+    parsed = build_parser(nightly)[0].parse_args(args[1:])  # the command line the CLI accepts
+    assert parsed.port == 5001 and f"{parsed.port}:{parsed.port}" in serve["ports"]
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    pod = next(d for d in K8S if d["kind"] == "Deployment" and d["metadata"]["name"] == "serve")
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    assert "interestflow serve" in container["args"][0] and container["readinessProbe"]["httpGet"]["path"] == "/ping"
