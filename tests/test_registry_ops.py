@@ -75,3 +75,31 @@ def test_racing_promotions_leave_exactly_one_champion(versions):
     assert len(holders) == 1
     aliases = [a for v in vs for a in tracking.client().get_model_version(name, v).aliases if a == "champion"]
     assert len(aliases) == 1
+
+
+def test_warm_start_comes_from_a_compatible_champion_of_other_data_only(monkeypatch):
+    """A champion trained on other data with the same model settings is where a final fit
+    starts; one trained on today's data (a re-run of the night) or with other sizes is not."""
+    from types import SimpleNamespace
+
+    from components import pipeline
+    from components.config import TrainConfig
+
+    monkeypatch.setenv("INTERESTFLOW_MODEL_PREFIX", "warm-start")
+    cls = MODELS[FAMILY]
+    model = cls(cls.Config(dim=4), 12, 3)
+    rec = Recommender(
+        FAMILY, dict(model.config.__dict__), model.state_dict(), np.array(list("abcdefghijkl")), np.array(list("xyz"))
+    )
+    run_id = tracking.create_run("warm", {}, {"test": "warm-start"})
+    uri = pyfunc.log(run_id, rec, pd.DataFrame({"user_id": ["x"], "history": [["a"]]}))
+    name = tracking.model_name(FAMILY)
+    today = SimpleNamespace(data_hash="today")
+    assert pipeline.warm_start_from(today, FAMILY, TrainConfig(model={"dim": 4})) is None  # no champion yet
+    tracking.set_alias(name, tracking.CHAMPION, tracking.register(uri, name, {"data_hash": "yesterday"}))
+    start = pipeline.warm_start_from(today, FAMILY, TrainConfig(model={"dim": 4}, lr=0.5))
+    assert start is not None and start.label == f"{name} v1" and start.model_uri.endswith("@champion")
+    assert pipeline.warm_start_from(today, FAMILY, TrainConfig(model={"dim": 8})) is None  # other shapes
+    assert (
+        pipeline.warm_start_from(SimpleNamespace(data_hash="yesterday"), FAMILY, TrainConfig(model={"dim": 4})) is None
+    )
