@@ -49,12 +49,12 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # only the candidates (every score >= each row's k-th largest, ties included, in index
     # order) gives the same answer as sorting the whole row, several times faster.
     B, N = scores.shape
-    if B and 8 * k < N:
+    if B and 1 <= k and 8 * k < N:
         kth = torch.topk(scores, k, dim=1, sorted=False).values.amin(1, keepdim=True)
         cand = scores >= kth
         counts = cand.sum(1)
         width = int(counts.max())
-        if width <= 8 * k:
+        if width <= 8 * k and int(counts.min()) >= k:  # (a NaN score leaves fewer: sort it all)
             rows, cols = cand.nonzero(as_tuple=True)  # row-major: each row's columns ascending
             slot = torch.arange(len(rows), device=scores.device) - (torch.cumsum(counts, 0) - counts)[rows]
             idx = torch.zeros(B, width, dtype=torch.long, device=scores.device)

@@ -204,6 +204,13 @@ def train_final(
     return train(dataset, family, "final", cfg, root, epochs=epochs, tags=tags, on_epoch=on_epoch, warm_start=start)
 
 
+def _latest_event(dataset: DatasetLayer) -> int:
+    """Unix seconds of the dataset's latest event (a champion that knew later events was
+    trained on another, newer log: it may have seen today's test targets)."""
+    users = storage.read_parquet(lake.file(dataset.features.uri, "users.parquet"), columns=["ts"])
+    return max((int(t.max()) for t in users["ts"] if len(t)), default=0)
+
+
 @dataclass(frozen=True)
 class WarmStart:
     model_uri: str
@@ -213,14 +220,21 @@ class WarmStart:
 
 def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> WarmStart | None:
     """The champion of ``family`` to warm-start from, or None: there is none, it was trained
-    on today's data (a re-run of the same night trains as the night did), or its model
-    settings differ from today's (other shapes)."""
+    on today's data (a re-run of the same night trains as the night did), it knew events
+    later than today's latest (a newer log, which may hold today's test targets), or its
+    model settings differ from today's (other shapes)."""
     name = tracking.model_name(family)
     version = tracking.alias_version(name, tracking.CHAMPION)
     if version is None or tracking.version_tags(name, version).get("data_hash") == dataset.data_hash:
         return None
-    uri = f"models:/{name}@{tracking.CHAMPION}"
+    uri = f"models:/{name}/{version}"  # this version, whatever the alias points at later
     champion = pyfunc.load(uri)
+    latest = int(champion.serving.ts.max()) if champion.serving is not None and len(champion.serving.ts) else None
+    if latest is not None and latest > _latest_event(dataset):
+        log.info(
+            "warm start: %s v%s knows events later than today's log: %s trains from scratch", name, version, family
+        )
+        return None
     today = asdict(MODELS[family].Config(**cfg.model))
     training_only = {"lr", "weight_decay"}
     if champion.family != family or {k: v for k, v in champion.config.items() if k not in training_only} != {
@@ -775,7 +789,7 @@ def nightly(
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
         folds = stages.train_folds(dataset, family, cfg, root, tags)
-        final = stages.train_final(dataset, family, folds, cfg, root, tags, s.warm_start)
+        final = stages.train_final(dataset, family, folds, cfg, root, tags, warm_start=s.warm_start)
         test = stages.evaluate(dataset, final, folds, root)
         if s.dry_run:
             results.append(FamilyResult(test))

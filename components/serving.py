@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from components.recommender import Recommender
 
 STORED_EVENTS = 500
-"""Events kept per user in a registered model: the history a request for them starts from
-(the ranking reads the family's ``max_len`` most recent; the exclusion policy all of them)."""
+"""Events kept per user in a registered model (or the family's ``max_len``, if more): the
+history a request for them starts from (the ranking reads the ``max_len`` most recent, the
+exclusion policy all of them: an item seen before them may be recommended again)."""
 MAX_K = 1000
 """The largest K a request may ask for."""
+MAX_TS = 253_402_300_799
+"""The latest timestamp a request may carry (9999-12-31T23:59:59Z, in seconds)."""
 MAX_REQUEST_EVENTS = 10_000
 """A request's history beyond this many events is refused (the ranking reads far fewer)."""
 SOURCES = ("history", "request", "popularity")
@@ -71,14 +74,19 @@ class ServingTables:
 
     @classmethod
     def from_dataset(
-        cls, data: Dataset, view: View, catalogue_uri: str | None = None, text_version: str | None = None
+        cls,
+        data: Dataset,
+        view: View,
+        catalogue_uri: str | None = None,
+        text_version: str | None = None,
+        keep: int = STORED_EVENTS,
     ) -> ServingTables:
         """From the data a final fit trained on: the popularity of its training events and
-        every user's latest :data:`STORED_EVENTS` events (of the whole log: ``serve``)."""
+        every user's latest ``keep`` events (of the whole log: ``serve``)."""
         train = np.concatenate(view.train_seqs) if view.train_seqs else np.zeros(0, np.int64)
         serve = data.view("serve")
         ts = data.ts if data.ts is not None else [np.zeros(len(s), np.int64) for s in data.seqs]
-        seqs = [s[-STORED_EVENTS:] for s in serve.train_seqs]
+        seqs = [s[-keep:] for s in serve.train_seqs]
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
 
         def flat(parts, dtype):
@@ -90,8 +98,8 @@ class ServingTables:
             popularity=np.bincount(train, minlength=data.n_items).astype(np.float32),
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
             items=flat(seqs, np.int64),
-            types=flat([t[-STORED_EVENTS:] for t in serve.train_types], np.int64),
-            ts=flat([t[-STORED_EVENTS:] for t in ts], np.int64),
+            types=flat([t[-keep:] for t in serve.train_types], np.int64),
+            ts=flat([t[-keep:] for t in ts], np.int64),
             catalogue_uri=catalogue_uri,
             text_version=text_version,
         )
@@ -151,7 +159,7 @@ def _listed(frame: pd.DataFrame, name: str, i: int) -> list | None:
     if name not in frame.columns:
         return None
     v = frame[name].iloc[i]
-    if v is None or (np.isscalar(v) and pd.isna(v)):
+    if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
         return None
     if isinstance(v, str) or not hasattr(v, "__len__"):
         raise BadRequest(f"row {i}: {name} must be a list, got {type(v).__name__} {str(v)[:40]!r}")
@@ -160,7 +168,7 @@ def _listed(frame: pd.DataFrame, name: str, i: int) -> list | None:
 
 def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bool) -> _Row:
     user = frame["user_id"].iloc[i]
-    if user is None or (np.isscalar(user) and pd.isna(user)) or not str(user).strip():
+    if user is None or (pd.api.types.is_scalar(user) and pd.isna(user)) or not str(user).strip():
         raise BadRequest(f"row {i}: user_id is empty")
     user = str(user)
     items = _listed(frame, "history", i) or []
@@ -179,8 +187,11 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     codes = [TYPE_CODES[str(t)] for t in types] if types is not None else [TYPE_CODES[default]] * len(items)
     try:
         secs = [int(s) for s in stamps] if stamps is not None else [-1] * len(items)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise BadRequest(f"row {i}: timestamps must be unix seconds (integers): {e}") from None
+    if secs and not all(0 <= s <= MAX_TS for s in secs) and stamps is not None:
+        bad = next(s for s in secs if not 0 <= s <= MAX_TS)
+        raise BadRequest(f"row {i}: timestamps must be unix seconds between 0 and {MAX_TS} (got {bad}; milliseconds?)")
     ids = [str(x) for x in items]
     known = [j for j, x in enumerate(ids) if x in rec.item_pos]
     ignored = list(dict.fromkeys(x for x in ids if x not in rec.item_pos))
@@ -195,9 +206,13 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     tables, u = rec.serving, rec.user_pos.get(user)
     if stored_history and tables is not None and u is not None:
         stored = tables.history(u)
+        if len(known) and stamps is not None:  # an event the model already holds is not new
+            held = set(zip(*(a.tolist() for a in stored), strict=True))
+            fresh = np.array([e not in held for e in zip(*(a.tolist() for a in req), strict=True)], dtype=bool)
+            req = tuple(a[fresh] for a in req)
         hist = tuple(np.concatenate([s, r]) for s, r in zip(stored, req, strict=True))
         source = "history"
-        note = f"{len(stored[0])} stored events and {len(known)} from the request"
+        note = f"{len(stored[0])} stored events and {len(req[0])} from the request"
     else:
         hist, source = req, "request"
         note = (

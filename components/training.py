@@ -53,7 +53,7 @@ from components.lake import DatasetLayer
 from components.models import MODELS, SideInputs
 from components.models.system import OptimConfig, RecSystem
 from components.recommender import Recommender
-from components.serving import ServingTables
+from components.serving import STORED_EVENTS, ServingTables
 
 RESULT = "result.json"  # a finished training's result, beside its checkpoints
 RECOMMENDER = "recommender.pt"  # the final fit's trained model, beside its checkpoints
@@ -300,6 +300,7 @@ def fit(request: dict) -> dict:
                 view,
                 request.get("catalogue_uri"),
                 _text_version(request["dataset"]) if cls.uses_text else None,
+                keep=max(STORED_EVENTS, max_len),
             ),
         )
         storage.write_bytes(lake.file(ckpt_uri, RECOMMENDER), rec.to_bytes())

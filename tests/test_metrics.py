@@ -64,3 +64,12 @@ def test_top_k_equals_a_stable_sort_of_the_whole_row_with_ties_and_minus_inf():
         order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
         v, i = metrics.top_k(s, k)
         assert torch.equal(i, order) and torch.equal(v, s.gather(1, order)), trial
+
+
+def test_top_k_with_a_nan_score_falls_back_to_the_full_sort():
+    import torch
+
+    s = torch.arange(100, dtype=torch.float32).repeat(3, 1)
+    s[1, 7] = float("nan")
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :5]
+    assert torch.equal(metrics.top_k(s, 5)[1], order)

@@ -81,6 +81,18 @@ def test_a_request_event_changes_the_ranking_and_is_excluded(served, family):
     assert after["note"].iloc[0].endswith("1 from the request")
 
 
+def test_an_event_the_model_holds_is_not_counted_twice(served):
+    rec, data = served["recs"]["lstm"], served["data"]
+    user = _user(data)
+    u = list(data.user_ids).index(user)
+    last = dict(history=[str(data.item_ids[data.seqs[u][-1]])], timestamps=[int(data.ts[u][-1])])
+    again = serving.answer(rec, _frame(user_id=user, event_types=["review"], **last), k=10)
+    base = serving.answer(rec, _frame(user_id=user), k=10)
+    assert again["item_id"].tolist() == base["item_id"].tolist() and again["note"].iloc[0].endswith(
+        "0 from the request"
+    )
+
+
 def test_each_reason_is_the_most_similar_history_event(served):
     rec, data = served["recs"]["bert"], served["data"]
     user = _user(data, 4)
@@ -113,6 +125,7 @@ def test_unknown_users_and_items_are_answered_and_said_so(served):
         (_frame(user_id="u", history=["a", "b"], event_types=["view"]), 5, "2 history items but 1 event_types"),
         (_frame(user_id="u", history=["a"], event_types=["glance"]), 5, "not contract types"),
         (_frame(user_id="u", history=["a"], timestamps=["yesterday"]), 5, "unix seconds"),
+        (_frame(user_id="u", history=["a"], timestamps=[1764626000000]), 5, "milliseconds"),
         (_frame(user_id="u", history=["a"] * 10_001), 5, "at most 10000"),
         (_frame(user_id="u"), 0, "k must be"),
         (_frame(user_id=""), 5, "user_id is empty"),

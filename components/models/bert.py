@@ -207,6 +207,8 @@ class BERT(Family):
         it barely saw: a new item has no evidence of popularity either)."""
         if self.config.fusion == "id":
             raise NotImplementedError("BERT with fusion='id' scores items by their ids alone")
+        if self.config.finetune_layers:  # its text vectors come from its own fine-tuned layers
+            raise NotImplementedError("BERT with finetune_layers scores text through layers a new item never passed")
         m, rows = len(text), {"text": torch.as_tensor(text, dtype=self.text.dtype)}
         if self.ids is not None:
             rows["ids.weight"] = torch.zeros(m, self.config.dim)
