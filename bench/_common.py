@@ -56,6 +56,18 @@ def fresh_home(path: str | Path) -> Path:
     return path
 
 
+def reuse_home(path: str | Path) -> Path:
+    """``path`` as :func:`fresh_home` makes it, without emptying it: finished layers and
+    trainings there (with their MLflow runs) are reused."""
+    path = Path(path).resolve()
+    (path / "prefect").mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        {"INTERESTFLOW_HOME": str(path), "INTERESTFLOW_LAKE": str(path), "PREFECT_HOME": str(path / "prefect")}
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return path
+
+
 def peak_rss_gib() -> float:
     """Peak RSS of this process or any finished child (the training processes), GiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, fresh_home, peak_rss_gib, quiet_env  # noqa: E402
+from _common import ROOT, fresh_home, peak_rss_gib, quiet_env, reuse_home  # noqa: E402
 
 DAY = 86_400
 
@@ -171,10 +171,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["new-items", "warm-start"], default=None)
+    p.add_argument("--reuse", action="store_true", help="keep --out: trainings finished there are reused")
     args = p.parse_args()
     args.epochs = {"bert": args.bert_epochs, "mf": 12, "lstm": 38, "cnn": 30}
     quiet_env()
-    out = fresh_home(args.out)
+    out = reuse_home(args.out) if args.reuse else fresh_home(args.out)
     from components import pipeline
     from components.datasets import Dataset
 
