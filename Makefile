@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos bench-behaviour bench-reviews clean
+.PHONY: install demo test test-fast lint format bench-pipeline bench-quality bench-speed bench-scale bench-text bench-profiles bench-chaos bench-behaviour bench-reviews bench-serve bench-fresh clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ bench-text: $(STAMP)
 
 bench-profiles: $(STAMP)
 	$(BIN)/python bench/profiles.py --lake bench/out/profiles
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve.py --lake bench/out/quality --out bench/out/serve
+
+bench-fresh: $(STAMP)
+	$(BIN)/python bench/fresh.py --out bench/out/fresh
 
 bench-chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py --out bench/out/chaos
