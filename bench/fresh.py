@@ -4,7 +4,7 @@ New items. Every item whose first interaction falls in the last N days is remove
 log (N: the fewest days that make at least ``--new-targets`` test targets such items); each
 family is trained on what is left (a final fit, ``--epochs``), the full catalogue is
 published (08_catalogue) and the model, extended by it as the served champion is
-(components/catalogue.py), is scored on the full log's test targets: HR@10 / NDCG@10 on
+(components/recommender.py CatalogueWatch), is scored on the full log's test targets: HR@10 / NDCG@10 on
 the targets that are new items and on the others. An id-only family cannot rank a new
 item (0 by construction); the text-aware family ranks them by their text.
 
@@ -72,6 +72,7 @@ def split_metrics(ranks: np.ndarray, is_new: np.ndarray) -> dict:
 def new_items_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, full) -> dict:
     from components import catalogue, evaluation, pipeline, pyfunc, storage, text
     from components.config import TrainConfig
+    from components.recommender import extended
 
     full_data, _ = full
     view = full_data.view("final")
@@ -92,7 +93,7 @@ def new_items_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, f
         cfg = TrainConfig(seed=args.seed, batch_size=args.batch_size)
         t0 = time.perf_counter()
         final = pipeline.train(layer, family, "final", cfg, str(out), epochs=args.epochs[family])
-        rec = catalogue.extend(pyfunc.load(final.model_uri), table, text.model_version())
+        rec = extended(pyfunc.load(final.model_uri), table, text.model_version())
         ranks, _, _ = evaluation.rank_view(rec.scorer_for(full_data), view, full_data.n_items, max_len=rec.max_len)
         m = split_metrics(ranks, is_new)
         print(

@@ -7,38 +7,25 @@ text_hash, embedding) and then ``current.json`` naming it. A file is written onc
 never changed, and the pointer moves only after it is complete, so a server never reads
 half a table, and a failed publication leaves the previous one serving.
 
-:class:`Watch` is the served model's side: it looks at the pointer at most every
-``INTERESTFLOW_CATALOGUE_POLL_S`` seconds (default 30) and, when it names a new table,
-extends the trained model by the items it has not seen: a family that reads text scores
-them by their text (``Recommender.with_items``); an id-only family leaves them out and its
-answers say how many. Known items keep the vectors they were trained with; their titles
-follow the table.
+The served model's side is ``components.recommender.CatalogueWatch``: it looks at the
+pointer at most every ``INTERESTFLOW_CATALOGUE_POLL_S`` seconds (default 30) and, when it
+names a new table, extends the trained model by the items it has not seen.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from components import events, features, lake, storage, text, validation
-from components.recommender import Recommender
-from components.serving import ServingTables
 
 log = logging.getLogger(__name__)
-POINTER = "current.json"
-CATALOGUE_ENV = "INTERESTFLOW_CATALOGUE"
-"""Overrides the catalogue folder a served model reads (default: the one of its training lake)."""
-POLL_ENV = "INTERESTFLOW_CATALOGUE_POLL_S"
-POLL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,7 @@ def publish(spec_path: str | Path, root: str, batch_size: int = 64, num_threads:
     digest.update(version.encode())
     folder = lake.catalogue_uri(root, spec.name)
     uri = storage.join(folder, f"items-{digest.hexdigest()[:16]}.parquet")
-    pointer = storage.join(folder, POINTER)
+    pointer = lake.catalogue_pointer(folder)
     current = storage.read_json(pointer) if storage.exists(pointer) else {}
     changed = current.get("file") != storage.name(uri)
     if changed:
@@ -108,72 +95,3 @@ def publish(spec_path: str | Path, root: str, batch_size: int = 64, num_threads:
     )
     log.info("catalogue: %s", out)
     return out
-
-
-def extend(base: Recommender, table: pd.DataFrame, model_version: str | None) -> Recommender:
-    """``base`` with the table's titles and, for a family that reads text, the table's items
-    it was not trained on (scored by their text)."""
-    titles = dict(zip(table["item_id"].astype(str), table["title"].astype(str), strict=True))
-    tables = base.serving
-    if tables is not None:
-        known = np.array([titles.get(str(i), t) for i, t in zip(base.item_ids, tables.titles, strict=True)], object)
-        tables = ServingTables(**{**tables.__dict__, "titles": known})
-    rec = Recommender(base.family, base.config, base.state_dict, base.item_ids, base.user_ids, base.behaviour, tables)
-    new = table[~table["item_id"].astype(str).isin(base.item_pos)]
-    if not len(new):
-        return rec
-    reason = None
-    if not base.model.uses_text:
-        reason = "id-only"
-    elif tables is None or tables.text_version != model_version:
-        reason = f"text encoder {model_version} is not the model's {tables.text_version if tables else None}"
-        log.warning("catalogue: %d new items not ranked: %s", len(new), reason)
-    if reason is None:
-        try:
-            vectors = np.stack(new["embedding"].to_numpy()).astype(np.float32)
-            return rec.with_items(new["item_id"].astype(str).tolist(), vectors, new["title"].astype(str).tolist())
-        except NotImplementedError as e:  # a text family configured without text (fusion='id')
-            reason = str(e)
-    if rec.serving is not None:
-        rec.serving.new_items_unranked = len(new)
-    return rec
-
-
-class Watch:
-    """The served model, kept up to date with the published catalogue (thread-safe: the
-    MLflow scoring server answers requests in threads)."""
-
-    def __init__(self, base: Recommender, folder: str | None = None, poll_s: float | None = None):
-        self.base = self.current_model = base
-        self.folder = folder or os.environ.get(CATALOGUE_ENV) or (base.serving.catalogue_uri if base.serving else None)
-        self.poll_s = float(os.environ.get(POLL_ENV, POLL_S)) if poll_s is None else poll_s
-        self.file: str | None = None
-        self._checked = -np.inf
-        self._lock = threading.Lock()
-
-    def current(self) -> Recommender:
-        if self.folder is None or time.monotonic() - self._checked < self.poll_s:
-            return self.current_model
-        with self._lock:
-            if time.monotonic() - self._checked < self.poll_s:
-                return self.current_model
-            self._checked = time.monotonic()
-            try:
-                self._refresh()
-            except Exception as e:  # noqa: BLE001 - a bad publication never stops serving
-                log.warning(
-                    "catalogue %s not loaded (%s: %s); serving the previous one", self.folder, type(e).__name__, e
-                )
-        return self.current_model
-
-    def _refresh(self) -> None:
-        pointer = storage.join(self.folder, POINTER)
-        if not storage.exists(pointer):
-            return
-        current = storage.read_json(pointer)
-        if current["file"] == self.file:
-            return
-        table = storage.read_parquet(storage.join(self.folder, current["file"]))
-        self.current_model = extend(self.base, table, current.get("model_version"))
-        self.file = current["file"]
-        log.info("catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items)

@@ -139,8 +139,13 @@ def profiles_uri(root: str, features: FeatureLayer) -> str:
 
 def catalogue_uri(root: str, spec: str) -> str:
     """08_catalogue/<spec>: the item table the served champions read between nights
-    (components/catalogue.py)."""
+    (components/catalogue.py publishes it, recommender.CatalogueWatch reads it)."""
     return storage.join(root, "08_catalogue", _SAFE.sub("_", spec))
+
+
+def catalogue_pointer(folder: str) -> str:
+    """The published catalogue's ``current.json``: which items file is current."""
+    return storage.join(folder, "current.json")
 
 
 def quarantine_uri(root: str, name: str, stamped: bool = False) -> str:

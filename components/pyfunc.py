@@ -29,20 +29,18 @@ class RecommenderModel(PythonModel):
     was trained on it; false: they are the whole history). Output: the top ``k`` per row
     with titles, scores and reasons (components/serving.py ``OUTPUT_COLUMNS``). Items
     published to the catalogue after training are ranked by a family that reads text
-    (components/catalogue.py)."""
+    (components/catalogue.py, read by recommender.CatalogueWatch)."""
 
     def load_context(self, context):
-        from components import catalogue
+        from components.recommender import CatalogueWatch
 
         if "uvicorn" in sys.modules:  # inside `mlflow models serve`'s workers
             _tcp_nodelay_on_accepted_sockets()
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
-        self.catalogue = catalogue.Watch(self.recommender)
+        self.catalogue = CatalogueWatch(self.recommender)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-
         params = {**DEFAULT_PARAMS, **(params or {})}
         # The model server writes records as JSON; a DataFrame only to be turned back into
         # records cost a third of a request. Elsewhere (Python callers) a DataFrame.
@@ -50,7 +48,7 @@ class RecommenderModel(PythonModel):
         try:
             return answer(self.catalogue.current(), model_input, params["k"], bool(params["stored_history"]))
         except serving.BadRequest as e:  # the scoring server answers 400 with the message
-            raise MlflowException.invalid_parameter_value(str(e)) from None
+            raise tracking.invalid_request(str(e)) from None
 
 
 DEFAULT_PARAMS = {"k": 10, "stored_history": True}

@@ -12,6 +12,10 @@ saw score -inf.
 from __future__ import annotations
 
 import io
+import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components import metrics
+from components import lake, metrics, storage
 from components.batches import pad_left, topk_table
 from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.models import MODELS
@@ -232,3 +236,80 @@ class Recommender:
             return out
 
         return score
+
+
+# -- the published catalogue (components/catalogue.py), as a served model reads it ---------------
+CATALOGUE_ENV = "INTERESTFLOW_CATALOGUE"
+"""Overrides the catalogue folder a served model reads (default: the one of its training lake)."""
+POLL_ENV = "INTERESTFLOW_CATALOGUE_POLL_S"
+POLL_S = 30.0
+_log = logging.getLogger(__name__)
+
+
+def extended(base: Recommender, table: pd.DataFrame, model_version: str | None) -> Recommender:
+    """``base`` with the table's titles and, for a family that reads text, the table's items
+    it was not trained on (scored by their text)."""
+    titles = dict(zip(table["item_id"].astype(str), table["title"].astype(str), strict=True))
+    tables = base.serving
+    if tables is not None:
+        known = np.array([titles.get(str(i), t) for i, t in zip(base.item_ids, tables.titles, strict=True)], object)
+        tables = ServingTables(**{**tables.__dict__, "titles": known})
+    rec = Recommender(base.family, base.config, base.state_dict, base.item_ids, base.user_ids, base.behaviour, tables)
+    new = table[~table["item_id"].astype(str).isin(base.item_pos)]
+    if not len(new):
+        return rec
+    reason = None
+    if not base.model.uses_text:
+        reason = "id-only"
+    elif tables is None or tables.text_version != model_version:
+        reason = f"text encoder {model_version} is not the model's {tables.text_version if tables else None}"
+        _log.warning("catalogue: %d new items not ranked: %s", len(new), reason)
+    if reason is None:
+        try:
+            vectors = np.stack(new["embedding"].to_numpy()).astype(np.float32)
+            return rec.with_items(new["item_id"].astype(str).tolist(), vectors, new["title"].astype(str).tolist())
+        except NotImplementedError as e:  # a text family configured without text (fusion='id')
+            reason = str(e)
+    if rec.serving is not None:
+        rec.serving.new_items_unranked = len(new)
+    return rec
+
+
+class CatalogueWatch:
+    """The served model, kept up to date with the published catalogue (thread-safe: the
+    MLflow scoring server answers requests in threads)."""
+
+    def __init__(self, base: Recommender, folder: str | None = None, poll_s: float | None = None):
+        self.base = self.current_model = base
+        self.folder = folder or os.environ.get(CATALOGUE_ENV) or (base.serving.catalogue_uri if base.serving else None)
+        self.poll_s = float(os.environ.get(POLL_ENV, POLL_S)) if poll_s is None else poll_s
+        self.file: str | None = None
+        self._checked = -np.inf
+        self._lock = threading.Lock()
+
+    def current(self) -> Recommender:
+        if self.folder is None or time.monotonic() - self._checked < self.poll_s:
+            return self.current_model
+        with self._lock:
+            if time.monotonic() - self._checked < self.poll_s:
+                return self.current_model
+            self._checked = time.monotonic()
+            try:
+                self._refresh()
+            except Exception as e:  # noqa: BLE001 - a bad publication never stops serving
+                _log.warning(
+                    "catalogue %s not loaded (%s: %s); serving the previous one", self.folder, type(e).__name__, e
+                )
+        return self.current_model
+
+    def _refresh(self) -> None:
+        pointer = lake.catalogue_pointer(self.folder)
+        if not storage.exists(pointer):
+            return
+        current = storage.read_json(pointer)
+        if current["file"] == self.file:
+            return
+        table = storage.read_parquet(storage.join(self.folder, current["file"]))
+        self.current_model = extended(self.base, table, current.get("model_version"))
+        self.file = current["file"]
+        _log.info("catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items)

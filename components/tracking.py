@@ -158,6 +158,15 @@ def predict(model_uri: str, frame: pd.DataFrame, params: dict | None = None) -> 
     return _mlflow().pyfunc.load_model(model_uri).predict(frame, params=params)
 
 
+def invalid_request(message: str) -> Exception:
+    """The exception a served model raises for a request it cannot answer: MLflow's scoring
+    server answers it with a 400 and the message (any other exception: also a 400, with
+    MLflow's generic message)."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException.invalid_parameter_value(message)
+
+
 class RegistryUnavailable(RuntimeError):
     """The model registry did not take a write (the register task retries it)."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("components", "tasks", "flows", "bench", "testkit", "expectations")
-LAYER_NAME = re.compile(r"^(0[1-7]_[a-z]+|quarantine|_SUCCESS)$")
+LAYER_NAME = re.compile(r"^(0[1-8]_[a-z]+|quarantine|_SUCCESS)$")
 
 
 def _module(path: Path) -> str:

@@ -212,13 +212,13 @@ def test_scorer_maps_a_model_onto_new_ids(family):
 
 @pytest.mark.parametrize("family", MODELS)
 def test_pyfunc_predict_returns_top_k_without_history(family):
-    from components.catalogue import Watch
     from components.pyfunc import RecommenderModel
+    from components.recommender import CatalogueWatch
     from components.serving import OUTPUT_COLUMNS
 
     model = RecommenderModel()
     model.recommender = _recommender(family)  # what load_context restores from the artifact
-    model.catalogue = Watch(model.recommender)
+    model.catalogue = CatalogueWatch(model.recommender)
     frame = pd.DataFrame({"user_id": ["u001", "nobody"], "history": [["i001", "i002"], ["i003"]]})
     out = model.predict(None, frame, {"k": 5})
     assert list(out.columns) == list(OUTPUT_COLUMNS) and len(out) == 10

@@ -91,7 +91,7 @@ def test_deploy_schedule_trigger_and_run_with_a_worker(server):
     prefect(env, "work-pool", "create", "interestflow-local", "--type", "process")
     prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
     deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
-    assert set(deployments) == {"nightly-retrain", "train", "promote", "recommend"}
+    assert set(deployments) == {"nightly-retrain", "train", "promote", "recommend", "catalogue"}
     nightly = deployments["nightly-retrain"]
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"

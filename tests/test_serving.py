@@ -21,7 +21,7 @@ from conftest import sample_frames, write_slice
 from components import catalogue, lake, pipeline, pyfunc, serving, tracking
 from components.datasets import Dataset
 from components.models import MODELS
-from components.recommender import Recommender
+from components.recommender import CatalogueWatch, Recommender
 from components.serving import OUTPUT_COLUMNS, ServingTables
 from testkit.faults import model_server
 
@@ -152,13 +152,13 @@ def test_a_published_new_item_is_ranked_by_its_text_and_id_families_say_they_can
     u = list(data.user_ids).index(user)
     twin_of = next(str(i) for i in bert.item_ids if bert.item_pos[str(i)] not in set(data.seqs[u]))
     new = _publish_with_a_new_item(served, twin_of)
-    now = catalogue.Watch(bert, poll_s=0).current()
+    now = CatalogueWatch(bert, poll_s=0).current()
     assert now.n_items == bert.n_items + 1 and now.item_ids[-1] == new
     top, val = now.rank([user], [data.seqs[u]], [data.types[u]], now.n_items)  # every item, ranked
     score = dict(zip(now.item_ids[top[0]], val[0], strict=True))
     assert np.isfinite(score[new]) and score[new] == pytest.approx(score[twin_of], rel=1e-5)
     assert now.titles()[-1] == served["items"].set_index("item_id").loc[twin_of, "title"]
-    id_only = catalogue.Watch(lstm, poll_s=0).current()
+    id_only = CatalogueWatch(lstm, poll_s=0).current()
     assert id_only.n_items == lstm.n_items
     note = serving.answer(id_only, _frame(user_id=user), k=3)["note"].iloc[0]
     assert "1 catalogue item(s) published after training are not ranked" in note
