@@ -128,7 +128,7 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
     start = pipeline.train(layer1, "bert", "final", cfg, str(out), epochs=args.epochs["bert"])
     runs = {}
     for name, warm in (("scratch", None), ("warm", pipeline.WarmStart(start.model_uri, "night-1 bert"))):
-        c = cfg if warm is None else replace(cfg, max_epochs=args.warm_max_epochs)
+        c = cfg if warm is None else replace(cfg, max_epochs=args.warm_max_epochs, lr=args.warm_lr)
         r = pipeline.train(full_layer, "bert", "fold", c, str(out), fold=0, warm_start=warm)
         curve = [(h["val_ndcg10"], h["train_epoch_s"]) for h in r.history]
         runs[name] = curve
@@ -151,6 +151,7 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         "warm_s_to_scratch_best": None if warm_s is None else round(warm_s, 1),
         "warm_start_time_ratio": None if warm_s is None else round(warm_s / scratch_s, 3),
         "warm_epoch1_val_ndcg10": round(runs["warm"][0][0], 4),
+        "warm_lr": args.warm_lr,
     }
 
 
@@ -169,6 +170,7 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=25)
     p.add_argument("--warm-max-epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--warm-lr", type=float, default=None, help="the warm start's learning rate (default: bert's)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["new-items", "warm-start"], default=None)
