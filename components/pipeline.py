@@ -145,7 +145,7 @@ def train(
     try:
         if warm_start:  # the champion's bytes beside the training, for its process to read
             start = lake.file(ckpt_uri, training.WARM_START)
-            storage.write_bytes(start, pyfunc.load(warm_start.model_uri).to_bytes())
+            storage.write_bytes(start, (warm_start.model or pyfunc.load(warm_start.model_uri)).to_bytes())
             request["warm_start"] = {"uri": start, "label": warm_start.label}
         result = training.launch(request, log=on_epoch or log.info)
         if stage == "final":
@@ -216,6 +216,8 @@ class WarmStart:
     model_uri: str
     label: str
     """``<registered name> v<version>``: recorded on the run and in its checkpoint's key."""
+    model: Recommender | None = field(default=None, compare=False, repr=False)
+    """The model at ``model_uri`` when it is already loaded (not loaded again)."""
 
 
 def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> WarmStart | None:
@@ -242,7 +244,7 @@ def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> War
     }:
         log.info("warm start: %s v%s has other model settings: %s trains from scratch", name, version, family)
         return None
-    return WarmStart(uri, f"{name} v{version}")
+    return WarmStart(uri, f"{name} v{version}", champion)
 
 
 # -- test, registry, promotion ---------------------------------------------------------------------

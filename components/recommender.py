@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -134,10 +134,12 @@ class Recommender:
         """The model's indices of ``item_ids``, unknown ones dropped (order kept)."""
         return np.array([self.item_pos[x] for x in map(str, item_ids) if x in self.item_pos], dtype=np.int64)
 
-    def typed_history(self, item_ids: Sequence[str], types: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(item indices, type codes) of a request's history, unknown items dropped. Without
-        types every event counts as the first target type (so the exclusion policy keeps
-        every history item out, as for an untyped log)."""
+    def typed_history(
+        self, item_ids: Sequence[str], types: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item indices, type codes, their positions in the request) of a request's history,
+        unknown items dropped. Without types every event counts as the first target type (so
+        the exclusion policy keeps every history item out, as for an untyped log)."""
         default = TYPE_CODES[self.behaviour.target[0]] if self.behaviour.target else 0
         item_ids = [str(x) for x in item_ids]
         unknown = sorted({str(t) for t in (types if types is not None else ())} - set(TYPE_CODES))
@@ -150,6 +152,7 @@ class Recommender:
         return (
             np.array([self.item_pos[item_ids[i]] for i in keep], dtype=np.int64),
             np.array([codes[i] for i in keep], dtype=np.int64),
+            np.array(keep, dtype=np.int64),
         )
 
     def user_indices(self, user_ids: Sequence[str]) -> torch.Tensor:
@@ -174,7 +177,7 @@ class Recommender:
         user_ids = [str(u) for u in user_ids]
         types = types if types is not None else [None] * len(histories)
         typed = [self.typed_history(h, t) for h, t in zip(histories, types, strict=True)]
-        top, val = self.rank(user_ids, [h for h, _ in typed], [t for _, t in typed], k)
+        top, val = self.rank(user_ids, [h for h, _, _ in typed], [t for _, t, _ in typed], k)
         table = topk_table(np.asarray(user_ids, dtype=object), self.item_ids, top, val, k)
         return table.astype({"score": np.float64})  # what the served model's signature says
 
@@ -253,7 +256,7 @@ def extended(base: Recommender, table: pd.DataFrame, model_version: str | None) 
     tables = base.serving
     if tables is not None:
         known = np.array([titles.get(str(i), t) for i, t in zip(base.item_ids, tables.titles, strict=True)], object)
-        tables = ServingTables(**{**tables.__dict__, "titles": known})
+        tables = replace(tables, titles=known)  # a copy: the base model's tables stay as trained
     rec = Recommender(base.family, base.config, base.state_dict, base.item_ids, base.user_ids, base.behaviour, tables)
     new = table[~table["item_id"].astype(str).isin(base.item_pos)]
     if not len(new):

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.behaviour import EVENT_TYPES, TYPE_CODES
+from components.behaviour import EVENT_TYPES
 
 if TYPE_CHECKING:
     from components.datasets import Dataset, View
@@ -179,12 +179,10 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     for name, values in (("event_types", types), ("timestamps", stamps)):
         if values is not None and len(values) != len(items):
             raise BadRequest(f"row {i}: {len(items)} history items but {len(values)} {name}")
-    if types is not None:
-        unknown = sorted({str(t) for t in types} - set(TYPE_CODES))
-        if unknown:
-            raise BadRequest(f"row {i}: event_types {unknown[:5]} are not contract types {list(EVENT_TYPES)}")
-    default = rec.behaviour.target[0] if rec.behaviour.target else EVENT_TYPES[0]
-    codes = [TYPE_CODES[str(t)] for t in types] if types is not None else [TYPE_CODES[default]] * len(items)
+    try:  # the model's own mapping: contract types, the default type, unknown items dropped
+        indices, codes, known = rec.typed_history(items, types)
+    except ValueError as e:
+        raise BadRequest(f"row {i}: {e}") from None
     try:
         secs = [int(s) for s in stamps] if stamps is not None else [-1] * len(items)
     except (TypeError, ValueError, OverflowError) as e:
@@ -192,14 +190,8 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     if secs and not all(0 <= s <= MAX_TS for s in secs) and stamps is not None:
         bad = next(s for s in secs if not 0 <= s <= MAX_TS)
         raise BadRequest(f"row {i}: timestamps must be unix seconds between 0 and {MAX_TS} (got {bad}; milliseconds?)")
-    ids = [str(x) for x in items]
-    known = [j for j, x in enumerate(ids) if x in rec.item_pos]
-    ignored = list(dict.fromkeys(x for x in ids if x not in rec.item_pos))
-    req = (
-        np.array([rec.item_pos[ids[j]] for j in known], dtype=np.int64),
-        np.array([codes[j] for j in known], dtype=np.int64),
-        np.array([secs[j] for j in known], dtype=np.int64),
-    )
+    ignored = list(dict.fromkeys(str(x) for x in items if str(x) not in rec.item_pos))
+    req = (indices, codes, np.asarray(secs, dtype=np.int64)[known])
     if stamps is not None and len(known):  # the request's events in time order (ties: as sent)
         order = np.argsort(req[2], kind="stable")
         req = tuple(a[order] for a in req)
