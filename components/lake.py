@@ -317,6 +317,8 @@ class TestReport:
     n_eval_users: int = 0
     behaviour: dict = field(default_factory=dict)
     """The behaviour the figures follow (target, weights, exclude)."""
+    spec: str = ""
+    """The dataset spec's name (what the model was trained on)."""
 
 
 @dataclass(frozen=True)

@@ -54,18 +54,49 @@ Log = Callable[[str], None]
 def ingest(spec: str, root: str, secret: events.SecretLookup | None = None) -> RawLayer:
     """01_raw: map the spec's sources onto the data contract."""
     raw = events.ingest(spec, root, secret)
-    log.info("ingest: %s -> %s", raw.spec, lake.relative(root, raw.uri))
+    f = lake.facts(raw.uri)
+    log.info(
+        "ingest %s: %s events from %s and %s items from %s -> %s",
+        raw.spec,
+        f"{f.get('n_events', 0):,}",
+        raw.events_source,
+        f"{f.get('n_items', 0):,}",
+        raw.items_source,
+        lake.relative(root, raw.uri),
+    )
     return raw
 
 
 def validate(raw: RawLayer, root: str) -> ValidatedLayer:
     """02_validated: the expectation suites; a critical failure stops here (quarantine/)."""
-    return validation_.validate(raw, root)
+    validated = validation_.validate(raw, root)
+    f = lake.facts(validated.uri)
+    suites = "; ".join(
+        f"suite {name}: {c['expectations']} expectations, {c['failed']} not met"
+        for name, c in f.get("suites", {}).items()
+    )
+    log.info(
+        "validate: %s; %d other checks not met; %d warnings, 0 critical; kept %s events and %s items -> %s",
+        suites,
+        f.get("other_checks_failed", 0),
+        len(validated.warnings),
+        f"{f.get('n_events', 0):,}",
+        f"{f.get('n_items', 0):,}",
+        lake.relative(root, validated.uri),
+    )
+    return validated
 
 
 def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
     """03_features: id vocabularies and time-ordered user sequences."""
-    return features.build_features(validated, root)
+    feats = features.build_features(validated, root)
+    log.info(
+        "features: vocabularies of %s users and %s items -> %s",
+        f"{feats.n_users:,}",
+        f"{feats.n_items:,}",
+        lake.relative(root, feats.uri),
+    )
+    return feats
 
 
 def embed_items(feats: FeatureLayer, root: str) -> FeatureLayer:
@@ -80,7 +111,16 @@ def embed_reviews(feats: FeatureLayer, root: str) -> FeatureLayer:
 
 def build_datasets(feats: FeatureLayer, root: str, folds: int, seed: int) -> DatasetLayer:
     """04_datasets: leave-one-out targets and user folds."""
-    return datasets_.build_datasets(feats, root, folds, seed)
+    ds = datasets_.build_datasets(feats, root, folds, seed)
+    log.info(
+        "datasets: %d folds (seed %d), %s of %s users with validation and test targets -> %s",
+        folds,
+        seed,
+        f"{ds.n_eval_users:,}",
+        f"{feats.n_users:,}",
+        lake.relative(root, ds.uri),
+    )
+    return ds
 
 
 # -- 05: training ---------------------------------------------------------------------------------
@@ -131,6 +171,8 @@ def train(
     }
     name = f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
     run_id = tracking.create_run(name, params, run_tags, parent_run_id)
+    start = f" from {warm_start.label}" if warm_start else ""
+    log.info("train %s%s: MLflow run %s", name, start, tracking.run_link(run_id))
     request = {
         "dataset": asdict(dataset),
         "family": family,
@@ -156,9 +198,12 @@ def train(
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
-    summary = {"train_s": result["train_s"], "epochs_run": result["epochs_run"]}
+    # Metric names sort test_ < train_ < val_ < vs_: the test figures come first wherever MLflow lists them.
+    summary = {"train_s": result["train_s"], "train_epochs": result["epochs_run"]}
     if stage == "fold":
-        summary.update({"best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}})
+        summary.update(
+            {"val_best_epoch": result["best_epoch"], **{f"val_{k}": v for k, v in result["metrics"].items()}}
+        )
         tracking.log_table(run_id, pd.DataFrame([result["metrics"]]), "metrics_table.json")
     tracking.log_metrics(run_id, summary)
     if result["history"]:
@@ -268,9 +313,9 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         final.run_id,
         {
             **{f"test_{k}": v for k, v in test.items()},
-            **{f"pop_test_{k}": v for k, v in pop.items()},
-            **{f"recent_test_{k}": v for k, v in recent.items()},
-            **{f"cv_{k}": v for k, v in cv.items()},
+            **{f"vs_popularity_{k}": v for k, v in pop.items()},
+            **{f"vs_recent_{k}": v for k, v in recent.items()},
+            **{f"val_{k}": v for k, v in cv.items()},  # the folds' mean and std
         },
     )
     tracking.log_table(final.run_id, frame.head(1000), "test_recommendations_sample.json")
@@ -312,29 +357,70 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         n_users=data.n_users,
         n_eval_users=dataset.n_eval_users,
         behaviour=dataset.behaviour.params(),
+        spec=dataset.spec,
     )
 
 
 def register(report: TestReport) -> Registered:
     """The final run's model as a new registered version with alias ``challenger``."""
+    t, cv = report.test, report.cv
     tags = {
         "data_hash": report.data_hash,
-        "test_ndcg10": report.test["ndcg10"],
-        "test_hr10": report.test["hr10"],
-        "cv_ndcg10_mean": report.cv.get("ndcg10_mean", ""),
-        "cv_ndcg10_std": report.cv.get("ndcg10_std", ""),
+        "test_ndcg10": round(t["ndcg10"], 4),
+        "test_hr10": round(t["hr10"], 4),
+        "cv_ndcg10_mean": round(cv["ndcg10_mean"], 4) if "ndcg10_mean" in cv else "",
+        "cv_ndcg10_std": round(cv["ndcg10_std"], 4) if "ndcg10_std" in cv else "",
     }
-    return _register_once(tracking.model_name(report.family), report.run_id, report.model_uri, tags)
+    spread = f", validation NDCG@10 {cv['ndcg10_mean']:.4f} ± {cv['ndcg10_std']:.4f}" if "ndcg10_mean" in cv else ""
+    trained = (
+        f"{report.family} trained on {report.n_users} users of `{report.spec}` (data {report.data_hash}, target "
+        f"{(report.behaviour or {}).get('target', 'any')}) on {time.strftime('%Y-%m-%d')}: test NDCG@10 "
+        f"{t['ndcg10']:.4f}, HR@10 {t['hr10']:.4f} on {report.n_eval_users} users (popularity NDCG@10 "
+        f"{report.popularity['ndcg10']:.4f}){spread}."
+    )
+    return _register_once(
+        tracking.model_name(report.family),
+        report.run_id,
+        report.model_uri,
+        tags,
+        trained,
+        f"interestflow's {report.family} recommender: {_family_summary(report.family)} Retrained every night; "
+        "the alias `champion` serves (batch top-K and `interestflow serve`) and moves only when a challenger "
+        "beats it on the same holdout.",
+    )
 
 
-def _register_once(name: str, run_id: str, model_uri: str, tags: dict) -> Registered:
-    """``model_uri`` (logged in ``run_id``) as a new version of ``name``, alias ``challenger``.
+def _family_summary(family: str) -> str:
+    """The first sentence of the family's module docstring (what the model is)."""
+    import sys
+
+    doc = sys.modules[MODELS[family].__module__].__doc__ or ""
+    return doc.strip().split("\n\n")[0].replace("\n", " ")
+
+
+def _register_once(
+    name: str, run_id: str, model_uri: str, tags: dict, description: str = "", model_description: str = ""
+) -> Registered:
+    """``model_uri`` (logged in ``run_id``) as a new version of ``name``, alias ``challenger``,
+    with ``description`` (what was trained on which data; the gate adds why it was promoted or
+    not) and, where the registered model has none, ``model_description``.
     Idempotent: a re-run that reused yesterday's run finds the version it registered."""
     version = tracking.version_of_run(name, run_id)
     reused = version is not None
     if version is None:
         version = tracking.register(model_uri, name, tags)
+        if description:
+            tracking.describe_version(name, version, description)
+    if model_description:
+        tracking.describe_model(name, model_description)
     tracking.set_alias(name, tracking.CHALLENGER, version)
+    log.info(
+        "register %s v%s (alias challenger%s): %s",
+        name,
+        version,
+        ", registered before" if reused else "",
+        tracking.version_link(name, version),
+    )
     return Registered(name=name, version=version, reused=reused)
 
 
@@ -370,7 +456,12 @@ def _gate(
             error = f"{type(e).__name__}: {e}"
     decision = promotion.decide(challenger, champion, gate, error)
     promotion.apply(name, version, decision, run_id)
-    log.info("promote %s v%s: %s (%s)", name, version, "promoted" if decision.promote else "kept", decision.reason)
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    text = tracking.version_description(name, version)
+    if "Promotion:" not in text:
+        tracking.describe_version(name, version, f"{text}\n\nPromotion: {verdict}: {decision.reason}".strip())
+    link = tracking.version_link(name, version)
+    log.info("promote %s v%s: %s (%s) %s", name, version, verdict, decision.reason, link)
     return decision
 
 
@@ -494,7 +585,17 @@ def _gate_sentiment(layer: ReviewsLayer, feats: FeatureLayer, gate: GateConfig) 
         "train_until": r["sentiment_train_until"],
         **{f"test_{k}": round(v, 4) for k, v in challenger.items()},
     }
-    registered = _register_once(name, layer.run_id, layer.model_uri, tags)
+    trained = (
+        f"Sentiment classifier on MiniLM review vectors, trained on {r['sentiment_train_reviews']} reviews of "
+        f"`{feats.spec}` (data {feats.data_hash}) up to {r['sentiment_cut']}: AUC positive vs negative "
+        f"{r['sentiment_auc']:.4f} (VADER {r['vader_auc']:.4f}), macro-F1 {r['sentiment_macro_f1']:.4f} on the "
+        f"{r['sentiment_test_reviews']} later reviews."
+    )
+    about = (
+        "interestflow's review sentiment model (negative / neutral / positive from a review's text), retrained "
+        "with the nightly run; `champion` moves only when a challenger beats it on the same later reviews."
+    )
+    registered = _register_once(name, layer.run_id, layer.model_uri, tags, trained, about)
 
     def rescore(champion_version: str) -> tuple[dict, dict]:
         scored = storage.read_parquet(lake.file(layer.uri, "scored.parquet"))
@@ -549,6 +650,14 @@ def recommend(
         "explore_share": explore_share,
     }
     storage.write_parquet(frame, uri, metadata={f"interestflow.{k}": str(v) for k, v in meta.items()})
+    log.info(
+        "recommend: top-%d for %s users from champion %s v%s -> %s",
+        k,
+        f"{frame['user_id'].nunique():,}",
+        c["name"],
+        c["version"],
+        lake.relative(root, uri),
+    )
     return RecommendationsLayer(
         uri=uri,
         family=c["family"],
@@ -642,6 +751,15 @@ def write_profiles(
         tracking.log_figure(run_id, fig, path)
     tracking.end_run(run_id)
     summary["profile_s"] = time.perf_counter() - t0
+    churn = summary.get("churn_skipped") or f"churn AUC {summary['churn_auc']:.3f}"
+    log.info(
+        "profiles: %s users, %s, median drift %.3f nats -> %s; plots: %s",
+        f"{summary['users']:,}",
+        churn,
+        summary["drift_jsd_median"],
+        lake.relative(root, uri),
+        tracking.artifact_link(run_id, "plots"),
+    )
     return ProfilesLayer(
         uri=uri, run_id=run_id, summary=summary, exploration=tuple(table), figures=tuple(sorted(figures))
     )
@@ -790,14 +908,21 @@ def nightly(
     results = []
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
-        folds = stages.train_folds(dataset, family, cfg, root, tags)
-        final = stages.train_final(dataset, family, folds, cfg, root, tags, warm_start=s.warm_start)
-        test = stages.evaluate(dataset, final, folds, root)
-        if s.dry_run:
-            results.append(FamilyResult(test))
-            continue
-        registered = stages.register(test)
-        results.append(FamilyResult(test, registered, stages.promote(registered, test, dataset, s.gate)))
+        night = _family_night(dataset, family, s, tags)
+        family_tags = {**tags, "mlflow.parentRunId": night}  # folds and final fit: children of the night
+        try:
+            folds = stages.train_folds(dataset, family, cfg, root, family_tags)
+            final = stages.train_final(dataset, family, folds, cfg, root, family_tags, warm_start=s.warm_start)
+            test = stages.evaluate(dataset, final, folds, root)
+            result = FamilyResult(test)
+            if not s.dry_run:
+                registered = stages.register(test)
+                result = FamilyResult(test, registered, stages.promote(registered, test, dataset, s.gate))
+        except BaseException:
+            tracking.end_run(night, "FAILED")
+            raise
+        _end_family_night(night, result)
+        results.append(result)
     recs = (
         None if s.dry_run else stages.recommend(dataset, list(s.families), root, s.k, s.serve_family, s.explore_share)
     )
@@ -809,6 +934,41 @@ def nightly(
         prof = stages.profiles(dataset, root, s.profile, model, test_recs, tags, reviews)
     summary = stages.report(results, recs, dataset.data_hash, prof, reviews)
     return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary, reviews)
+
+
+def _family_night(dataset: DatasetLayer, family: str, s: NightlySettings, tags: dict) -> str:
+    """The MLflow parent run of one family's night: its folds and final fit are its children,
+    and it ends with the family's test figures and the promotion decision."""
+    run_id = tracking.create_run(
+        f"{family}-{dataset.spec}-{time.strftime('%Y-%m-%d')}",
+        {"family": family, "data_hash": dataset.data_hash, "folds": s.folds, "dry_run": s.dry_run},
+        {
+            **tags,
+            "interestflow.family": family,
+            "interestflow.stage": "night",
+            "interestflow.data_hash": dataset.data_hash,
+        },
+    )
+    log.info("%s: MLflow runs of this night under %s", family, tracking.run_link(run_id))
+    return run_id
+
+
+def _end_family_night(run_id: str, result: FamilyResult) -> None:
+    r, d = result.report, result.decision
+    tracking.log_metrics(
+        run_id,
+        {
+            **{f"test_{k}": v for k, v in r.test.items()},
+            **{f"vs_popularity_{k}": v for k, v in r.popularity.items()},
+            **{f"val_{k}": v for k, v in r.cv.items()},
+        },
+    )
+    decision = ("promoted" if d.promote else "rejected") if d else "dry run"
+    tags = {"promotion.decision": decision, "promotion.reason": d.reason if d else "dry run: nothing registered"}
+    if result.registered:
+        tags["interestflow.model_version"] = f"{result.registered.name} v{result.registered.version}"
+    tracking.set_tags(run_id, tags)
+    tracking.end_run(run_id)
 
 
 def recommend_path(

@@ -71,13 +71,18 @@ def decide(
     )
 
 
+def _rounded(value):
+    """A figure as a tag: 4 digits (the registry shows tags as text)."""
+    return round(value, 4) if isinstance(value, float) else value
+
+
 def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     """Carry a decision out: move ``champion`` if promoted; record it on the run and version."""
     tags = {
         "promotion.decision": "promoted" if decision.promote else "rejected",
         "promotion.reason": decision.reason,
-        f"promotion.champion_{decision.metric}": (decision.champion or {}).get(decision.metric, "none"),
-        f"promotion.challenger_{decision.metric}": decision.challenger.get(decision.metric),
+        f"promotion.champion_{decision.metric}": _rounded((decision.champion or {}).get(decision.metric, "none")),
+        f"promotion.challenger_{decision.metric}": _rounded(decision.challenger.get(decision.metric)),
     }
     tracking.set_tags(run_id, tags)
     tracking.set_version_tags(name, version, tags)

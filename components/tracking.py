@@ -11,6 +11,7 @@ but logs and loads through here.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,23 @@ import pandas as pd
 
 EXPERIMENT = os.environ.get("INTERESTFLOW_EXPERIMENT", "interestflow")
 CHAMPION, CHALLENGER = "champion", "challenger"
+EXPERIMENT_DESCRIPTION = (
+    "interestflow's nightly retrains: per family and night a parent run with the family's test figures and "
+    "promotion decision, its cross-validation folds and final fit as child runs; plus the profiles and reviews "
+    "runs. Open the saved view `nightly` for test NDCG@10, HR@10, the data hash and the decision."
+)
+RUNS_VIEW = "nightly"
+"""The experiment's saved runs-table view (MLflow's shared view state, an experiment tag):
+the columns people compare nights by."""
+RUNS_VIEW_COLUMNS = (
+    "attributes.`Models`",
+    "metrics.`test_ndcg10`",
+    "metrics.`test_hr10`",
+    "metrics.`vs_popularity_ndcg10`",
+    "tags.`interestflow.data_hash`",
+    "tags.`promotion.decision`",
+    "tags.`promotion.reason`",
+)
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow>=3,<4", "pandas", "numpy", "transformers>=5,<6"]
 
 
@@ -30,6 +48,34 @@ def home() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def ui_url() -> str:
+    """Where people open the MLflow UI (``INTERESTFLOW_MLFLOW_UI``; default: the tracking
+    server itself when it is one, else ``mlflow ui``'s http://127.0.0.1:5000): the base of
+    every link in the logs and the run summary."""
+    configured = os.environ.get("INTERESTFLOW_MLFLOW_UI")
+    if configured:
+        return configured.rstrip("/")
+    uri = tracking_uri()
+    return _redacted(uri).rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+
+
+def runs_link(experiment: str | None = None) -> str:
+    """The experiment's runs table (not MLflow 3's GenAI pages) in its saved view."""
+    return f"{ui_url()}/#/experiments/{experiment or experiment_id()}/runs?viewStateShareKey={RUNS_VIEW}"
+
+
+def run_link(run_id: str, experiment: str | None = None) -> str:
+    return f"{ui_url()}/#/experiments/{experiment or experiment_id()}/runs/{run_id}"
+
+
+def artifact_link(run_id: str, path: str, experiment: str | None = None) -> str:
+    return f"{run_link(run_id, experiment)}/artifacts/{path}"
+
+
+def version_link(name: str, version: str) -> str:
+    return f"{ui_url()}/#/models/{name}/versions/{version}"
 
 
 def _mlflow():
@@ -55,10 +101,33 @@ def experiment_id(name: str = EXPERIMENT) -> str:
     artifacts = None
     if tracking_uri().startswith("sqlite:"):  # embedded: keep artifacts beside the DB, not in ./mlruns
         artifacts = (home() / "mlartifacts").resolve().as_uri()
+    tags = {
+        "mlflow.note.content": EXPERIMENT_DESCRIPTION,  # the experiment's description in the UI
+        # MLflow 3 opens an experiment of no declared kind on its GenAI pages (an empty Traces
+        # list): this one is model training, so it opens on the runs table
+        "mlflow.experimentKind": "custom_model_development",
+        f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(_runs_view()),
+    }
     try:
-        return c.create_experiment(name, artifact_location=artifacts)
+        return c.create_experiment(name, artifact_location=artifacts, tags=tags)
     except Exception:  # created concurrently by another task
         return c.get_experiment_by_name(name).experiment_id
+
+
+def _runs_view() -> dict:
+    """MLflow's runs-table view state (what its UI stores when a view is shared): newest
+    runs first, the columns of :data:`RUNS_VIEW_COLUMNS`."""
+    return {
+        "searchFilter": "",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": list(RUNS_VIEW_COLUMNS),
+        "runsExpanded": {},
+    }
 
 
 def create_run(name: str, params: dict, tags: dict, parent_run_id: str | None = None) -> str:
@@ -260,6 +329,22 @@ def version_of_run(name: str, run_id: str) -> str | None:
     """The version of ``name`` registered from ``run_id``, if any."""
     same = [v for v in client().search_model_versions(f"name='{name}'") if v.run_id == run_id]
     return str(same[0].version) if same else None
+
+
+def describe_version(name: str, version: str, text: str) -> None:
+    """The model version's description (shown on its page in the registry)."""
+    client().update_model_version(name, version, description=text)
+
+
+def version_description(name: str, version: str) -> str:
+    return client().get_model_version(name, version).description or ""
+
+
+def describe_model(name: str, text: str) -> None:
+    """The registered model's description, where it has none yet (one written by hand stays)."""
+    c = client()
+    if not (c.get_registered_model(name).description or "").strip():
+        c.update_registered_model(name, description=text)
 
 
 def set_version_tags(name: str, version: str, tags: dict) -> None:

@@ -358,6 +358,7 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
     events = storage.read_parquet(lake.file(raw.uri, "events.parquet"))
     items = storage.read_parquet(lake.file(raw.uri, "items.parquet"))
     findings = run_suite("items", items, raw.items_source)
+    n_suite = {"items": len(findings)}
     findings += run_suite(
         "events",
         events,
@@ -368,6 +369,11 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
             "catalogue_item_ids": sorted(items["item_id"].dropna().astype(str).unique()),
         },
     )
+    n_suite["events"] = len(findings) - n_suite["items"]
+    suites = {
+        name: {"expectations": len(load_suite(name).expectations), "failed": n_suite[name]}
+        for name in ("items", "events")
+    }
     if events.empty:
         findings.append(
             Finding(
@@ -415,4 +421,10 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
     storage.write_parquet(events, lake.file(uri, "events.parquet"))
     storage.write_parquet(items, lake.file(uri, "items.parquet"))
     storage.write_json(warnings, lake.file(uri, "warnings.json"))
-    return {"n_events": len(events), "n_items": len(items), "validated_at": str(now)}
+    return {
+        "n_events": len(events),
+        "n_items": len(items),
+        "validated_at": str(now),
+        "suites": suites,
+        "other_checks_failed": len(findings) - sum(n_suite.values()),
+    }

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -14,7 +16,6 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run as prefect_flow_run
 from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.names import generate_slug
 
 from components import pipeline, runlock, training
 from components.config import TrainConfig, default_lake
@@ -76,7 +77,39 @@ class _NoTracebackForExpected(logging.Filter):
 for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(_NoTracebackForExpected())
 
+
+class _ToRunLog(logging.Handler):
+    """components/ log to the stdlib logger ``interestflow`` (they import no Prefect): inside a
+    flow or task run its records go to that run's log (the terminal and the Prefect UI), so
+    each stage says what it found and did. Outside a run, warnings still reach stderr.
+
+    Written here rather than with ``PREFECT_LOGGING_EXTRA_LOGGERS``: that setting is read when
+    Prefect configures logging, before a worker imports this flow, and its API handler warns
+    on every record outside a run (the benchmarks and tests call the stages directly)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if TaskRunContext.get() is None and FlowRunContext.get() is None:
+            if record.levelno >= logging.WARNING:
+                logging.lastResort.handle(record)
+            return
+        get_run_logger().log(record.levelno, record.getMessage())
+
+
+_pipeline_log = logging.getLogger("interestflow")
+if not any(isinstance(h, _ToRunLog) for h in _pipeline_log.handlers):
+    _pipeline_log.addHandler(_ToRunLog(logging.INFO))
+    _pipeline_log.setLevel(logging.INFO)
+
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
+ServeFamily = Literal["mf", "lstm", "cnn", "bert", None]
+"""A family, or None (the best test NDCG@10): one enum with null, which the Prefect UI shows as
+one dropdown (``Family | None`` is a union there: a type switch that starts on "None")."""
+# Lightning's settings that the flow offers (the Prefect UI shows them as dropdowns)
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Strategy = Literal["auto", "ddp", "ddp_spawn"]
+Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
 # Fold trainings run concurrently up to this many at a time (each is its own process).
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
@@ -85,8 +118,32 @@ RERUN_PREFIX = "rerun-"
 """Names the runs that prefect.yaml's automation starts again after a failure (it skips them)."""
 
 
-def _run_name() -> str:
-    return (RERUN_PREFIX if prefect_flow_run.parameters.get("rerun_of") else "") + generate_slug(2)
+def spec_name(spec: str) -> str:
+    """A spec as people say it: its file name without the folder or extension."""
+    return Path(str(spec)).stem or "spec"
+
+
+def run_name(prefix: str) -> Callable[[], str]:
+    """A flow's run names: ``<prefix>-<spec>-<UTC date and time>`` (``<prefix>-<date and time>``
+    for a flow without a spec), ``rerun-`` first for the automation's re-run of a failed night."""
+
+    def name() -> str:
+        params = prefect_flow_run.parameters
+        spec = f"-{spec_name(params['spec'])}" if params.get("spec") else ""
+        family = f"-{params['family']}" if params.get("family") else ""
+        again = RERUN_PREFIX if params.get("rerun_of") else ""
+        return f"{again}{prefix}{spec}{family}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
+
+    return name
+
+
+def tag_run(spec: str, families) -> None:
+    """The flow run's tags name its spec and families (``spec:<name>``, ``family:<f>``), to
+    filter runs by in the Prefect UI whether the CLI or a deployment started them."""
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(prefect_flow_run.id)
+        wanted = {f"spec:{spec_name(spec)}", *(f"family:{f}" for f in families)}
+        c.update_flow_run(run.id, tags=sorted({*run.tags, *wanted}))
 
 
 def _scheduled_time(rerun_of: str | None) -> datetime:
@@ -116,7 +173,7 @@ def _later_or_never(e: InputNotReady) -> InputNotReady:
 
 @flow(
     name="nightly-retrain",
-    flow_run_name=_run_name,
+    flow_run_name=run_name("nightly"),
     task_runner=ThreadPoolTaskRunner(max_workers=FOLD_WORKERS),
     log_prints=True,
 )
@@ -130,16 +187,16 @@ def nightly(
     batch_size: int = 512,
     lr: float | None = None,
     seed: int = 0,
-    accelerator: str = "auto",
+    accelerator: Accelerator = "auto",
     devices: int = 1,
     num_nodes: int = 1,
-    strategy: str = "auto",
-    precision: str = "auto",
+    strategy: Strategy = "auto",
+    precision: Precision = "auto",
     model: dict[str, dict] | None = None,
     min_gain: float = 0.0,
     tolerance: float = 0.05,
     k: int = 10,
-    serve_family: Family | None = None,
+    serve_family: ServeFamily = None,
     explore_share: float = 0.0,
     profiles: bool = True,
     profile: dict | None = None,
@@ -179,6 +236,7 @@ def nightly(
             champion was trained on other data with the same model settings).
         rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
+    tag_run(spec, families)
     try:  # the spec's freshness rule: not there yet means "come back later", not "fail"
         check_ready(spec, _scheduled_time(rerun_of))
     except InputNotReady as e:

@@ -7,12 +7,12 @@ from prefect import flow
 
 from components import pipeline
 from components.config import default_lake
-from flows.nightly import TASKS, Family
+from flows.nightly import TASKS, Family, ServeFamily, run_name, tag_run
 from tasks.catalogue import publish
 from tasks.promote import move_champion
 
 
-@flow(name="promote", log_prints=True)
+@flow(name="promote", flow_run_name=run_name("promote"), log_prints=True)
 def promote(family: Family, reason: str, version: str | None = None, rollback: bool = False) -> dict:
     """Make a registered version the champion, or roll the champion back to the one it replaced.
 
@@ -27,13 +27,13 @@ def promote(family: Family, reason: str, version: str | None = None, rollback: b
     return out
 
 
-@flow(name="recommend", log_prints=True)
+@flow(name="recommend", flow_run_name=run_name("recommend"), log_prints=True)
 def recommend(
     spec: str = "specs/beauty_sample.yaml",
     lake: str | None = None,
     families: list[Family] = ["mf"],  # noqa: B006 - Prefect renders the default in the UI
     k: int = 10,
-    serve_family: Family | None = None,
+    serve_family: ServeFamily = None,
     explore_share: float = 0.0,
     profiles: bool = True,
     profile: dict | None = None,
@@ -52,6 +52,7 @@ def recommend(
         profile: Overrides of components.profiles.ProfileConfig.
         reviews: Overrides of components.reviews.ReviewConfig, as the nightly run had them (logs with review text).
     """
+    tag_run(spec, families)
     dataset, recs, prof = pipeline.recommend_path(
         spec,
         lake or default_lake(),
@@ -68,7 +69,7 @@ def recommend(
     return {"data_hash": dataset.data_hash, "recommendations": recs, "profiles": prof}
 
 
-@flow(name="catalogue", log_prints=True)
+@flow(name="catalogue", flow_run_name=run_name("catalogue"), log_prints=True)
 def catalogue(spec: str = "specs/beauty_sample.yaml", lake: str | None = None) -> dict:
     """Publish today's catalogue (08_catalogue) for the served champions, without retraining:
     only new or changed item texts are embedded, and a text-aware champion ranks the new

@@ -16,7 +16,15 @@ def pseudonym_secret() -> str | None:
         return None
 
 
-@task(name="ingest", **IO_RETRIES, task_run_name="ingest-{spec}")
+def _name() -> str:
+    from pathlib import Path
+
+    from prefect.runtime import task_run
+
+    return f"ingest-{Path(str(task_run.parameters['spec'])).stem}"
+
+
+@task(name="ingest", **IO_RETRIES, task_run_name=_name)
 def ingest(spec: str, lake: str) -> RawLayer:
     """01_raw: map the spec's sources onto the data contract."""
     return pipeline.ingest(spec, lake, pseudonym_secret)

@@ -171,7 +171,7 @@ def test_a_shop_log_trains_for_purchases_end_to_end(tmp_path, harness):
     assert r.recent["ndcg10"] > r.popularity["ndcg10"] and r.recent["repeat_n"] + r.recent["new_n"] == r.n_eval_users
     assert "recent interactions" in out.summary and "target **purchase**" in out.summary
     logged = tracking.client().get_run(r.run_id).data
-    assert {"recent_test_ndcg10", "pop_test_ndcg10", "test_repeat_ndcg10"} <= set(logged.metrics)
+    assert {"vs_recent_ndcg10", "vs_popularity_ndcg10", "test_repeat_ndcg10"} <= set(logged.metrics)
     assert logged.params["protocol.behaviour.exclude"] == "target"
 
     # Recommendations keep viewed items and leave out only what each shopper bought.
