@@ -27,7 +27,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/interestflow demo
 
-test: $(STAMP)
+# The browser test's headless Chromium: Debian's package (Playwright's own download needs a
+# network this machine does not have).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser test fails in CI and skips elsewhere"
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 

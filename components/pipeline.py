@@ -76,9 +76,9 @@ def validate(raw: RawLayer, root: str) -> ValidatedLayer:
         for name, c in f.get("suites", {}).items()
     )
     log.info(
-        "validate: %s; %d other checks not met; %d warnings, 0 critical; kept %s events and %s items -> %s",
-        suites,
-        f.get("other_checks_failed", 0),
+        "validate: %s; %s other checks not met; %d warnings, 0 critical; kept %s events and %s items -> %s",
+        suites or "validated before",
+        f.get("other_checks_failed", "?"),
         len(validated.warnings),
         f"{f.get('n_events', 0):,}",
         f"{f.get('n_items', 0):,}",
@@ -207,7 +207,7 @@ def train(
         tracking.log_table(run_id, pd.DataFrame([result["metrics"]]), "metrics_table.json")
     tracking.log_metrics(run_id, summary)
     if result["history"]:
-        for path, fig in plots.learning_curve(result["history"], name).items():
+        for path, fig in plots.learning_curve(result["history"], name, result.get("best_epoch")).items():
             tracking.log_figure(run_id, fig, path)
     tracking.end_run(run_id)
     return _model_result(result, reused=False)
@@ -802,11 +802,13 @@ def report(
     data_hash: str,
     profiles=None,
     reviews: ReviewsLayer | None = None,
+    root: str = "",
 ) -> str:
-    """The run summary (markdown); the flow also publishes it and the leaderboard as artifacts."""
+    """The run summary (markdown, lake URIs relative to ``root``); the flow also publishes it
+    and the leaderboard as artifacts."""
     from components import report as report_
 
-    return report_.markdown(results, recommendations, data_hash, profiles, reviews)
+    return report_.markdown(results, recommendations, data_hash, profiles, reviews, root)
 
 
 # -- the path --------------------------------------------------------------------------------------
@@ -932,7 +934,7 @@ def nightly(
         test_recs = {r.family: r.report.test_recommendations_uri for r in results}
         model = recs.model_uri if recs else best
         prof = stages.profiles(dataset, root, s.profile, model, test_recs, tags, reviews)
-    summary = stages.report(results, recs, dataset.data_hash, prof, reviews)
+    summary = stages.report(results, recs, dataset.data_hash, prof, reviews, root)
     return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary, reviews)
 
 

@@ -3,21 +3,36 @@ beside the popularity and recent-interaction baselines, repeat/new targets, prom
 
 from __future__ import annotations
 
+from components import lake, tracking
+from components.plots import CV_FOLDS, LEARNING_CURVE
+
 METRICS = ("hr5", "hr10", "hr20", "ndcg5", "ndcg10", "ndcg20", "mrr", "coverage10")
 
 
+def verdict(fr) -> tuple[str, str]:
+    """A FamilyResult's promotion decision and its reason, as two texts."""
+    d = fr.decision
+    if d is None:
+        return "dry run", "nothing registered"
+    return ("promoted to champion" if d.promote else "not promoted"), d.reason
+
+
 def leaderboard(results: list) -> list[dict]:
-    """One row per family (plus popularity): the figures people compare. ``results``: the
-    nightly path's FamilyResults (components/pipeline.py)."""
+    """One row per family (plus popularity): the figures people compare, version, test NDCG@10
+    and the decision first. ``results``: the nightly path's FamilyResults (components/pipeline.py)."""
     rows = []
     for fr in results:
         r = fr.report
-        row = {"family": r.family}
-        for m in METRICS:
-            row[f"cv_{m}"] = f"{r.cv[m + '_mean']:.4f} ± {r.cv[m + '_std']:.4f}"
-            row[f"test_{m}"] = round(r.test[m], 4)
-        row["decision"] = fr.decision.reason if fr.decision else "dry run: not registered"
-        row["version"] = fr.registered.version if fr.registered else ""
+        decision, reason = verdict(fr)
+        row = {
+            "family": r.family,
+            "version": fr.registered.version if fr.registered else "",
+            "test_ndcg10": round(r.test["ndcg10"], 4),
+            "decision": decision,
+            "reason": reason,
+        }
+        row.update({f"test_{m}": round(r.test[m], 4) for m in METRICS})
+        row.update({f"cv_{m}": f"{r.cv[m + '_mean']:.4f} ± {r.cv[m + '_std']:.4f}" for m in METRICS})
         rows.append(row)
     if results:
         for name, base in (
@@ -39,12 +54,14 @@ def behaviour_line(report) -> str:
     )
 
 
-def markdown(results: list, recommendations, data_hash: str, profiles=None, reviews=None) -> str:
+def markdown(results: list, recommendations, data_hash: str, profiles=None, reviews=None, root: str = "") -> str:
     """The run summary: FamilyResults, the RecommendationsLayer, the ProfilesLayer and the
-    ReviewsLayer (each may be None)."""
+    ReviewsLayer (each may be None). Lake URIs are shown relative to the lake ``root``; MLflow
+    runs, versions and plots are links (tracking.ui_url)."""
     lines = [f"# interestflow nightly run (data {data_hash})", ""]
     if results:
         lines += [behaviour_line(results[0].report), ""]
+        lines += [f"Lake: `{root}`; MLflow: [runs]({tracking.runs_link()})", ""] if root else []
     lines += [
         "| family | metric | CV mean ± std | test | popularity (test) | recent interactions (test) |",
         "|---|---|---|---|---|---|",
@@ -87,24 +104,39 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None, revi
         "",
         "## Promotion",
         "",
-        "| family | version | test NDCG@10 | popularity | recent interactions | decision | reason |",
+        "| family | version | test NDCG@10 | decision | reason | popularity | recent interactions |",
         "|---|---|---|---|---|---|---|",
     ]
     for fr in results:
-        d, r = fr.decision, fr.report
-        verdict = ("promoted to champion" if d.promote else "not promoted") if d else "dry run"
+        r = fr.report
+        decision, reason = verdict(fr)
+        v = fr.registered
+        version = f"[v{v.version}]({tracking.version_link(v.name, v.version)})" if v else "-"
         recent = f"{r.recent['ndcg10']:.4f}" if r.recent else ""
         lines.append(
-            f"| {fr.family} | {fr.registered.version if fr.registered else '-'} | {r.test['ndcg10']:.4f} | "
-            f"{r.popularity['ndcg10']:.4f} | {recent} | {verdict} | {d.reason if d else 'nothing registered'} |"
+            f"| {fr.family} | {version} | {r.test['ndcg10']:.4f} | {decision} | {reason} | "
+            f"{r.popularity['ndcg10']:.4f} | {recent} |"
         )
+    if results:
+        lines += ["", "## Plots (MLflow)", ""]
+        lines += [
+            f"- {fr.family}: [learning curve]({tracking.artifact_link(fr.report.run_id, LEARNING_CURVE)})"
+            + (
+                f", [cross-validation folds]({tracking.artifact_link(fr.report.run_id, CV_FOLDS)})"
+                if fr.report.fold_metrics
+                else ""
+            )
+            + f", [final run]({tracking.run_link(fr.report.run_id)})"
+            for fr in results
+        ]
     if recommendations:
         r = recommendations
-        lines += ["", f"Recommendations: {r.rows} rows for {r.users} users from {r.family} v{r.version} -> `{r.uri}`"]
+        where = lake.relative(root, r.uri) if root else r.uri
+        lines += ["", f"Recommendations: {r.rows} rows for {r.users} users from {r.family} v{r.version} -> `{where}`"]
     if reviews:
         lines += review_lines(reviews)
     if profiles:
-        lines += profile_lines(profiles)
+        lines += profile_lines(profiles, root)
     return "\n".join(lines) + "\n"
 
 
@@ -134,8 +166,8 @@ def review_lines(reviews) -> list[str]:
     return lines
 
 
-def profile_lines(profiles) -> list[str]:
-    """A ProfilesLayer's figures as markdown."""
+def profile_lines(profiles, root: str = "") -> list[str]:
+    """A ProfilesLayer's figures as markdown (its URI relative to the lake ``root``)."""
     s = profiles.summary
     churn = (
         s["churn_skipped"]
@@ -145,7 +177,7 @@ def profile_lines(profiles) -> list[str]:
     )
     lines = [
         "",
-        f"## Interest profiles (`{profiles.uri}`)",
+        f"## Interest profiles (`{lake.relative(root, profiles.uri) if root else profiles.uri}`)",
         "",
         f"{churn} Drift (JSD, nats): median {s['drift_jsd_median']:.3f} over {s['drift_users']} users.",
         "",
@@ -162,5 +194,9 @@ def profile_lines(profiles) -> list[str]:
             f"{r['novelty']:.2f} |"
             for r in profiles.exploration
         ]
-    lines += ["", f"Plots in MLflow run `{profiles.run_id}`: " + ", ".join(f"`{f}`" for f in profiles.figures)]
+    lines += [
+        "",
+        f"Plots in MLflow run [profiles]({tracking.run_link(profiles.run_id)}): "
+        + ", ".join(f"[{f.split('/')[-1]}]({tracking.artifact_link(profiles.run_id, f)})" for f in profiles.figures),
+    ]
     return lines

@@ -63,7 +63,10 @@ def ui_url() -> str:
 
 def runs_link(experiment: str | None = None) -> str:
     """The experiment's runs table (not MLflow 3's GenAI pages) in its saved view."""
-    return f"{ui_url()}/#/experiments/{experiment or experiment_id()}/runs?viewStateShareKey={RUNS_VIEW}"
+    return (
+        f"{ui_url()}/#/experiments/{experiment or experiment_id()}/runs"
+        f"?viewStateShareKey={RUNS_VIEW}&workflowType=machine_learning"
+    )
 
 
 def run_link(run_id: str, experiment: str | None = None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SPEC = str(ROOT / "specs" / "beauty_sample.yaml")
 EPHEMERAL_STARTUP_TIMEOUT_S = 120  # seconds; see _env()
+PREFECT_UI_PORT = 4200
 FLOW_COMMANDS = {
     # command: (help, defaults that differ from the flow's own)
     "demo": ("the nightly flow on the shipped sample", {"spec": SAMPLE_SPEC}),
@@ -110,17 +111,21 @@ def _print_summary(out: dict) -> None:
             f"Profiles of {p['users']} users: {churn}, median drift {p['drift_jsd_median']:.3f} nats -> "
             f"{out.profiles.uri}"
         )
-    from components.tracking import tracking_uri
+    from components.tracking import runs_link, tracking_uri
 
     home = os.environ["INTERESTFLOW_HOME"]
     console.print("\n[bold]Look at what this run recorded:[/]")
+    if tracking_uri().startswith("sqlite:"):
+        console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()} --port 5000")
+    console.print(f"              -> {runs_link()}", soft_wrap=True)
+    # The Prefect UI asks its API at PREFECT_UI_API_URL, by default on PREFECT_SERVER_API_PORT
+    # (4200) whatever --port says: both are set, so another port needs changing in one place.
     console.print(
-        f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()} --port 5000   -> http://127.0.0.1:5000"
+        f"  Prefect UI: PREFECT_HOME={home}/prefect PREFECT_SERVER_API_PORT={PREFECT_UI_PORT} "
+        f".venv/bin/prefect server start --port {PREFECT_UI_PORT}",
+        soft_wrap=True,
     )
-    console.print(
-        f"  Prefect UI: PREFECT_HOME={home}/prefect .venv/bin/prefect server start --port 4200"
-        "   -> http://127.0.0.1:4200"
-    )
+    console.print(f"              -> http://127.0.0.1:{PREFECT_UI_PORT}/runs", soft_wrap=True)
 
 
 def _print_user_recommendations(args) -> None:

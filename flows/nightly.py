@@ -7,7 +7,6 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -28,7 +27,7 @@ from components.validation import DataValidationError
 from tasks.datasets import build_datasets
 from tasks.evaluate import evaluate
 from tasks.features import build_features, embed_items, embed_reviews
-from tasks.ingest import ingest
+from tasks.ingest import ingest, spec_name
 from tasks.profiles import build_profiles
 from tasks.promote import promote
 from tasks.recommend import recommend
@@ -91,8 +90,9 @@ class _ToRunLog(logging.Handler):
         from prefect.context import FlowRunContext, TaskRunContext
 
         if TaskRunContext.get() is None and FlowRunContext.get() is None:
-            if record.levelno >= logging.WARNING:
-                logging.lastResort.handle(record)
+            root = logging.getLogger()  # as if it had propagated, at the root's own level
+            if record.levelno >= root.getEffectiveLevel():
+                root.handle(record)
             return
         get_run_logger().log(record.levelno, record.getMessage())
 
@@ -101,6 +101,7 @@ _pipeline_log = logging.getLogger("interestflow")
 if not any(isinstance(h, _ToRunLog) for h in _pipeline_log.handlers):
     _pipeline_log.addHandler(_ToRunLog(logging.INFO))
     _pipeline_log.setLevel(logging.INFO)
+    _pipeline_log.propagate = False  # in a run the run logger prints it once; outside, the handler passes it on
 
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
 ServeFamily = Literal["mf", "lstm", "cnn", "bert", None]
@@ -116,11 +117,6 @@ FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
 RERUN_PREFIX = "rerun-"
 """Names the runs that prefect.yaml's automation starts again after a failure (it skips them)."""
-
-
-def spec_name(spec: str) -> str:
-    """A spec as people say it: its file name without the folder or extension."""
-    return Path(str(spec)).stem or "spec"
 
 
 def run_name(prefix: str) -> Callable[[], str]:

@@ -17,11 +17,22 @@ def pseudonym_secret() -> str | None:
 
 
 def _name() -> str:
-    from pathlib import Path
-
     from prefect.runtime import task_run
 
-    return f"ingest-{Path(str(task_run.parameters['spec'])).stem}"
+    return f"ingest-{spec_name(task_run.parameters['spec'])}"
+
+
+def spec_name(spec: str) -> str:
+    """A spec as people say it: its ``name`` (its file name where it cannot be read; the run
+    then fails with the reason)."""
+    from pathlib import Path
+
+    from components.events import load_spec
+
+    try:
+        return load_spec(spec).name
+    except Exception:  # noqa: BLE001 - a name only: ingest reports the bad spec itself
+        return Path(str(spec)).stem or "spec"
 
 
 @task(name="ingest", **IO_RETRIES, task_run_name=_name)

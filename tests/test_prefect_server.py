@@ -45,6 +45,9 @@ def server(tmp_path_factory):
         **os.environ,
         "PREFECT_HOME": str(root / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_PORT": str(port),  # where the server's own UI pages ask for its API
+        # the MLflow UI the browser test starts: the links in the logs and the summary point there
+        "INTERESTFLOW_MLFLOW_UI": f"http://127.0.0.1:{free_port()}",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "INTERESTFLOW_HOME": str(root / "home"),
@@ -85,12 +88,27 @@ def api(env: dict, path: str, body: dict) -> list | dict:
     return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
 
-@pytest.mark.slow
-def test_deploy_schedule_trigger_and_run_with_a_worker(server):
+@pytest.fixture(scope="module")
+def deployed(server):
+    """``prefect deploy --all``, then the ``train`` deployment run by a ``process`` worker once:
+    (deployments by name, the ``train`` flow runs)."""
     env, root = server
     prefect(env, "work-pool", "create", "interestflow-local", "--type", "process")
     prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
     deployments = {d["name"]: d for d in api(env, "/deployments/filter", {})}
+    spec = write_slice(root / "src", *sample_frames(150), name="srvslice")
+    params = {"spec": str(spec), "lake": str(root / "lake"), "families": ["mf"], "folds": 2, "max_epochs": 2}
+    out = prefect(env, "deployment", "run", "nightly-retrain/train", "--params", json.dumps(params))
+    assert "Created flow run" in out
+    prefect(env, "worker", "start", "--pool", "interestflow-local", "--run-once", timeout=600)
+    train_runs = api(env, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployments["train"]["id"]]}}})
+    return deployments, train_runs
+
+
+@pytest.mark.slow
+def test_deploy_schedule_trigger_and_run_with_a_worker(server, deployed):
+    env, root = server
+    deployments, train_runs = deployed
     assert set(deployments) == {"nightly-retrain", "train", "promote", "recommend", "catalogue"}
     nightly = deployments["nightly-retrain"]
     assert nightly["global_concurrency_limit"]["limit"] == 1
@@ -105,15 +123,11 @@ def test_deploy_schedule_trigger_and_run_with_a_worker(server):
     assert upcoming, "no scheduled runs for nightly-retrain"
     assert all(r["expected_start_time"][11:16] == "02:00" for r in upcoming)
 
-    spec = write_slice(root / "src", *sample_frames(150), name="srvslice")
-    params = {"spec": str(spec), "lake": str(root / "lake"), "families": ["mf"], "folds": 2, "max_epochs": 2}
-    out = prefect(env, "deployment", "run", "nightly-retrain/train", "--params", json.dumps(params))
-    assert "Created flow run" in out
-    prefect(env, "worker", "start", "--pool", "interestflow-local", "--run-once", timeout=600)
-
-    train_runs = api(env, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployments["train"]["id"]]}}})
     assert [r["state_type"] for r in train_runs] == ["COMPLETED"], train_runs
     flow_run_id = train_runs[0]["id"]
+    # a readable name and the spec and family as tags, though the deployment started it
+    assert train_runs[0]["name"].startswith("nightly-srvslice-20")
+    assert {"spec:srvslice", "family:mf"} <= set(train_runs[0]["tags"])
 
     from mlflow import MlflowClient
 
@@ -150,3 +164,164 @@ def test_two_nightly_runs_started_together_one_runs_one_is_cancelled(server):
     runs = api(env, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployments["nightly-retrain"]["id"]]}}})
     states = sorted(r["state_type"] for r in runs if r["state_type"] != "SCHEDULED" or r["parameters"].get("lake"))
     assert states == ["CANCELLED", "COMPLETED"], [(r["state_type"], r["state_name"]) for r in runs]
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium (make test installs it)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium from Debian's package, driven by Playwright (its own browser download
+    is never used). Absent outside CI: skipped; in CI (CI=true) its absence fails."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            # no sandbox as root; no calls to Google's services on a closed network
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(server):
+    """``mlflow ui`` on the home the worker's flow run wrote, at INTERESTFLOW_MLFLOW_UI, as the
+    README starts it."""
+    env, root = server
+    url = env["INTERESTFLOW_MLFLOW_UI"]
+    log = open(root / "mlflow-ui.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{root / 'home' / 'mlflow.db'}"]
+        + ["--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]],
+        env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(f"mlflow ui did not start:\n{(root / 'mlflow-ui.log').read_text()[-3000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+class Pages:
+    """One browser page per visit: fails on an uncaught script error, a 5xx from the UI's own
+    server, a Prefect or MLflow error banner, or a page that shows nothing; writes a screenshot
+    of each to ``folder`` (INTERESTFLOW_SCREENSHOTS, default: the test's temporary folder)."""
+
+    ERRORS = ("Something went wrong", "Can't connect to Server API", "Error loading shared view", "Page not found")
+
+    def __init__(self, browser, folder: Path):
+        self.browser, self.folder = browser, folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def visit(self, name: str, url: str, expect: list[str], wait_for: str | None = None) -> str:
+        page = self.browser.new_page(viewport={"width": 2200, "height": 1100})
+        problems = []
+        page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
+        page.on(
+            "response",
+            lambda r: problems.append(f"{r.status} from {r.url}") if r.status >= 500 and "127.0.0.1" in r.url else None,
+        )
+        try:
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.get_by_text(wait_for or expect[0], exact=False).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1500)  # the rest of the page's requests
+            page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
+            text = page.inner_text("body")
+        finally:
+            page.close()
+        shown = [e for e in self.ERRORS if e in text]
+        assert not problems and not shown, f"{name} ({url}): {problems + shown}"
+        missing = [e for e in expect if e not in text]
+        assert not missing, f"{name} ({url}) lacks {missing}; it shows:\n{text[:3000]}"
+        return text
+
+
+@pytest.mark.slow
+def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, browser):
+    """The train deployment's run, as a platform engineer opens it: MLflow's runs table (the
+    saved view), a run's plots, the registered version with its description; the Prefect flow
+    run with its stage lines and links, and its summary artifact."""
+    from mlflow import MlflowClient
+
+    from components import tracking
+
+    env, root = server
+    _, train_runs = deployed
+    assert [r["state_type"] for r in train_runs] == ["COMPLETED"], train_runs
+    run = train_runs[0]
+    client = MlflowClient(f"sqlite:///{root / 'home' / 'mlflow.db'}")
+    version = client.get_model_version("srv-mf", "1")
+    final = client.get_run(version.run_id)
+    night = client.get_run(final.data.tags["mlflow.parentRunId"])  # folds and final under one parent
+    exp = final.info.experiment_id
+    shots = Path(os.environ.get("INTERESTFLOW_SCREENSHOTS") or root / "screenshots")
+    pages = Pages(browser, shots)
+    prefect_ui = env["PREFECT_API_URL"].removesuffix("/api")
+
+    # MLflow: the printed link opens the runs table in its saved view, not the GenAI pages
+    table = pages.visit(
+        "mlflow-runs", tracking.runs_link(exp).replace(tracking.ui_url(), mlflow_ui), [night.info.run_name]
+    )
+    assert "test_ndcg10" in table and "promotion.decision" in table and "promoted" in table
+    pages.visit(
+        "mlflow-run-plots",
+        f"{mlflow_ui}/#/experiments/{exp}/runs/{final.info.run_id}/artifacts/plots/learning_curve.png",
+        ["learning_curve.png", "cv_folds.png"],
+    )
+    pages.visit(
+        "mlflow-model-version",
+        f"{mlflow_ui}/#/models/srv-mf/versions/1",
+        ["trained on", "Promotion: promoted to champion", "champion"],
+    )
+    pages.visit("mlflow-model", f"{mlflow_ui}/#/models/srv-mf", ["interestflow's mf recommender", "Version 1"])
+
+    # Prefect: the flow run's log tells the night, with links to MLflow
+    pages.visit(
+        "prefect-flow-run",
+        f"{prefect_ui}/runs/flow-run/{run['id']}",
+        [run["name"], "spec:srvslice", "ingest srvslice: ", "validate: suite events: "],
+        wait_for="ingest srvslice: ",
+    )
+    # the whole log (the page renders the lines in view): a line per stage, links to MLflow
+    logs = api(env, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    text = "\n".join(entry["message"] for entry in logs)
+    for line in (
+        "features: vocabularies of",
+        "datasets: 2 folds",
+        f"train mf-final: MLflow run {mlflow_ui}/#/experiments/{exp}/runs/{final.info.run_id}",
+        "mf fold 0 epoch 1: train_loss",
+        "evaluate mf: test NDCG@10",
+        f"register srv-mf v1 (alias challenger): {mlflow_ui}/#/models/srv-mf/versions/1",
+        "promote srv-mf v1: promoted to champion",
+        "recommend: top-10 for",
+    ):
+        assert line in text, f"the flow run's log lacks {line!r}:\n{text[:4000]}"
+    artifacts = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["nightly-summary"]}}})
+    assert artifacts, "no summary artifact"
+    summary = pages.visit(
+        "prefect-summary-artifact", f"{prefect_ui}/artifacts/artifact/{artifacts[0]['id']}", ["Promotion"]
+    )
+    assert "learning curve" in summary and "promoted to champion" in summary
+    assert str(root / "lake") not in summary.replace(f"Lake: {root / 'lake'}", "")  # lake paths are relative
+    for name in ("mlflow-runs", "mlflow-run-plots", "mlflow-model-version", "prefect-flow-run"):
+        assert (shots / f"{name}.png").stat().st_size > 20_000, f"{name}: an empty screenshot"
