@@ -385,8 +385,8 @@ def register(report: TestReport) -> Registered:
         tags,
         trained,
         f"interestflow's {report.family} recommender: {_family_summary(report.family)} Retrained every night; "
-        "the alias `champion` serves (batch top-K and `interestflow serve`) and moves only when a challenger "
-        "beats it on the same holdout.",
+        "the alias `champion` serves (batch top-K and `interestflow serve`) and moves when a challenger "
+        "beats it on the same holdout, or by hand with a reason (`interestflow promote` / `rollback`).",
     )
 
 
@@ -457,9 +457,6 @@ def _gate(
     decision = promotion.decide(challenger, champion, gate, error)
     promotion.apply(name, version, decision, run_id)
     verdict = "promoted to champion" if decision.promote else "not promoted"
-    text = tracking.version_description(name, version)
-    if "Promotion:" not in text:
-        tracking.describe_version(name, version, f"{text}\n\nPromotion: {verdict}: {decision.reason}".strip())
     link = tracking.version_link(name, version)
     log.info("promote %s v%s: %s (%s) %s", name, version, verdict, decision.reason, link)
     return decision
@@ -910,7 +907,7 @@ def nightly(
     results = []
     for family in s.families:
         cfg = replace(s.train, model=dict(s.model.get(family, {})))
-        night = _family_night(dataset, family, s, tags)
+        night = _family_night(dataset, family, cfg, s, tags, root)
         family_tags = {**tags, "mlflow.parentRunId": night}  # folds and final fit: children of the night
         try:
             folds = stages.train_folds(dataset, family, cfg, root, family_tags)
@@ -938,19 +935,27 @@ def nightly(
     return NightlyResult(dataset.data_hash, tuple(results), recs, prof, summary, reviews)
 
 
-def _family_night(dataset: DatasetLayer, family: str, s: NightlySettings, tags: dict) -> str:
+def _family_night(
+    dataset: DatasetLayer, family: str, cfg: TrainConfig, s: NightlySettings, tags: dict, root: str
+) -> str:
     """The MLflow parent run of one family's night: its folds and final fit are its children,
-    and it ends with the family's test figures and the promotion decision."""
-    run_id = tracking.create_run(
-        f"{family}-{dataset.spec}-{time.strftime('%Y-%m-%d')}",
-        {"family": family, "data_hash": dataset.data_hash, "folds": s.folds, "dry_run": s.dry_run},
-        {
-            **tags,
-            "interestflow.family": family,
-            "interestflow.stage": "night",
-            "interestflow.data_hash": dataset.data_hash,
-        },
-    )
+    and it ends with the family's test figures and the promotion decision. A re-run of the same
+    night (same data, family and settings: its trainings are reused) reopens that run."""
+    settings = {**asdict(cfg), "protocol": PROTOCOL["version"], "warm_start": s.warm_start, "dry_run": s.dry_run}
+    key = lake.relative(root, lake.model_uri(root, dataset, family, settings, "night"))
+    run_id = tracking.find_run({"interestflow.night": key})
+    if run_id is None:
+        run_id = tracking.create_run(
+            f"{family}-{dataset.spec}-{time.strftime('%Y-%m-%d')}",
+            {"family": family, "data_hash": dataset.data_hash, "folds": s.folds, "dry_run": s.dry_run},
+            {
+                **tags,
+                "interestflow.family": family,
+                "interestflow.stage": "night",
+                "interestflow.data_hash": dataset.data_hash,
+                "interestflow.night": key,
+            },
+        )
     log.info("%s: MLflow runs of this night under %s", family, tracking.run_link(run_id))
     return run_id
 
@@ -965,11 +970,12 @@ def _end_family_night(run_id: str, result: FamilyResult) -> None:
             **{f"val_{k}": v for k, v in r.cv.items()},
         },
     )
-    decision = ("promoted" if d.promote else "rejected") if d else "dry run"
-    tags = {"promotion.decision": decision, "promotion.reason": d.reason if d else "dry run: nothing registered"}
-    if result.registered:
-        tags["interestflow.model_version"] = f"{result.registered.name} v{result.registered.version}"
-    tracking.set_tags(run_id, tags)
+    if not (result.registered and result.registered.reused):  # a re-run keeps the night's own decision
+        decision = ("promoted" if d.promote else "rejected") if d else "dry run"
+        tags = {"promotion.decision": decision, "promotion.reason": d.reason if d else "dry run: nothing registered"}
+        if result.registered:
+            tags["interestflow.model_version"] = f"{result.registered.name} v{result.registered.version}"
+        tracking.set_tags(run_id, tags)
     tracking.end_run(run_id)
 
 

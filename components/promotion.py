@@ -86,6 +86,11 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     }
     tracking.set_tags(run_id, tags)
     tracking.set_version_tags(name, version, tags)
+    note(
+        name,
+        version,
+        f"{'promoted to champion' if decision.promote else 'not promoted'} by the gate: {decision.reason}",
+    )
     if decision.promote:
         move_champion(name, version)
 
@@ -111,7 +116,16 @@ def promote_version(family: str, version: str, reason: str) -> dict:
         raise ValueError(f"{name} v{version} is {status}, not READY: not promoted")
     previous = move_champion(name, str(version))
     tracking.set_version_tags(name, str(version), {"promotion.decision": "manual", "promotion.reason": reason})
+    note(name, str(version), f"champion by hand (was v{previous}): {reason}")
     return {"name": name, "champion": str(version), "previous": previous, "reason": reason}
+
+
+def note(name: str, version: str, event: str) -> None:
+    """Add a dated line to the version's description (what happened to it, and why)."""
+    import time
+
+    text = tracking.version_description(name, version)
+    tracking.describe_version(name, version, f"{text}\n\n{time.strftime('%Y-%m-%d')}: {event}".strip())
 
 
 def rollback(family: str, reason: str) -> dict:
@@ -131,4 +145,6 @@ def rollback(family: str, reason: str) -> dict:
     tracking.set_alias(name, tracking.CHAMPION, previous)
     tracking.set_version_tags(name, current, {"promotion.rolled_back": reason})
     tracking.set_version_tags(name, previous, {"promotion.decision": "rollback", "promotion.reason": reason})
+    note(name, current, f"rolled back to v{previous}: {reason}")
+    note(name, previous, f"champion again by a rollback from v{current}: {reason}")
     return {"name": name, "champion": previous, "previous": current, "reason": reason}

@@ -97,24 +97,37 @@ def client():
 
 
 def experiment_id(name: str = EXPERIMENT) -> str:
+    """The experiment's id, created with its description, kind and saved view when new; an
+    experiment an older release created gets the ones it lacks (once per process)."""
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if (tracking_uri(), name) not in _DESCRIBED:
+            for k, v in _experiment_tags().items():
+                if k not in exp.tags:  # a description or view someone edited stays
+                    c.set_experiment_tag(exp.experiment_id, k, v)
+            _DESCRIBED.add((tracking_uri(), name))
         return exp.experiment_id
     artifacts = None
     if tracking_uri().startswith("sqlite:"):  # embedded: keep artifacts beside the DB, not in ./mlruns
         artifacts = (home() / "mlartifacts").resolve().as_uri()
-    tags = {
+    try:
+        return c.create_experiment(name, artifact_location=artifacts, tags=_experiment_tags())
+    except Exception:  # created concurrently by another task
+        return c.get_experiment_by_name(name).experiment_id
+
+
+_DESCRIBED: set[tuple[str, str]] = set()
+
+
+def _experiment_tags() -> dict[str, str]:
+    return {
         "mlflow.note.content": EXPERIMENT_DESCRIPTION,  # the experiment's description in the UI
         # MLflow 3 opens an experiment of no declared kind on its GenAI pages (an empty Traces
         # list): this one is model training, so it opens on the runs table
         "mlflow.experimentKind": "custom_model_development",
         f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(_runs_view()),
     }
-    try:
-        return c.create_experiment(name, artifact_location=artifacts, tags=tags)
-    except Exception:  # created concurrently by another task
-        return c.get_experiment_by_name(name).experiment_id
 
 
 def _runs_view() -> dict:
@@ -141,6 +154,13 @@ def create_run(name: str, params: dict, tags: dict, parent_run_id: str | None = 
     run = c.create_run(experiment_id(), run_name=name, tags=tags)
     log_params(run.info.run_id, params)
     return run.info.run_id
+
+
+def find_run(tags: dict) -> str | None:
+    """The newest active run of the experiment whose tags have these values, or None."""
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client().search_runs([experiment_id()], where, max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
 
 
 def log_params(run_id: str, params: dict) -> None:

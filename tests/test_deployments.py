@@ -37,7 +37,7 @@ def test_every_parameter_is_typed_documented_and_defaulted_or_required(deploymen
     assert props, deployment["name"]
     for name, p in props.items():
         assert p.get("description"), f"{deployment['name']}.{name} has no description for the Prefect UI"
-        assert "type" in p or "anyOf" in p or "$ref" in p or "allOf" in p, f"{name} has no type"
+        assert "type" in p or "enum" in p or "anyOf" in p or "$ref" in p or "allOf" in p, f"{name} has no type"
         assert "default" in p or name in required, f"{deployment['name']}.{name}: no default and not required"
     # What the deployment sets must be parameters of its flow, and of the right kind.
     unknown = set(deployment.get("parameters", {})) - set(props)
@@ -53,3 +53,27 @@ def test_promote_requires_a_family_and_a_reason():
 
     schema = parameter_schema(promote.fn).model_dump_for_openapi()
     assert set(schema["required"]) == {"family", "reason"}
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_fixed_choices_are_one_dropdown_in_the_form(deployment):
+    """A parameter with fixed choices is one ``enum`` (the Prefect UI's dropdown), its None
+    among the choices where it is optional: never a str-or-None union, which the form shows
+    as a type switch that starts on "Property is type None"."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(load_flow(deployment["entrypoint"]).fn).model_dump_for_openapi()
+    props = schema["properties"]
+    for name, p in props.items():
+        alternatives = p.get("anyOf", [])
+        assert not any("enum" in a for a in alternatives), f"{deployment['name']}.{name}: choices in a union"
+    if "accelerator" in props:
+        for name, choices in {
+            "accelerator": {"auto", "cpu", "gpu"},
+            "strategy": {"auto", "ddp"},
+            "precision": {"auto", "32-true", "bf16-mixed"},
+        }.items():
+            assert choices <= set(props[name]["enum"]), name
+    if "serve_family" in props:
+        assert props["serve_family"]["enum"] == ["mf", "lstm", "cnn", "bert", None]
+        assert props["serve_family"]["default"] is None

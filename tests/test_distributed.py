@@ -64,7 +64,7 @@ def test_ddp_final_fit_records_one_run_and_one_model_version(dataset, monkeypatc
         family="mf",
         data_hash=ds.data_hash,
         test={"ndcg10": 0.0, "hr10": 0.0},
-        popularity={},
+        popularity={"ndcg10": 0.0},
         cv={"ndcg10_mean": 0.0, "ndcg10_std": 0.0},
         fold_metrics=(),
         epochs=2,

@@ -19,5 +19,5 @@ def test_every_parameter_has_a_type_a_default_and_a_description():
     for name, p in props.items():
         assert p.get("description"), f"{name} has no description for the Prefect UI"
         assert "default" in p, f"{name} has no default"
-        assert "type" in p or "anyOf" in p or "$ref" in p or "allOf" in p, f"{name} has no type"
+        assert "type" in p or "enum" in p or "anyOf" in p or "$ref" in p or "allOf" in p, f"{name} has no type"
     assert props["families"]["items"]["enum"] == list(typing.get_args(Family)) or "$ref" in str(props["families"])

@@ -274,13 +274,25 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
     final = client.get_run(version.run_id)
     night = client.get_run(final.data.tags["mlflow.parentRunId"])  # folds and final under one parent
     exp = final.info.experiment_id
+    children = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{night.info.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["mf-final", "mf-fold0", "mf-fold1"]
+    assert night.data.tags["promotion.decision"] == "promoted" and "test_ndcg10" in night.data.metrics
+    metrics = sorted(final.data.metrics)  # test figures first, then training, validation, baselines
+    assert metrics[0].startswith("test_") and {m.split("_")[0] for m in metrics} == {"test", "train", "val", "vs"}
+    assert all(len(v.split(".")[-1]) <= 4 for k, v in version.tags.items() if k.startswith(("test_", "cv_")))
+    assert "trained on 150 users of `srvslice`" in version.description
+    leaderboard = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["leaderboard"]}}})
+    rows = json.loads(leaderboard[0]["data"])
+    assert list(rows[0])[:5] == ["family", "version", "test_ndcg10", "decision", "reason"], rows[0]
     shots = Path(os.environ.get("INTERESTFLOW_SCREENSHOTS") or root / "screenshots")
     pages = Pages(browser, shots)
     prefect_ui = env["PREFECT_API_URL"].removesuffix("/api")
 
     # MLflow: the printed link opens the runs table in its saved view, not the GenAI pages
     table = pages.visit(
-        "mlflow-runs", tracking.runs_link(exp).replace(tracking.ui_url(), mlflow_ui), [night.info.run_name]
+        "mlflow-runs",
+        tracking.runs_link(exp).replace(tracking.ui_url(), mlflow_ui),
+        [night.info.run_name, "interestflow's nightly retrains"],
     )
     assert "test_ndcg10" in table and "promotion.decision" in table and "promoted" in table
     pages.visit(
@@ -291,7 +303,7 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
     pages.visit(
         "mlflow-model-version",
         f"{mlflow_ui}/#/models/srv-mf/versions/1",
-        ["trained on", "Promotion: promoted to champion", "champion"],
+        ["trained on", "promoted to champion by the gate: no champion yet", "champion"],
     )
     pages.visit("mlflow-model", f"{mlflow_ui}/#/models/srv-mf", ["interestflow's mf recommender", "Version 1"])
 
