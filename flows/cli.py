@@ -116,7 +116,9 @@ def _print_summary(out: dict) -> None:
     home = os.environ["INTERESTFLOW_HOME"]
     console.print("\n[bold]Look at what this run recorded:[/]")
     if tracking_uri().startswith("sqlite:"):
-        console.print(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()} --port 5000")
+        console.print(
+            f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()} --port 5000", soft_wrap=True
+        )
     console.print(f"              -> {runs_link()}", soft_wrap=True)
     # The Prefect UI asks its API at PREFECT_UI_API_URL, by default on PREFECT_SERVER_API_PORT
     # (4200) whatever --port says: both are set, so another port needs changing in one place.

@@ -204,3 +204,18 @@ def test_a_run_starts_with_the_longer_ephemeral_server_startup_timeout(tmp_path)
     assert out["startup_timeout_seconds"] == cli.EPHEMERAL_STARTUP_TIMEOUT_S == 120
     assert out["ephemeral_server_running"] and out["flow_run_id"] not in ("", "None")
     print(f"probe run took {time.time() - t0:.1f}s")
+
+
+def test_the_printed_ui_commands_open_the_runs_view_and_a_prefect_ui_that_reaches_its_api(capsys):
+    """The two commands printed after a run: MLflow's link opens the runs table in its saved
+    view, and the Prefect UI command sets the API port its page asks (else, on any port but
+    4200, the page cannot reach its own API)."""
+    from components import pipeline, tracking
+
+    cli._print_summary(pipeline.NightlyResult("abc", (), None, None, ""))
+    out = capsys.readouterr().out
+    assert f"mlflow ui --backend-store-uri {tracking.tracking_uri()} --port 5000" in out
+    assert "-> http://127.0.0.1:5000/#/experiments/" in out
+    assert "/runs?viewStateShareKey=nightly&workflowType=machine_learning" in out
+    port = cli.PREFECT_UI_PORT
+    assert f"PREFECT_SERVER_API_PORT={port} .venv/bin/prefect server start --port {port}" in out
