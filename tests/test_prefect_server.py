@@ -37,6 +37,20 @@ def prefect(env: dict, *args: str, timeout: float = 120) -> str:
     return proc.stdout
 
 
+def wait_until_up(health: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Until ``health`` answers; fails with the end of the server's ``log`` if it exits or
+    does not answer in time."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(health, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail(f"{proc.args[:3]} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefect-server")
@@ -63,15 +77,7 @@ def server(tmp_path_factory):
         start_new_session=True,  # its own process group: stopped with everything it started
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(f"Prefect server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-                time.sleep(1)
+        wait_until_up(f"{env['PREFECT_API_URL']}/health", proc, root / "server.log")
         yield env, root
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -207,15 +213,7 @@ def mlflow_ui(server):
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(f"mlflow ui did not start:\n{(root / 'mlflow-ui.log').read_text()[-3000:]}")
-                time.sleep(1)
+        wait_until_up(f"{url}/health", proc, root / "mlflow-ui.log")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -266,7 +264,7 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
     from components import tracking
 
     env, root = server
-    _, train_runs = deployed
+    deployments, train_runs = deployed
     assert [r["state_type"] for r in train_runs] == ["COMPLETED"], train_runs
     run = train_runs[0]
     client = MlflowClient(f"sqlite:///{root / 'home' / 'mlflow.db'}")
@@ -328,6 +326,12 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
         "recommend: top-10 for",
     ):
         assert line in text, f"the flow run's log lacks {line!r}:\n{text[:4000]}"
+    form = pages.visit(  # the custom-run form: fixed choices as dropdowns, not "Property is type None"
+        "prefect-run-form",
+        f"{prefect_ui}/deployments/deployment/{deployments['train']['id']}/run",
+        ["accelerator", "precision", "serve_family", "families"],
+    )
+    assert 'Property is type "None"' not in form.split("serve_family")[1].split("explore_share")[0]
     artifacts = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["nightly-summary"]}}})
     assert artifacts, "no summary artifact"
     summary = pages.visit(
