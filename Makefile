@@ -31,8 +31,11 @@ demo: $(STAMP)
 # network this machine does not have).
 CHROMIUM := /usr/bin/chromium
 
+APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo -n apt-get)
+
 $(CHROMIUM):
-	apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+	export DEBIAN_FRONTEND=noninteractive; $(APT) install -y -q chromium >/dev/null \
+		|| ($(APT) update -q >/dev/null && $(APT) install -y -q chromium >/dev/null) \
 		|| echo "chromium could not be installed: the browser test fails in CI and skips elsewhere"
 
 test: $(STAMP) $(CHROMIUM)

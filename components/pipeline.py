@@ -409,8 +409,8 @@ def _register_once(
     reused = version is not None
     if version is None:
         version = tracking.register(model_uri, name, tags)
-        if description:
-            tracking.describe_version(name, version, description)
+    if description and not tracking.version_description(name, version):  # also after a retried register
+        tracking.describe_version(name, version, description)
     if model_description:
         tracking.describe_model(name, model_description)
     tracking.set_alias(name, tracking.CHALLENGER, version)
@@ -942,7 +942,7 @@ def _family_night(
     and it ends with the family's test figures and the promotion decision. A re-run of the same
     night (same data, family and settings: its trainings are reused) reopens that run."""
     settings = {**asdict(cfg), "protocol": PROTOCOL["version"], "warm_start": s.warm_start, "dry_run": s.dry_run}
-    key = lake.relative(root, lake.model_uri(root, dataset, family, settings, "night"))
+    key = lake.model_uri(root, dataset, family, settings, "night")  # the whole URI: one lake's nights
     run_id = tracking.find_run({"interestflow.night": key})
     if run_id is None:
         run_id = tracking.create_run(
@@ -967,10 +967,11 @@ def _end_family_night(run_id: str, result: FamilyResult) -> None:
         {
             **{f"test_{k}": v for k, v in r.test.items()},
             **{f"vs_popularity_{k}": v for k, v in r.popularity.items()},
+            **{f"vs_recent_{k}": v for k, v in r.recent.items()},
             **{f"val_{k}": v for k, v in r.cv.items()},
         },
     )
-    if not (result.registered and result.registered.reused):  # a re-run keeps the night's own decision
+    if "promotion.decision" not in tracking.run_tags(run_id):  # a re-run keeps the night's first decision
         decision = ("promoted" if d.promote else "rejected") if d else "dry run"
         tags = {"promotion.decision": decision, "promotion.reason": d.reason if d else "dry run: nothing registered"}
         if result.registered:

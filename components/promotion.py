@@ -86,13 +86,10 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     }
     tracking.set_tags(run_id, tags)
     tracking.set_version_tags(name, version, tags)
-    note(
-        name,
-        version,
-        f"{'promoted to champion' if decision.promote else 'not promoted'} by the gate: {decision.reason}",
-    )
     if decision.promote:
         move_champion(name, version)
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    note(name, version, f"{verdict} by the gate: {decision.reason}")
 
 
 def move_champion(name: str, version: str) -> str | None:
@@ -116,7 +113,8 @@ def promote_version(family: str, version: str, reason: str) -> dict:
         raise ValueError(f"{name} v{version} is {status}, not READY: not promoted")
     previous = move_champion(name, str(version))
     tracking.set_version_tags(name, str(version), {"promotion.decision": "manual", "promotion.reason": reason})
-    note(name, str(version), f"champion by hand (was v{previous}): {reason}")
+    was = "no champion before" if previous is None else f"was v{previous}"
+    note(name, str(version), f"champion by hand ({was}): {reason}")
     return {"name": name, "champion": str(version), "previous": previous, "reason": reason}
 
 
@@ -125,7 +123,9 @@ def note(name: str, version: str, event: str) -> None:
     import time
 
     text = tracking.version_description(name, version)
-    tracking.describe_version(name, version, f"{text}\n\n{time.strftime('%Y-%m-%d')}: {event}".strip())
+    line = f"{time.strftime('%Y-%m-%d')}: {event}"
+    if not text.endswith(line):  # the same decision again (a re-run): once is enough
+        tracking.describe_version(name, version, f"{text}\n\n{line}".strip())
 
 
 def rollback(family: str, reason: str) -> dict:

@@ -158,6 +158,8 @@ def create_run(name: str, params: dict, tags: dict, parent_run_id: str | None = 
 
 def find_run(tags: dict) -> str | None:
     """The newest active run of the experiment whose tags have these values, or None."""
+    if any("'" in str(v) or "`" in str(k) for k, v in tags.items()):
+        raise ValueError(f"tag keys or values with quotes cannot be searched for: {tags}")
     where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client().search_runs([experiment_id()], where, max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
@@ -180,6 +182,10 @@ def log_metrics(run_id: str, values: dict[str, float], step: int | None = None) 
     items = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
     for i in range(0, len(items), 500):
         client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(client().get_run(run_id).data.tags)
 
 
 def set_tags(run_id: str, tags: dict) -> None:

@@ -78,7 +78,8 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
 
 
 class _ToRunLog(logging.Handler):
-    """components/ log to the stdlib logger ``interestflow`` (they import no Prefect): inside a
+    """components/ log to the stdlib loggers ``interestflow`` and ``components.*`` (they import
+    no Prefect): inside a
     flow or task run its records go to that run's log (the terminal and the Prefect UI), so
     each stage says what it found and did. Outside a run, warnings still reach stderr.
 
@@ -89,22 +90,26 @@ class _ToRunLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from prefect.context import FlowRunContext, TaskRunContext
 
-        if TaskRunContext.get() is None and FlowRunContext.get() is None:
-            root = logging.getLogger()  # as if it had propagated, at the root's own level
-            if record.levelno >= root.getEffectiveLevel():
-                root.handle(record)
-            return
-        get_run_logger().log(record.levelno, record.getMessage())
+        try:
+            if TaskRunContext.get() is None and FlowRunContext.get() is None:
+                root = logging.getLogger()  # as if it had propagated, at the root's own level
+                if record.levelno >= root.getEffectiveLevel():
+                    root.handle(record)
+                return
+            get_run_logger().log(record.levelno, record.getMessage(), exc_info=record.exc_info)
+        except Exception:  # noqa: BLE001 - a log line never stops a stage
+            self.handleError(record)
 
 
-_pipeline_log = logging.getLogger("interestflow")
-if not any(isinstance(h, _ToRunLog) for h in _pipeline_log.handlers):
-    _pipeline_log.addHandler(_ToRunLog(logging.INFO))
-    _pipeline_log.setLevel(logging.INFO)
-    _pipeline_log.propagate = False  # in a run the run logger prints it once; outside, the handler passes it on
+for _name in ("interestflow", "components"):  # pipeline.py's logger, and each component's own
+    _pipeline_log = logging.getLogger(_name)
+    if not any(type(h).__name__ == "_ToRunLog" for h in _pipeline_log.handlers):  # once, even if re-imported
+        _pipeline_log.addHandler(_ToRunLog(logging.INFO))
+        _pipeline_log.setLevel(logging.INFO)
+        _pipeline_log.propagate = False  # in a run the run logger prints it once; outside, the handler passes it on
 
 Family = Literal["mf", "lstm", "cnn", "bert"]  # the keys of components.models.MODELS (a test checks)
-ServeFamily = Literal["mf", "lstm", "cnn", "bert", None]
+ServeFamily = Literal[Family, None]  # flattens to one enum: mf, lstm, cnn, bert, null
 """A family, or None (the best test NDCG@10): one enum with null, which the Prefect UI shows as
 one dropdown (``Family | None`` is a union there: a type switch that starts on "None")."""
 # Lightning's settings that the flow offers (the Prefect UI shows them as dropdowns)
@@ -135,11 +140,15 @@ def run_name(prefix: str) -> Callable[[], str]:
 
 def tag_run(spec: str, families) -> None:
     """The flow run's tags name its spec and families (``spec:<name>``, ``family:<f>``), to
-    filter runs by in the Prefect UI whether the CLI or a deployment started them."""
-    with get_client(sync_client=True) as c:
-        run = c.read_flow_run(prefect_flow_run.id)
-        wanted = {f"spec:{spec_name(spec)}", *(f"family:{f}" for f in families)}
-        c.update_flow_run(run.id, tags=sorted({*run.tags, *wanted}))
+    filter runs by in the Prefect UI whether the CLI or a deployment started them. Tags are
+    for people: an API that does not take them is a warning, not a failed night."""
+    try:
+        with get_client(sync_client=True) as c:
+            run = c.read_flow_run(prefect_flow_run.id)
+            wanted = {f"spec:{spec_name(spec)}", *(f"family:{f}" for f in families)}
+            c.update_flow_run(run.id, tags=sorted({*run.tags, *wanted}))
+    except Exception as e:  # noqa: BLE001
+        get_run_logger().warning(f"the flow run's tags were not set ({type(e).__name__}: {e})")
 
 
 def _scheduled_time(rerun_of: str | None) -> datetime:

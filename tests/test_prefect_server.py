@@ -231,7 +231,8 @@ class Pages:
         self.browser, self.folder = browser, folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def visit(self, name: str, url: str, expect: list[str], wait_for: str | None = None) -> str:
+    def visit(self, name: str, url: str, expect: list[str], wait_for: str | None = None, show: str = "") -> str:
+        """Load ``url``; the screenshot shows the part of the page with the text ``show``."""
         page = self.browser.new_page(viewport={"width": 2200, "height": 1100})
         problems = []
         page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
@@ -243,6 +244,8 @@ class Pages:
             page.goto(url, wait_until="load", timeout=60_000)
             page.get_by_text(wait_for or expect[0], exact=False).first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)  # the rest of the page's requests
+            if show:
+                page.get_by_text(show, exact=True).first.scroll_into_view_if_needed()
             page.screenshot(path=str(self.folder / f"{name}.png"), full_page=True)
             text = page.inner_text("body")
         finally:
@@ -279,7 +282,8 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
     assert metrics[0].startswith("test_") and {m.split("_")[0] for m in metrics} == {"test", "train", "val", "vs"}
     assert all(len(v.split(".")[-1]) <= 4 for k, v in version.tags.items() if k.startswith(("test_", "cv_")))
     assert "trained on 150 users of `srvslice`" in version.description
-    leaderboard = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["leaderboard"]}}})
+    mine = {"flow_run_id": {"any_": [run["id"]]}}  # the other test's night left artifacts too
+    leaderboard = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["leaderboard"]}, **mine}})
     rows = json.loads(leaderboard[0]["data"])
     assert list(rows[0])[:5] == ["family", "version", "test_ndcg10", "decision", "reason"], rows[0]
     shots = Path(os.environ.get("INTERESTFLOW_SCREENSHOTS") or root / "screenshots")
@@ -330,9 +334,10 @@ def test_both_uis_show_the_night_in_a_browser(server, deployed, mlflow_ui, brows
         "prefect-run-form",
         f"{prefect_ui}/deployments/deployment/{deployments['train']['id']}/run",
         ["accelerator", "precision", "serve_family", "families"],
+        show="strategy (Optional)",
     )
     assert 'Property is type "None"' not in form.split("serve_family")[1].split("explore_share")[0]
-    artifacts = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["nightly-summary"]}}})
+    artifacts = api(env, "/artifacts/filter", {"artifacts": {"key": {"any_": ["nightly-summary"]}, **mine}})
     assert artifacts, "no summary artifact"
     summary = pages.visit(
         "prefect-summary-artifact", f"{prefect_ui}/artifacts/artifact/{artifacts[0]['id']}", ["Promotion"]
