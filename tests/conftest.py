@@ -89,10 +89,10 @@ def small_slice(tmp_path):
 # `pytest --durations=0` on 2026-12-01; a file not named here keeps its place after them.
 LONGEST_FIRST = (
     "test_flow.py",
+    "test_prefect_server.py",  # with the browser test, 2026-12-02: about 200 s
     "test_distributed.py",
     "test_reliability.py",
     "test_storage.py",
-    "test_prefect_server.py",
     "test_operators.py",
     "test_pipeline.py",
     "test_reviews.py",
