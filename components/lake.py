@@ -155,7 +155,10 @@ def quarantine_uri(root: str, name: str, stamped: bool = False) -> str:
 
 
 def relative(root: str, uri: str) -> str:
-    """A lake URI relative to the lake root (for summaries); other URIs unchanged."""
+    """A lake URI relative to the lake root (for summaries); other URIs, and any URI when
+    ``root`` is empty (no root known), unchanged."""
+    if not root:
+        return uri
     prefix = root.rstrip("/") + "/"
     return uri[len(prefix) :] if uri.startswith(prefix) else uri
 

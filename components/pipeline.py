@@ -309,15 +309,7 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
     storage.write_parquet(
         frame, uri, metadata={"interestflow.data_hash": dataset.data_hash, "interestflow.run_id": final.run_id}
     )
-    tracking.log_metrics(
-        final.run_id,
-        {
-            **{f"test_{k}": v for k, v in test.items()},
-            **{f"vs_popularity_{k}": v for k, v in pop.items()},
-            **{f"vs_recent_{k}": v for k, v in recent.items()},
-            **{f"val_{k}": v for k, v in cv.items()},  # the folds' mean and std
-        },
-    )
+    tracking.log_metrics(final.run_id, _test_metrics(test, pop, recent, cv))
     tracking.log_table(final.run_id, frame.head(1000), "test_recommendations_sample.json")
     table = pd.DataFrame(
         [
@@ -359,6 +351,17 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         behaviour=dataset.behaviour.params(),
         spec=dataset.spec,
     )
+
+
+def _test_metrics(test: dict, popularity: dict, recent: dict, cv: dict) -> dict:
+    """A family's figures as MLflow metrics, on its final run and its night's parent run. Names
+    sort test_ < train_ < val_ < vs_: the test figures come first wherever MLflow lists them."""
+    return {
+        **{f"test_{k}": v for k, v in test.items()},
+        **{f"vs_popularity_{k}": v for k, v in popularity.items()},
+        **{f"vs_recent_{k}": v for k, v in recent.items()},
+        **{f"val_{k}": v for k, v in cv.items()},  # the folds' mean and std
+    }
 
 
 def register(report: TestReport) -> Registered:
@@ -456,9 +459,8 @@ def _gate(
             error = f"{type(e).__name__}: {e}"
     decision = promotion.decide(challenger, champion, gate, error)
     promotion.apply(name, version, decision, run_id)
-    verdict = "promoted to champion" if decision.promote else "not promoted"
     link = tracking.version_link(name, version)
-    log.info("promote %s v%s: %s (%s) %s", name, version, verdict, decision.reason, link)
+    log.info("promote %s v%s: %s (%s) %s", name, version, decision.verdict, decision.reason, link)
     return decision
 
 
@@ -962,17 +964,9 @@ def _family_night(
 
 def _end_family_night(run_id: str, result: FamilyResult) -> None:
     r, d = result.report, result.decision
-    tracking.log_metrics(
-        run_id,
-        {
-            **{f"test_{k}": v for k, v in r.test.items()},
-            **{f"vs_popularity_{k}": v for k, v in r.popularity.items()},
-            **{f"vs_recent_{k}": v for k, v in r.recent.items()},
-            **{f"val_{k}": v for k, v in r.cv.items()},
-        },
-    )
+    tracking.log_metrics(run_id, _test_metrics(r.test, r.popularity, r.recent, r.cv))
     if "promotion.decision" not in tracking.run_tags(run_id):  # a re-run keeps the night's first decision
-        decision = ("promoted" if d.promote else "rejected") if d else "dry run"
+        decision = d.outcome if d else "dry run"
         tags = {"promotion.decision": decision, "promotion.reason": d.reason if d else "dry run: nothing registered"}
         if result.registered:
             tags["interestflow.model_version"] = f"{result.registered.name} v{result.registered.version}"

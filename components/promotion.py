@@ -33,6 +33,16 @@ class Decision:
     metric: str = "ndcg10"
     """The primary metric the decision compared."""
 
+    @property
+    def outcome(self) -> str:
+        """The decision as its tag value: promoted or rejected."""
+        return "promoted" if self.promote else "rejected"
+
+    @property
+    def verdict(self) -> str:
+        """The decision in words: promoted to champion, or not promoted."""
+        return "promoted to champion" if self.promote else "not promoted"
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -79,7 +89,7 @@ def _rounded(value):
 def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     """Carry a decision out: move ``champion`` if promoted; record it on the run and version."""
     tags = {
-        "promotion.decision": "promoted" if decision.promote else "rejected",
+        "promotion.decision": decision.outcome,
         "promotion.reason": decision.reason,
         f"promotion.champion_{decision.metric}": _rounded((decision.champion or {}).get(decision.metric, "none")),
         f"promotion.challenger_{decision.metric}": _rounded(decision.challenger.get(decision.metric)),
@@ -88,8 +98,7 @@ def apply(name: str, version: str, decision: Decision, run_id: str) -> None:
     tracking.set_version_tags(name, version, tags)
     if decision.promote:
         move_champion(name, version)
-    verdict = "promoted to champion" if decision.promote else "not promoted"
-    note(name, version, f"{verdict} by the gate: {decision.reason}")
+    note(name, version, f"{decision.verdict} by the gate: {decision.reason}")
 
 
 def move_champion(name: str, version: str) -> str | None:

@@ -12,9 +12,7 @@ METRICS = ("hr5", "hr10", "hr20", "ndcg5", "ndcg10", "ndcg20", "mrr", "coverage1
 def verdict(fr) -> tuple[str, str]:
     """A FamilyResult's promotion decision and its reason, as two texts."""
     d = fr.decision
-    if d is None:
-        return "dry run", "nothing registered"
-    return ("promoted to champion" if d.promote else "not promoted"), d.reason
+    return ("dry run", "nothing registered") if d is None else (d.verdict, d.reason)
 
 
 def leaderboard(results: list) -> list[dict]:
@@ -131,7 +129,7 @@ def markdown(results: list, recommendations, data_hash: str, profiles=None, revi
         ]
     if recommendations:
         r = recommendations
-        where = lake.relative(root, r.uri) if root else r.uri
+        where = lake.relative(root, r.uri)
         lines += ["", f"Recommendations: {r.rows} rows for {r.users} users from {r.family} v{r.version} -> `{where}`"]
     if reviews:
         lines += review_lines(reviews)
@@ -177,7 +175,7 @@ def profile_lines(profiles, root: str = "") -> list[str]:
     )
     lines = [
         "",
-        f"## Interest profiles (`{lake.relative(root, profiles.uri) if root else profiles.uri}`)",
+        f"## Interest profiles (`{lake.relative(root, profiles.uri)}`)",
         "",
         f"{churn} Drift (JSD, nats): median {s['drift_jsd_median']:.3f} over {s['drift_users']} users.",
         "",

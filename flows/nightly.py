@@ -79,9 +79,9 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
 
 class _ToRunLog(logging.Handler):
     """components/ log to the stdlib loggers ``interestflow`` and ``components.*`` (they import
-    no Prefect): inside a
-    flow or task run its records go to that run's log (the terminal and the Prefect UI), so
-    each stage says what it found and did. Outside a run, warnings still reach stderr.
+    no Prefect): inside a flow or task run their records go to that run's log (the terminal
+    and the Prefect UI), so each stage says what it found and did. Outside a run, records go
+    on to the root logger's handlers at its level, as if they had propagated.
 
     Written here rather than with ``PREFECT_LOGGING_EXTRA_LOGGERS``: that setting is read when
     Prefect configures logging, before a worker imports this flow, and its API handler warns
