@@ -125,7 +125,11 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
     layer1 = pipeline.data_path(spec1, str(out), 1, args.seed)
     print(f"night 1: {len(night1)} events (night 2: {len(events)})", flush=True)
     cfg = TrainConfig(seed=args.seed, batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience)
-    start = pipeline.train(layer1, "bert", "final", cfg, str(out), epochs=args.epochs["bert"])
+    if args.night1_epochs:
+        start = pipeline.train(layer1, "bert", "final", cfg, str(out), epochs=args.night1_epochs)
+    else:  # as the nightly flow makes a champion: a fold chooses the epochs, the final fit trains them
+        start = pipeline.train_final(layer1, "bert", pipeline.train_folds(layer1, "bert", cfg, str(out)), cfg, str(out))
+    print(f"night 1: bert's champion trained {start.epochs_run} epochs", flush=True)
     runs = {}
     for name, warm in (("scratch", None), ("warm", pipeline.WarmStart(start.model_uri, "night-1 bert"))):
         c = cfg if warm is None else replace(cfg, max_epochs=args.warm_max_epochs, lr=args.warm_lr)
@@ -152,6 +156,7 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         "warm_start_time_ratio": None if warm_s is None else round(warm_s / scratch_s, 3),
         "warm_epoch1_val_ndcg10": round(runs["warm"][0][0], 4),
         "warm_lr": args.warm_lr,
+        "night1_epochs": start.epochs_run,
     }
 
 
@@ -168,6 +173,12 @@ def main() -> None:
     p.add_argument("--bert-epochs", type=int, default=10, help="bert's final fits (mf: 12, its CV choice)")
     p.add_argument("--week-days", type=int, default=7, help="night 2 = night 1 + this many days")
     p.add_argument("--max-epochs", type=int, default=25)
+    p.add_argument(
+        "--night1-epochs",
+        type=int,
+        default=None,
+        help="night 1's final fit (default: chosen on night 1's validation fold, as the nightly flow does)",
+    )
     p.add_argument("--warm-max-epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--warm-lr", type=float, default=None, help="the warm start's learning rate (default: bert's)")

@@ -170,6 +170,8 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     user = frame["user_id"].iloc[i]
     if user is None or (pd.api.types.is_scalar(user) and pd.isna(user)) or not str(user).strip():
         raise BadRequest(f"row {i}: user_id is empty")
+    if isinstance(user, bool) or not isinstance(user, str | int | np.integer):
+        raise BadRequest(f"row {i}: user_id must be a string, got {type(user).__name__} {str(user)[:40]!r}")
     user = str(user)
     items = _listed(frame, "history", i) or []
     types = _listed(frame, "event_types", i)
@@ -184,6 +186,8 @@ def _parse_row(rec: Recommender, frame: pd.DataFrame, i: int, stored_history: bo
     except ValueError as e:
         raise BadRequest(f"row {i}: {e}") from None
     try:
+        if stamps is not None and (odd := [s for s in stamps if isinstance(s, float) and not s.is_integer()]):
+            raise ValueError(f"{odd[0]} is not a whole second")
         secs = [int(s) for s in stamps] if stamps is not None else [-1] * len(items)
     except (TypeError, ValueError, OverflowError) as e:
         raise BadRequest(f"row {i}: timestamps must be unix seconds (integers): {e}") from None

@@ -220,11 +220,15 @@ def log_pyfunc(
     optional=(),
     extra_requirements: list[str] | tuple = (),
     params: dict | None = None,
+    input_schema: bool = True,
 ) -> str:
     """Log ``python_model`` (an mlflow PythonModel) with its artifacts in ``run_id``; returns its URI.
     ``optional``: input columns a request may leave out; ``extra_requirements``: pip
     requirements beside torch, mlflow, pandas, numpy and transformers; ``params``: the
-    inference parameters a request may set, with their defaults."""
+    inference parameters a request may set, with their defaults. ``input_schema = False``:
+    the signature declares the output and the params but no input columns, so MLflow
+    neither casts nor checks a request's columns (the model checks them itself); the input
+    example is still logged."""
     mlflow = _mlflow()
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
@@ -233,6 +237,8 @@ def log_pyfunc(
     if optional:
         cols = [ColSpec(c.type, c.name, required=c.name not in optional) for c in signature.inputs.inputs]
         signature = ModelSignature(Schema(cols), signature.outputs, signature.params)
+    if not input_schema:
+        signature = ModelSignature(None, signature.outputs, signature.params)
 
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

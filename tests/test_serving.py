@@ -195,6 +195,11 @@ def test_the_real_server_answers_and_refuses_bad_requests_with_4xx(served, tmp_p
             ({"dataframe_records": [{"user_id": user}], "params": {"k": "ten"}}, 400),
             ({"dataframe_records": [{"user_id": user, "history": ["x"], "event_types": ["view", "cart"]}]}, 400),
             ({"dataframe_records": [{"history": ["x"]}]}, 400),  # no user_id
+            # No input schema (MLflow casts nothing): the model's own checks answer wrong types.
+            ({"dataframe_records": [{"user_id": [1, 2]}]}, 400),
+            ({"dataframe_records": [{"user_id": user, "history": "B00"}]}, 400),
+            ({"dataframe_records": [{"user_id": user, "history": ["x"], "timestamps": [1.5]}]}, 400),
+            ({"dataframe_records": [{"user_id": user, "history": ["x"], "event_types": [3]}]}, 400),
         ]:
             r = _post(url, body)
             assert r.status_code == status, (body, r.status_code, r.text[:300])

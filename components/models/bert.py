@@ -250,19 +250,23 @@ class BERT(Family):
     def forward(self, seq: torch.Tensor, table: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) left-padded item indices (``n_items`` = pad, ``n_items+1`` = [MASK]) and their
         event types (a [MASK] has type PAD_TYPE) -> (B, L, dim)."""
-        special = [self.pad_vector] + ([self.mask_vector] if self.mask_vector is not None else [])
-        full = torch.cat([table, *special], dim=0)  # row n_items = padding, n_items + 1 = [MASK]
+        special = torch.cat([self.pad_vector] + ([self.mask_vector] if self.mask_vector is not None else []))
+        n = len(table)  # index n = padding, n + 1 = [MASK]
+        # Gathered from the table and the special rows apart: concatenating them first copied
+        # the whole (n_items, dim) table at every call (a served request's largest copy).
+        item = (seq < n)[..., None]
+        embeds = torch.where(item, table[seq.clamp(max=n - 1)], special[(seq - n).clamp(0, len(special) - 1)])
         L = seq.shape[1]
         # Positions count back from the most recent item, as if every batch were padded to
         # max_len: the newest item has the same position in training and at inference.
         positions = torch.arange(L, device=seq.device) + (self.config.max_len + 1 - L)
-        embeds = full[seq]
         if types is not None:
             embeds = embeds + self.behaviour(types)
         out = self.encoder(
             inputs_embeds=embeds,
             attention_mask=(seq != self.pad).long(),
             position_ids=positions.expand_as(seq),
+            use_cache=False,  # a causal BertModel (is_decoder) otherwise builds a key/value cache per call
         )
         return out.last_hidden_state
 
