@@ -10,7 +10,9 @@ item (0 by construction); the text-aware family ranks them by their text.
 
 Warm start. Night 1 is the log up to a week before its end, without any event that is a
 validation or test target of the full log (so the night-1 model has seen none of them);
-bert's final fit on it is night 1's champion. Night 2 is the full log: bert trains with
+bert's final fit on it is night 1's champion, trained as the nightly flow trains one: a
+fold on night 1's own validation targets chooses the epochs (``--night1-epochs`` fixes
+them instead). Night 2 is the full log: bert trains with
 per-epoch validation (one fold: every user's validation target) from scratch, and again
 from the night-1 weights (Family.warm_start: ids carried over, new ones fresh). Printed:
 the from-scratch run's best validation NDCG@10 and the training time it took to reach it,
@@ -131,7 +133,8 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         start = pipeline.train_final(layer1, "bert", pipeline.train_folds(layer1, "bert", cfg, str(out)), cfg, str(out))
     print(f"night 1: bert's champion trained {start.epochs_run} epochs", flush=True)
     runs = {}
-    for name, warm in (("scratch", None), ("warm", pipeline.WarmStart(start.model_uri, "night-1 bert"))):
+    warm_from = pipeline.WarmStart(start.model_uri, "night-1 bert", shrink=args.warm_shrink)
+    for name, warm in (("scratch", None), ("warm", warm_from)):
         c = cfg if warm is None else replace(cfg, max_epochs=args.warm_max_epochs, lr=args.warm_lr)
         r = pipeline.train(full_layer, "bert", "fold", c, str(out), fold=0, warm_start=warm)
         curve = [(h["val_ndcg10"], h["train_epoch_s"]) for h in r.history]
@@ -156,6 +159,7 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         "warm_start_time_ratio": None if warm_s is None else round(warm_s / scratch_s, 3),
         "warm_epoch1_val_ndcg10": round(runs["warm"][0][0], 4),
         "warm_lr": args.warm_lr,
+        "warm_shrink": args.warm_shrink,
         "night1_epochs": start.epochs_run,
     }
 
@@ -182,6 +186,7 @@ def main() -> None:
     p.add_argument("--warm-max-epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--warm-lr", type=float, default=None, help="the warm start's learning rate (default: bert's)")
+    p.add_argument("--warm-shrink", type=float, default=1.0, help="shrink the carried weights towards a fresh start")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["new-items", "warm-start"], default=None)

@@ -104,10 +104,12 @@ async def level(
     # each to whichever server worker accepts first. With keep-alive, the 8 connections opened
     # at once all went to one worker (its accept loop took the burst): 55 requests/s, not 120.
     connector = aiohttp.TCPConnector(limit=clients, force_close=not keep_alive)
+    cpu0 = time.process_time()
     async with aiohttp.ClientSession(connector=connector) as session:
         t = time.perf_counter()
         start, stop = t + warmup, t + warmup + seconds
         await asyncio.gather(*(client(session, start, stop) for _ in range(clients)))
+    client_cpu_s = time.process_time() - cpu0  # the load generator's share of the two cores
     lat = np.array(latencies) * 1000
     return {
         "clients": clients,
@@ -116,6 +118,7 @@ async def level(
         "p50_ms": round(float(np.percentile(lat, 50)), 1),
         "p99_ms": round(float(np.percentile(lat, 99)), 1),
         "rps": round(len(lat) / seconds, 1),
+        "client_cpu_ms": round(1000 * client_cpu_s / max(1, len(lat) + errors), 2),
     }
 
 
@@ -150,7 +153,8 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"{c:>3} clients: p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                f"{r['rps']:7.1f} requests/s  ({r['requests']} requests, {r['errors']} errors)",
+                f"{r['rps']:7.1f} requests/s  ({r['requests']} requests, {r['errors']} errors; "
+                f"load generator {r['client_cpu_ms']:.1f} ms CPU a request)",
                 flush=True,
             )
     summary = {"family": args.family, "workers": args.workers, "seconds": args.seconds, "keep_alive": args.keep_alive}

@@ -9,6 +9,7 @@ unpacks the request frame.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -39,6 +40,11 @@ class RecommenderModel(PythonModel):
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
         self.catalogue = CatalogueWatch(self.recommender)
+        # The loaded model is ~600k Python objects (id maps, titles, MLflow, torch) that live as
+        # long as the server. A full collection walked them all: 290 ms on bert's Beauty
+        # champion, a served request's p99. Frozen, collections walk only what requests make.
+        gc.collect()
+        gc.freeze()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = {**DEFAULT_PARAMS, **(params or {})}

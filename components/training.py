@@ -220,7 +220,9 @@ def fit(request: dict) -> dict:
         start = Recommender.from_bytes(storage.read_bytes(request["warm_start"]["uri"]))
         item_map = torch.tensor([start.item_pos.get(str(i), -1) for i in data.item_ids], dtype=torch.long)
         user_map = torch.tensor([start.user_pos.get(str(u), -1) for u in data.user_ids], dtype=torch.long)
-        warm = {"from": request["warm_start"]["label"], **system.model.warm_start(start.state_dict, item_map, user_map)}
+        shrink = float(request["warm_start"].get("shrink", 1.0))
+        carried = system.model.warm_start(start.state_dict, item_map, user_map, shrink)
+        warm = {"from": request["warm_start"]["label"], **carried}
     max_len = model_cfg.max_len
     ckpt_uri = request["checkpoint_uri"]
     epochs = cfg.max_epochs if stage == "fold" else int(request["epochs"])

@@ -248,7 +248,7 @@ def test_sampled_softmax_option_also_learns(family):
 def test_mlflow_pyfunc_round_trip_gives_the_same_top10(family):
     import mlflow
 
-    from components import pyfunc, tracking
+    from components import pyfunc, serving, tracking
 
     rec = _recommender(family)
     frame = pd.DataFrame({"user_id": ["u001", "u007"], "history": [["i001", "i002", "i010"], ["i003"]]})
@@ -258,7 +258,9 @@ def test_mlflow_pyfunc_round_trip_gives_the_same_top10(family):
     loaded = mlflow.pyfunc.load_model(uri)
     again = loaded.predict(frame)
     assert again["item_id"].tolist() == direct["item_id"].tolist()
-    assert loaded.metadata.signature is not None
+    signature = loaded.metadata.signature  # the answer and the params; the request's columns the model checks
+    assert signature.inputs is None and list(signature.outputs.input_names()) == list(serving.OUTPUT_COLUMNS)
+    assert {p.name for p in signature.params.params} == {"k", "stored_history"}
     assert np.allclose(again["score"], direct["score"], rtol=1e-6)
 
 
@@ -361,6 +363,33 @@ def test_warm_start_takes_the_champions_rows_for_known_ids_and_keeps_new_rows_fr
             assert torch.equal(state[name], before[name]), name
     for name in set(state) - set(params):  # buffers are today's data
         assert torch.equal(state[name], fresh[name]), name
+
+
+@pytest.mark.parametrize("family", MODELS)
+def test_a_shrunk_warm_start_is_the_champion_and_a_fresh_start_mixed(family):
+    """shrink 0.3: every carried value is 0.3 x the champion's + 0.7 x the fresh one; new
+    rows stay fresh; buffers stay today's."""
+    cls = MODELS[family]
+    torch.manual_seed(0)
+    old = build(family)
+    torch.manual_seed(1)
+    new = build(family)
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    item_map = torch.tensor([-1] + list(range(N_ITEMS - 1)))
+    user_map = torch.arange(N_USERS)
+    assert new.warm_start(old.state_dict(), item_map, user_map, shrink=0.3)["shrink"] == 0.3
+    state, before, params = new.state_dict(), old.state_dict(), dict(new.named_parameters())
+    for name in params:
+        if name in cls.ITEM_ROWS:
+            mixed = 0.3 * before[name][: N_ITEMS - 1] + 0.7 * fresh[name][1:N_ITEMS]
+            assert torch.allclose(state[name][1:N_ITEMS], mixed), name
+            assert torch.allclose(state[name][:1], fresh[name][:1]), name  # the new item: fresh
+        elif name not in cls.USER_ROWS:
+            assert torch.allclose(state[name], 0.3 * before[name] + 0.7 * fresh[name]), name
+    for name in set(state) - set(params):
+        assert torch.equal(state[name], fresh[name]), name
+    with pytest.raises(ValueError, match="shrink"):
+        new.warm_start(old.state_dict(), item_map, user_map, shrink=0)
 
 
 def test_warm_start_refuses_other_shapes_and_changes_nothing():

@@ -224,13 +224,18 @@ class Family(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def warm_start(self, state: dict, item_map: torch.Tensor, user_map: torch.Tensor) -> dict:
+    def warm_start(self, state: dict, item_map: torch.Tensor, user_map: torch.Tensor, shrink: float = 1.0) -> dict:
         """Start from another model's weights ``state`` (same family and sizes) where the ids
         overlap: ``item_map[i]`` / ``user_map[u]`` is this model's item i's / user u's row in
         ``state`` (-1: an id it did not have, whose rows keep their fresh initialisation).
         Only parameters are taken: buffers (text vectors, counts, behaviour weights) are
-        today's data. Raises ValueError, changing nothing, when a shape does not fit.
-        Returns what was carried over."""
+        today's data. ``shrink`` < 1: each carried value is ``shrink * old + (1 - shrink) *
+        fresh`` ("shrink and perturb", Ash & Adams, NeurIPS 2020: a converged model shrunk
+        towards a fresh initialisation learns new data faster than the model itself).
+        Raises ValueError, changing nothing, when a shape does not fit or ``shrink`` is
+        outside (0, 1]. Returns what was carried over."""
+        if not 0 < shrink <= 1:
+            raise ValueError(f"warm start: shrink must be in (0, 1], got {shrink}")
         own, taken = dict(self.named_parameters()), {}
         for name, p in own.items():
             if name not in state:
@@ -251,8 +256,9 @@ class Family(nn.Module):
             new[len(rows) :] = old[n_old:].to(new.dtype)  # padding / unknown-user rows
             taken[name] = new
         for name, value in taken.items():
-            own[name].copy_(value)
+            own[name].copy_(shrink * value.to(own[name].dtype) + (1 - shrink) * own[name] if shrink < 1 else value)
         return {
+            "shrink": shrink,
             "parameters": len(taken),
             "items_carried": int((item_map >= 0).sum()),
             "items_new": int((item_map < 0).sum()),
