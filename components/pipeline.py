@@ -266,6 +266,7 @@ class WarmStart:
     def key(self) -> str:
         """What the training starts from, as its run records it and its checkpoint is keyed."""
         return self.label if self.shrink == 1 else f"{self.label} shrink {self.shrink:g}"
+
     model: Recommender | None = field(default=None, compare=False, repr=False)
     """The model at ``model_uri`` when it is already loaded (not loaded again)."""
 
