@@ -335,16 +335,21 @@ def test_cnn_convolutions_as_matmuls_equal_the_conv_layers():
     torch.testing.assert_close(model(window, users), torch.cat([z, model.user(users)], dim=1))
 
 
+def _champion_and_fresh(family: str):
+    """Yesterday's model, today's freshly initialised one, and a copy of today's state."""
+    torch.manual_seed(0)
+    old = build(family)
+    torch.manual_seed(1)
+    new = build(family)
+    return old, new, {k: v.clone() for k, v in new.state_dict().items()}
+
+
 @pytest.mark.parametrize("family", MODELS)
 def test_warm_start_takes_the_champions_rows_for_known_ids_and_keeps_new_rows_fresh(family):
     """Yesterday's model -> today's: items 0..N-3 and users 0..U-2 carry over (today's index
     = yesterday's + 2 / + 1), two new items and one new user keep their fresh initialisation."""
     cls = MODELS[family]
-    torch.manual_seed(0)
-    old = build(family)
-    torch.manual_seed(1)
-    new = build(family)
-    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    old, new, fresh = _champion_and_fresh(family)
     item_map = torch.tensor([-1, -1] + list(range(N_ITEMS - 2)))
     user_map = torch.tensor([-1] + list(range(N_USERS - 1)))
     info = new.warm_start(old.state_dict(), item_map, user_map)
@@ -370,11 +375,7 @@ def test_a_shrunk_warm_start_is_the_champion_and_a_fresh_start_mixed(family):
     """shrink 0.3: every carried value is 0.3 x the champion's + 0.7 x the fresh one; new
     rows stay fresh; buffers stay today's."""
     cls = MODELS[family]
-    torch.manual_seed(0)
-    old = build(family)
-    torch.manual_seed(1)
-    new = build(family)
-    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    old, new, fresh = _champion_and_fresh(family)
     item_map = torch.tensor([-1] + list(range(N_ITEMS - 1)))
     user_map = torch.arange(N_USERS)
     assert new.warm_start(old.state_dict(), item_map, user_map, shrink=0.3)["shrink"] == 0.3
