@@ -295,7 +295,7 @@ def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> War
     }:
         log.info("warm start: %s v%s has other model settings: %s trains from scratch", name, version, family)
         return None
-    return WarmStart(uri, f"{name} v{version}", champion, shrink=WARM_SHRINK)
+    return WarmStart(uri, f"{name} v{version}", shrink=WARM_SHRINK, model=champion)
 
 
 WARM_SHRINK = 0.5
