@@ -104,12 +104,18 @@ async def level(
     # each to whichever server worker accepts first. With keep-alive, the 8 connections opened
     # at once all went to one worker (its accept loop took the burst): 55 requests/s, not 120.
     connector = aiohttp.TCPConnector(limit=clients, force_close=not keep_alive)
-    cpu0 = time.process_time()
+    cpu = []  # the load generator's CPU seconds at the start and the end of the measured window
+
+    async def clock(start: float, stop: float):
+        for t in (start, stop):
+            await asyncio.sleep(max(0.0, t - time.perf_counter()))
+            cpu.append(time.process_time())
+
     async with aiohttp.ClientSession(connector=connector) as session:
         t = time.perf_counter()
         start, stop = t + warmup, t + warmup + seconds
-        await asyncio.gather(*(client(session, start, stop) for _ in range(clients)))
-    client_cpu_s = time.process_time() - cpu0  # the load generator's share of the two cores
+        await asyncio.gather(clock(start, stop), *(client(session, start, stop) for _ in range(clients)))
+    client_cpu_s = cpu[1] - cpu[0]
     lat = np.array(latencies) * 1000
     return {
         "clients": clients,

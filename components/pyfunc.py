@@ -111,7 +111,6 @@ def log(run_id: str, rec: Recommender, input_example: pd.DataFrame) -> str:
             {"recommender": str(path)},
             input_example,
             output,
-            optional=("history", "event_types", "timestamps"),
             params=DEFAULT_PARAMS,
             input_schema=False,
         )

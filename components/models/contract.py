@@ -237,6 +237,11 @@ class Family(nn.Module):
         if not 0 < shrink <= 1:
             raise ValueError(f"warm start: shrink must be in (0, 1], got {shrink}")
         own, taken = dict(self.named_parameters()), {}
+
+        def carried(old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+            old = old.to(fresh.dtype)
+            return old if shrink == 1 else shrink * old + (1 - shrink) * fresh
+
         for name, p in own.items():
             if name not in state:
                 continue
@@ -245,18 +250,18 @@ class Family(nn.Module):
             if rows is None:
                 if old.shape != p.shape:
                     raise ValueError(f"warm start: {name} is {tuple(old.shape)} there, {tuple(p.shape)} here")
-                taken[name] = old
+                taken[name] = carried(old, p)
                 continue
             n_old = len(old) - (len(p) - len(rows))  # the same padding / unknown rows after the ids
             if old.shape[1:] != p.shape[1:] or n_old < 0:
                 raise ValueError(f"warm start: {name} is {tuple(old.shape)} there, {tuple(p.shape)} here")
             new = p.detach().clone()
             known = rows >= 0
-            new[: len(rows)][known] = old[rows[known]].to(new.dtype)
-            new[len(rows) :] = old[n_old:].to(new.dtype)  # padding / unknown-user rows
+            new[: len(rows)][known] = carried(old[rows[known]], new[: len(rows)][known])
+            new[len(rows) :] = carried(old[n_old:], new[len(rows) :])  # padding / unknown-user rows
             taken[name] = new
         for name, value in taken.items():
-            own[name].copy_(shrink * value.to(own[name].dtype) + (1 - shrink) * own[name] if shrink < 1 else value)
+            own[name].copy_(value)
         return {
             "shrink": shrink,
             "parameters": len(taken),
