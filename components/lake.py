@@ -20,6 +20,8 @@ its source files)::
     05_models/<key>/reviews-<cfg>        review sentiment and topics (scored.parquet, topics.parquet)
     06_recommendations/                  test_recommendations_<family>.parquet, recommendations.parquet
     07_profiles/<key>                    profiles, transitions, exploration, summary
+    08_catalogue/<spec>                  the published item table the served champions read
+    09_settings/<spec>/<family>          tuned settings: v0001.json, v0002.json, ... and current.json
     quarantine/<key>                     what a failed validation rejected, with its report
 
 Each stage returns a small frozen record of the layer it wrote (:class:`RawLayer`,
@@ -146,6 +148,12 @@ def catalogue_uri(root: str, spec: str) -> str:
 def catalogue_pointer(folder: str) -> str:
     """The published catalogue's ``current.json``: which items file is current."""
     return storage.join(folder, "current.json")
+
+
+def settings_uri(root: str, spec: str, family: str) -> str:
+    """09_settings/<spec>/<family>: the versions of a family's tuned settings for a spec
+    (components/tuning.py writes them, the nightly run reads ``current.json``)."""
+    return storage.join(root, "09_settings", _SAFE.sub("_", spec), family)
 
 
 def quarantine_uri(root: str, name: str, stamped: bool = False) -> str:

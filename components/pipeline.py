@@ -13,6 +13,7 @@ the benchmarks and the tests run one data path. Nothing here imports Prefect.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,19 @@ import numpy as np
 import pandas as pd
 
 from components import datasets as datasets_
-from components import evaluation, events, features, lake, plots, promotion, pyfunc, storage, tracking, training
+from components import (
+    evaluation,
+    events,
+    features,
+    lake,
+    plots,
+    promotion,
+    pyfunc,
+    storage,
+    tracking,
+    training,
+    tuning,
+)
 from components import profiles as profiles_
 from components import recommend as recommend_
 from components import validation as validation_
@@ -136,13 +149,17 @@ def train(
     parent_run_id: str | None = None,
     on_epoch: Log | None = None,
     warm_start: WarmStart | None = None,
+    stop_if: Callable[[dict], bool] | None = None,
+    run_name: str | None = None,
 ) -> ModelResult:
     """One training (a fold or the final fit) in its own process, as one MLflow run: params,
     live per-epoch curve, metrics, plots and, for the final fit, the logged model.
 
     The same data and config trained before (a re-run of the same night) reuses that
     training's result and trains nothing. ``on_epoch`` gets one line per epoch as it trains.
-    ``warm_start``: start from that registered model's weights where the ids overlap."""
+    ``warm_start``: start from that registered model's weights where the ids overlap.
+    ``stop_if``: ends the training after an epoch whose figures it returns True for (a
+    pruned search trial): the run ends KILLED and :class:`training.TrainingPruned` is raised."""
     ckpt_uri = training.checkpoint_uri(root, dataset, family, cfg, stage, fold, epochs, warm_start and warm_start.key)
     if (done := training.finished(ckpt_uri)) is not None:
         return _model_result(done, reused=True)
@@ -167,7 +184,7 @@ def train(
         "interestflow.data_hash": dataset.data_hash,
         **(tags or {}),
     }
-    name = f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
+    name = run_name or f"{family}-{'fold' + str(fold) if stage == 'fold' else stage}"
     run_id = tracking.create_run(name, params, run_tags, parent_run_id)
     start = f" from {warm_start.key}" if warm_start else ""
     log.info("train %s%s: MLflow run %s", name, start, tracking.run_link(run_id))
@@ -187,12 +204,16 @@ def train(
             start = lake.file(ckpt_uri, training.WARM_START)
             storage.write_bytes(start, (warm_start.model or pyfunc.load(warm_start.model_uri)).to_bytes())
             request["warm_start"] = {"uri": start, "label": warm_start.key, "shrink": warm_start.shrink}
-        result = training.launch(request, log=on_epoch or log.info)
+        result = training.launch(request, log=on_epoch or log.info, stop_if=stop_if)
         if stage == "final":
             rec = Recommender.from_bytes(storage.read_bytes(lake.file(ckpt_uri, training.RECOMMENDER)))
             example = pd.DataFrame(storage.read_json(lake.file(ckpt_uri, training.EXAMPLE)))
             result["model_uri"] = pyfunc.log(run_id, rec, example)
             training.mark_final(ckpt_uri, result)  # complete with its model: a re-run reuses it
+    except training.TrainingPruned as e:
+        tracking.set_tags(run_id, {"interestflow.pruned_after_epoch": e.epoch})
+        tracking.end_run(run_id, "KILLED")
+        raise
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -849,6 +870,74 @@ class NightlyResult:
     """What the reviews say (None: the log has no review text)."""
 
 
+# -- tuning trials (the study: tune(), below) -------------------------------------------------------
+def tune_trial(
+    dataset: DatasetLayer,
+    s: tuning.TuneSettings,
+    root: str,
+    parent_run_id: str,
+    tags: dict,
+    deadline: float | None = None,
+    on_epoch: Log | None = None,
+) -> dict | None:
+    """One trial: the sampler's settings, one fold's training (a child run of the study's run,
+    ended by the pruner when its curve falls below the median), its best validation NDCG@10
+    told to the study. None when the deadline has passed (no trial started). A failed
+    training fails its trial, not the study; a stopped run leaves it running (recover())."""
+    if deadline is not None and time.time() > deadline:
+        return None
+    study = tuning.open_study(tuning.study_name(dataset.spec, s.family), s.study)
+    trial = study.ask(tuning.distributions(s.family))
+    overrides = {**s.model, **trial.params}
+    trial.set_user_attr(tuning.MODEL_ATTR, overrides)
+    where = f"tune {s.family} trial {trial.number}"
+    try:
+        MODELS[s.family].Config(**overrides)
+    except ValueError as e:  # a combination the family refuses (the space should not allow it)
+        study.tell(trial, state=tuning.TrialState.FAIL)
+        log.warning("%s: settings refused (%s): %s", where, e, trial.params)
+        return {"trial": trial.number, "state": "FAIL"}
+    log.info("%s: %s", where, json.dumps(trial.params, sort_keys=True))
+    pruning = tuning.Pruning(trial)
+    try:
+        result = train(
+            dataset,
+            s.family,
+            "fold",
+            replace(s.train, model=overrides),
+            root,
+            fold=s.fold,
+            tags={**tags, "interestflow.study": study.study_name, "interestflow.trial": trial.number},
+            parent_run_id=parent_run_id,
+            on_epoch=on_epoch,
+            stop_if=pruning if s.study.prune else None,
+            run_name=f"{s.family}-trial{trial.number}",
+        )
+    except training.TrainingPruned as e:
+        study.tell(trial, state=tuning.TrialState.PRUNED)
+        log.info("%s: pruned after epoch %d (below the median curve)", where, e.epoch)
+        return {"trial": trial.number, "state": "PRUNED", "epoch": e.epoch}
+    except training.TrainingStopped:
+        raise
+    except Exception as e:  # noqa: BLE001 - one failed trial (an out-of-memory size) does not end the study
+        study.tell(trial, state=tuning.TrialState.FAIL)
+        log.warning("%s failed: %s", where, e)
+        return {"trial": trial.number, "state": "FAIL"}
+    for row in result.history:  # a reused or resumed training: the epochs this process did not see
+        pruning.report(row)
+    value = float(result.metrics["ndcg10"])
+    study.tell(trial, value)
+    log.info("%s: val NDCG@10 %.4f at epoch %s", where, value, result.best_epoch)
+    return {"trial": trial.number, "state": "COMPLETE", "val_ndcg10": value}
+
+
+def tune_trials(
+    dataset: DatasetLayer, s: tuning.TuneSettings, root: str, parent_run_id: str, tags: dict, deadline, n: int
+) -> list[dict | None]:
+    """``n`` trials one after the other (the tune flow runs them as tasks on its task runner)."""
+    return [tune_trial(dataset, s, root, parent_run_id, tags, deadline) for _ in range(n)]
+
+
 @dataclass(frozen=True)
 class Stages:
     """The callables the path runs, in the order it runs them. :data:`PLAIN` = this module's
@@ -869,6 +958,7 @@ class Stages:
     recommend: Callable = recommend
     profiles: Callable = build_profiles
     report: Callable = report
+    tune_trials: Callable = tune_trials
 
 
 PLAIN = Stages()
@@ -909,6 +999,8 @@ class NightlySettings:
     dry_run: bool = False
     warm_start: bool | None = None
     """Final fits start from the champion's weights (None: when a compatible one exists)."""
+    tuned: bool = True
+    """Train each family with its tuned settings for the spec (09_settings) where there are some."""
 
 
 def nightly(
@@ -922,9 +1014,15 @@ def nightly(
     reviews = stages.reviews(dataset, root, s.reviews, s.gate, tags, not s.dry_run) if _has_reviews(dataset) else None
     results = []
     for family in s.families:
-        cfg = replace(s.train, model=dict(s.model.get(family, {})))
+        tuned = tuning.read_settings(root, dataset.spec, family) if s.tuned else None
+        # the tuned settings (interestflow tune), then the run's own overrides field by field
+        cfg = replace(s.train, model={**(tuned.model if tuned else {}), **s.model.get(family, {})})
+        if tuned:
+            log.info("%s: tuned settings %s: %s", family, tuned.label, json.dumps(tuned.model, sort_keys=True))
         night = _family_night(dataset, family, cfg, s, tags, root)
         family_tags = {**tags, "mlflow.parentRunId": night}  # folds and final fit: children of the night
+        if tuned:
+            family_tags["interestflow.tuned_settings"] = tuned.label
         try:
             folds = stages.train_folds(dataset, family, cfg, root, family_tags)
             final = stages.train_final(dataset, family, folds, cfg, root, family_tags, warm_start=s.warm_start)
@@ -932,6 +1030,8 @@ def nightly(
             result = FamilyResult(test)
             if not s.dry_run:
                 registered = stages.register(test)
+                if tuned:
+                    tracking.set_version_tags(registered.name, registered.version, {"tuned_settings": tuned.label})
                 result = FamilyResult(test, registered, stages.promote(registered, test, dataset, s.gate))
         except BaseException:
             tracking.end_run(night, "FAILED")
@@ -986,6 +1086,89 @@ def _end_family_night(run_id: str, result: FamilyResult) -> None:
             tags["interestflow.model_version"] = f"{result.registered.name} v{result.registered.version}"
         tracking.set_tags(run_id, tags)
     tracking.end_run(run_id)
+
+
+# -- tuning (DESIGN.md §11) -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    finished: int
+    """Trials finished (completed or pruned) in the study, earlier runs' included."""
+    ran: int
+    """Trials this run started."""
+    best: dict | None
+    """The best trial: number, val_ndcg10, params (None: none completed)."""
+    settings: tuning.Tuned | None
+    run_id: str
+
+
+def tune(spec: str, root: str, s: tuning.TuneSettings, tags: dict | None = None, stages=PLAIN) -> TuneResult:
+    """An Optuna study of ``s.family`` on the spec's data (components/tuning.py): the trials
+    the study still lacks, each one fold's training scored on its validation targets, under
+    one MLflow ``tune`` run; then the best trial's settings as a new settings version.
+
+    Call it holding the study's lock (the flow does): trials a killed run left running are
+    taken for dead and queued again."""
+    dataset = data_path(spec, root, s.folds, s.train.seed, stages)
+    if not 0 <= s.fold < s.folds:
+        raise ValueError(f"tune: fold {s.fold} is not one of the dataset's {s.folds} folds")
+    name = tuning.study_name(dataset.spec, s.family)
+    study = tuning.open_study(name, s.study)
+    if again := tuning.recover(study):
+        log.info("tune %s: trials %s were left running by a stopped run: their settings run again", name, again)
+    run_id = tracking.find_run({"interestflow.study": name, "interestflow.stage": "tune"}) or tracking.create_run(
+        f"tune-{name}",
+        {
+            "family": s.family,
+            "spec": dataset.spec,
+            "fold": s.fold,
+            "folds": s.folds,
+            "search_space": {k: asdict(v) for k, v in MODELS[s.family].search_space.items()},
+            **{f"train.{k}": v for k, v in asdict(s.train).items() if k != "model"},
+            **{f"model.{k}": v for k, v in s.model.items()},
+            **{f"study.{k}": v for k, v in asdict(s.study).items()},
+            "storage": tracking._redacted(tuning.storage_url()),
+        },
+        {
+            **(tags or {}),
+            "interestflow.study": name,
+            "interestflow.stage": "tune",
+            "interestflow.family": s.family,
+            "interestflow.data_hash": dataset.data_hash,
+        },
+    )
+    left = max(0, s.trials - tuning.finished(study))
+    log.info(
+        "tune %s: %d of %d trials finished, %d to run: %s",
+        name,
+        s.trials - left,
+        s.trials,
+        left,
+        tracking.run_link(run_id),
+    )
+    deadline = time.time() + s.timeout_s if s.timeout_s else None
+    try:
+        outcomes = stages.tune_trials(dataset, s, root, run_id, tags or {}, deadline, left)
+    except BaseException:
+        tracking.end_run(run_id, "KILLED")
+        raise
+    tuned = tuning.write_settings(root, dataset.spec, s.family, study, dataset.data_hash, run_id)
+    tuning.log_study(run_id, study)
+    if tuned:
+        tracking.set_tags(run_id, {"interestflow.settings": tuned.label})
+        log.info(
+            "tune %s: best trial %d, val NDCG@10 %.4f -> settings %s", name, tuned.trial, tuned.val_ndcg10, tuned.uri
+        )
+    tracking.end_run(run_id)
+    best = tuning.best_trial(study)
+    return TuneResult(
+        study=name,
+        finished=tuning.finished(study),
+        ran=sum(1 for o in outcomes if o is not None),
+        best={"trial": best.number, "val_ndcg10": best.value, "params": best.params} if best else None,
+        settings=tuned,
+        run_id=run_id,
+    )
 
 
 def recommend_path(

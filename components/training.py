@@ -394,6 +394,18 @@ def stoppable():
         _STOP.reset(token)
 
 
+class TrainingPruned(RuntimeError):
+    """``launch``'s ``stop_if`` ended the training after an epoch (a search pruned its trial).
+    Its last checkpoint stays in the lake, so the same training started again resumes there."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
+
+    def __reduce__(self):  # Prefect persists task failures
+        return (type(self), (str(self), self.epoch))
+
+
 class TrainingFailed(RuntimeError):
     """The training process failed; ``killed``: it was ended by a signal (OOM killer, a node
     going away), which a retry from the last checkpoint can get past."""
@@ -415,6 +427,7 @@ def launch(
     log: Callable[[str], None] | None = None,
     workdir: str | Path | None = None,
     timeout: float | None = None,
+    stop_if: Callable[[dict], bool] | None = None,
 ) -> dict:
     """Run :func:`fit` in its own process (``torchrun`` across nodes) and return its result.
 
@@ -423,10 +436,12 @@ def launch(
     receives one line per epoch while it trains; the child's stderr (Lightning's progress
     bar) goes through to this process's terminal when it has one. The request folder is
     removed when the training ends, successful or not (unless ``workdir`` is given).
+    ``stop_if`` gets each epoch's figures (``epoch``, ``val_ndcg10``, ...) as they come; when
+    it returns True the training is ended there and :class:`TrainingPruned` raised.
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="interestflow-req-") as tmp:
-            return launch(request, log, tmp, timeout)
+            return launch(request, log, tmp, timeout, stop_if)
     cfg = TrainConfig(**request["train_config"])
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -460,8 +475,16 @@ def launch(
         )
         _LIVE[proc.pid] = stop
     tail: collections.deque[str] = collections.deque(maxlen=30)
+    pruned: list[int] = []  # the epoch after which stop_if ended the training
+
+    def on_epoch(row: dict) -> None:
+        if stop_if is not None and not pruned and stop_if(row):
+            pruned.append(row["epoch"])
+            with contextlib.suppress(ProcessLookupError):  # its checkpoint of this epoch is in the lake already
+                os.killpg(proc.pid, signal.SIGKILL)
+
     readers = [
-        threading.Thread(target=_epoch_lines, args=(proc.stdout, log or (lambda line: None)), daemon=True),
+        threading.Thread(target=_epoch_lines, args=(proc.stdout, log or (lambda line: None), on_epoch), daemon=True),
         threading.Thread(target=_stderr, args=(proc.stderr, tail, terminal), daemon=True),
     ]
     for t in readers:
@@ -478,6 +501,9 @@ def launch(
             _LIVE.pop(proc.pid, None)
         for t in readers:
             t.join(timeout=10)
+    if pruned:
+        where = f"training {request['family']}/{request['stage']}"
+        raise TrainingPruned(f"{where} pruned after epoch {pruned[0]}", pruned[0])
     if stop.is_set() and proc.returncode != 0:
         raise TrainingStopped(f"training {request['family']}/{request['stage']} was stopped (the run is stopping)")
     if proc.returncode != 0 or not res.exists():
@@ -498,13 +524,16 @@ def epoch_line(e: dict) -> str:
     return f"{where} epoch {e['epoch']}: train_loss {loss:.4f}{val} ({e['train_epoch_s']:.1f} s)"
 
 
-def _epoch_lines(stream, log: Callable[[str], None]) -> None:
-    """The child's stdout: EPOCH lines become log lines; anything else is passed through."""
+def _epoch_lines(stream, log: Callable[[str], None], on_epoch: Callable[[dict], None] = lambda row: None) -> None:
+    """The child's stdout: EPOCH lines become log lines (and ``on_epoch`` calls); anything
+    else is passed through."""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace").rstrip("\n")
         try:
             if line.startswith(EPOCH):
-                log(epoch_line(json.loads(line[len(EPOCH) :])))
+                row = json.loads(line[len(EPOCH) :])
+                log(epoch_line(row))
+                on_epoch(row)
             elif line:
                 print(line, flush=True)
         except Exception:  # noqa: BLE001 - a garbled line must not stop the draining (the child would block)

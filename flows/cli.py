@@ -156,6 +156,29 @@ def _print_user_recommendations(args) -> None:
     Console(width=None if sys.stdout.isatty() else 140).print(t)
 
 
+def _print_study(args) -> None:
+    """The study's best trials and the family's current tuned settings (``interestflow tune --show``)."""
+    import optuna
+
+    from components import tuning
+    from components.config import default_lake
+    from tasks.ingest import spec_name
+
+    spec, family = spec_name(args.spec), getattr(args, "family", "mf")
+    name = tuning.study_name(spec, family)
+    try:
+        study = optuna.load_study(study_name=name, storage=tuning.storage_url())
+    except KeyError:
+        sys.exit(f"interestflow tune: no study {name!r} in {tuning.storage_url()} (run `interestflow tune` first)")
+    frame = tuning.trials_frame(study)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in frame["state"].value_counts().items())
+    print(f"study {name} ({tuning.storage_url()}): {len(frame)} trials ({counts})")
+    for line in tuning.best_lines(study):
+        print("  " + line)
+    tuned = tuning.read_settings(getattr(args, "lake", None) or default_lake(), spec, family)
+    print(f"current settings: {tuned.label}: {tuned.model}" if tuned else "current settings: none written yet")
+
+
 def _print_registry() -> None:
     """Per family: champion and challenger versions with the test figures recorded on them."""
     from rich.console import Console
@@ -360,6 +383,20 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
         "--threads", type=int, default=1, help="torch threads per worker (default 1: workers x threads <= cores)"
     )
     p.add_argument("--env-manager", default="local", choices=["local", "virtualenv", "uv", "conda"])
+    import flows.tune
+
+    p = sub.add_parser(
+        "tune",
+        help="search a family's settings (an Optuna study); the best become its nightly settings",
+        description="An Optuna study per spec and family: each trial trains one fold and scores on its "
+        "validation targets; the best trial's settings are written to 09_settings/<spec>/<family> in the lake, "
+        "which the nightly run reads. Every parameter of the flow 'tune' is an option.",
+    )
+    tune_names = add_flow_options(p, flows.tune.tune, defaults={"spec": SAMPLE_SPEC})
+    p.add_argument(
+        "--show", action="store_true", help="print the study's best trials and current settings, run nothing"
+    )
+    p.set_defaults(flow_names=tune_names)
     p = sub.add_parser("catalogue", help="publish today's catalogue for the served champions (no training)")
     p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
     p.add_argument("--lake", default=None)
@@ -422,6 +459,13 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
         _print_user_recommendations(args)
     elif args.cmd == "serve":
         _serve(args)
+    elif args.cmd == "tune":
+        if args.show:
+            _print_study(args)
+        else:
+            import flows.tune
+
+            flows.tune.tune(**flow_kwargs(args, args.flow_names))
     elif args.cmd == "catalogue":
         from components import catalogue
         from components.config import default_lake

@@ -208,6 +208,7 @@ def nightly(
     reviews: dict | None = None,
     dry_run: bool = False,
     warm_start: bool | None = None,
+    tuned: bool = True,
     rerun_of: str | None = None,
 ) -> pipeline.NightlyResult:
     """Retrain, evaluate, register and (maybe) promote each family, then recommend.
@@ -239,6 +240,8 @@ def nightly(
         dry_run: Train and evaluate, but register, promote and recommend nothing.
         warm_start: Start each final fit from its champion's weights where the ids overlap (default: when the
             champion was trained on other data with the same model settings).
+        tuned: Train each family with its tuned settings for this spec where `interestflow tune` wrote some
+            (09_settings in the lake); `model` and `lr` still override them.
         rerun_of: Set by the automation that runs a failed nightly once more: the failed flow run.
     """
     tag_run(spec, families)
@@ -271,6 +274,7 @@ def nightly(
         reviews=reviews or {},
         dry_run=dry_run,
         warm_start=warm_start,
+        tuned=tuned,
     )
     tags = {"interestflow.flow_run_id": prefect_flow_run.id}  # MLflow run -> the Prefect run that made it
     try:

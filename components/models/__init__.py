@@ -7,11 +7,11 @@ never import Lightning.
 
 from components.models.bert import BERT
 from components.models.cnn import CNN
-from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.contract import Family, FamilyConfig, Search, SideInputs
 from components.models.lstm import LSTM
 from components.models.mf import MF
 
-__all__ = ["MODELS", "Family", "FamilyConfig", "SideInputs"]
+__all__ = ["MODELS", "Family", "FamilyConfig", "Search", "SideInputs"]
 
 MODELS = {
     "mf": MF,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import PAD_TYPE, Family, FamilyConfig, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs
 from components.models.loss import sampled_or_full_ce
 
 FUSIONS = ("sum", "concat", "gate", "text", "id")
@@ -101,6 +101,16 @@ class BERT(Family):
     Config = BERTConfig
     uses_text = True  # training passes side.item_text (n_items, text_dim), item_strings, item_counts
     ITEM_ROWS = ("ids.weight", "bias", "text", "counts")
+    search_space = {  # dim and heads as choices: every pair divides
+        "dim": Search(choices=(32, 64, 128)),
+        "layers": Search(1, 3),
+        "heads": Search(choices=(1, 2, 4)),
+        "dropout": Search(0.1, 0.5),
+        "lr": Search(3e-4, 3e-3, log=True),
+        "weight_decay": Search(1e-3, 0.5, log=True),
+        "max_len": Search(choices=(50, 100, 200)),
+        "id_dropout": Search(0.0, 0.3),
+    }
 
     def __init__(self, config: BERTConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)

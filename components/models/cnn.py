@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.contract import PAD_TYPE, Family, FamilyConfig, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs
 from components.models.loss import sampled_or_full_ce
 
 
@@ -47,6 +47,15 @@ class CNNConfig(FamilyConfig):
 class CNN(Family):
     Config = CNNConfig
     ITEM_ROWS = ("embed.weight", "items.weight", "bias")
+    search_space = {  # Caser's own grid (Tang & Wang, WSDM 2018) around the defaults
+        "dim": Search(32, 128, log=True),
+        "window": Search(3, 8),
+        "n_h": Search(4, 32, log=True),
+        "n_v": Search(1, 8),
+        "dropout": Search(0.1, 0.6),
+        "lr": Search(1e-3, 1e-2, log=True),
+        "weight_decay": Search(0.01, 1.0, log=True),
+    }
     USER_ROWS = ("user.weight",)
 
     def __init__(self, config: CNNConfig, n_items: int, n_users: int, side: SideInputs | None = None):

@@ -27,6 +27,10 @@ Behaviour lives in the model's state: the base class keeps the spec's weight per
 scores as it was trained. On a log with one event type the behaviour embedding stays zero
 and frozen, so one-type logs train exactly as before.
 
+A family declares what ``interestflow tune`` may search (``search_space``: a
+:class:`Search` range per field of its ``Config``) beside its config, in its own file;
+components/tuning.py turns the ranges into an Optuna study.
+
 A family that reads item text sets ``uses_text = True``; training then passes
 :class:`SideInputs` (the items' text embeddings and strings, their training counts). Every
 family takes the same ``side`` argument and the others ignore it.
@@ -89,6 +93,26 @@ class FamilyConfig:
 
 
 @dataclass(frozen=True)
+class Search:
+    """One config field's search range for ``interestflow tune`` (components/tuning.py):
+    ``low`` to ``high`` (drawn on a log scale where ``log``), or one of ``choices``. The
+    field's type in the family's ``Config`` decides whether an int or a float is drawn."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def __post_init__(self):
+        if bool(self.choices) == (self.low is not None or self.high is not None):
+            raise ValueError("Search: give either low and high, or choices")
+        if not self.choices and (self.high is None or self.low is None or not self.low < self.high):
+            raise ValueError(f"Search: low < high needed, got {self.low}, {self.high}")
+        if self.log and not self.choices and self.low <= 0:
+            raise ValueError(f"Search: a log scale needs low > 0, got {self.low}")
+
+
+@dataclass(frozen=True)
 class SideInputs:
     """What training knows about the items beside their ids, for the families that read it.
 
@@ -119,6 +143,8 @@ class Family(nn.Module):
     Config: ClassVar[type[FamilyConfig]]
     uses_text: ClassVar[bool] = False
     """True: training passes the items' text in :class:`SideInputs`."""
+    search_space: ClassVar[dict[str, Search]] = {}
+    """What ``interestflow tune`` searches: a range per field of ``Config``."""
 
     def __init__(self, config: FamilyConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.contract import Family, FamilyConfig, Search, SideInputs
 from components.models.loss import sampled_or_full_ce
 
 
@@ -42,6 +42,14 @@ class LSTMConfig(FamilyConfig):
 class LSTM(Family):
     Config = LSTMConfig
     ITEM_ROWS = ("items.weight", "bias")
+    search_space = {
+        "dim": Search(32, 128, log=True),
+        "hidden": Search(64, 256, log=True),
+        "layers": Search(1, 2),
+        "dropout": Search(0.0, 0.5),
+        "lr": Search(1e-3, 1e-2, log=True),
+        "max_len": Search(choices=(20, 50, 100)),
+    }
 
     def __init__(self, config: LSTMConfig, n_items: int, n_users: int, side: SideInputs | None = None):
         super().__init__(config, n_items, n_users, side)

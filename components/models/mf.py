@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import Family, FamilyConfig, SideInputs
+from components.models.contract import Family, FamilyConfig, Search, SideInputs
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ class MFConfig(FamilyConfig):
 class MF(Family):
     Config = MFConfig
     ITEM_ROWS = ("items.weight", "bias")
+    search_space = {  # around the defaults, as wide as implicit's and iALS papers' grids
+        "dim": Search(32, 256, log=True),
+        "lr": Search(1e-3, 5e-2, log=True),
+        "alpha": Search(1.0, 60.0, log=True),
+        "reg": Search(0.01, 2.0, log=True),
+    }
     USER_ROWS = ("users.weight",)
 
     def __init__(self, config: MFConfig, n_items: int, n_users: int, side: SideInputs | None = None):
