@@ -383,7 +383,7 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
         "--threads", type=int, default=1, help="torch threads per worker (default 1: workers x threads <= cores)"
     )
     p.add_argument("--env-manager", default="local", choices=["local", "virtualenv", "uv", "conda"])
-    import flows.tune
+    import flows.nightly
 
     p = sub.add_parser(
         "tune",
@@ -392,7 +392,7 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
         "validation targets; the best trial's settings are written to 09_settings/<spec>/<family> in the lake, "
         "which the nightly run reads. Every parameter of the flow 'tune' is an option.",
     )
-    tune_names = add_flow_options(p, flows.tune.tune, defaults={"spec": SAMPLE_SPEC})
+    tune_names = add_flow_options(p, flows.nightly.tune, defaults={"spec": SAMPLE_SPEC})
     p.add_argument(
         "--show", action="store_true", help="print the study's best trials and current settings, run nothing"
     )
@@ -463,9 +463,9 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
         if args.show:
             _print_study(args)
         else:
-            import flows.tune
+            import flows.nightly
 
-            flows.tune.tune(**flow_kwargs(args, args.flow_names))
+            flows.nightly.tune(**flow_kwargs(args, args.flow_names))
     elif args.cmd == "catalogue":
         from components import catalogue
         from components.config import default_lake

@@ -18,10 +18,11 @@ def load_flow(entrypoint: str):
 
 def test_the_expected_deployments_exist_with_schedules_only_on_nightly_and_catalogue():
     by_name = {d["name"]: d for d in DEPLOYMENTS}
-    assert set(by_name) == {"nightly-retrain", "train", "promote", "recommend", "catalogue"}
+    assert set(by_name) == {"nightly-retrain", "train", "tune", "promote", "recommend", "catalogue"}
     nightly = by_name["nightly-retrain"]
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC"}]
+    assert by_name["tune"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert by_name["catalogue"]["schedules"] == [{"cron": "0 * * * *", "timezone": "UTC"}]  # hourly
     assert all("schedules" not in d for n, d in by_name.items() if n not in ("nightly-retrain", "catalogue"))
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS} == {"interestflow-local"}  # one anchor

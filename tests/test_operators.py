@@ -256,3 +256,47 @@ def test_a_failed_nightly_runs_once_more_by_the_automation_in_prefect_yaml(tmp_p
         assert c.read_flow_run(again.id).name.startswith(RERUN_PREFIX)
     time.sleep(8)  # the automation reacts within a second or two: nothing more may come
     assert len(runs()) == 2
+
+
+@pytest.mark.slow
+def test_a_stopped_study_resumes_and_runs_only_the_trials_it_lacks(tmp_path, home):
+    """`interestflow tune` stopped by SIGTERM in its second trial: the study keeps its finished
+    trial; the next `tune` runs only the one it lacks, with the stopped trial's settings, and
+    that training resumes from its last lake checkpoint. `tune --show` reads the study."""
+    import optuna
+
+    path, env = home
+    spec = write_slice(tmp_path / "src", *sample_frames(150), name="opstune")
+    args = ["tune", "--family", "mf", "--spec", str(spec), "--trials", "2", "--folds", "2", "--no-prune"]
+    args += ["--max-epochs", "30", "--patience", "30"]  # a few seconds a trial: time to stop one
+    a, log = _start(args, env, tmp_path / "a"), tmp_path / "a"
+    try:
+        deadline = time.time() + 300
+        while len(_epochs(log)) < 30 + 1:  # trial 0's epochs, then the first of trial 1
+            assert a.poll() is None, log.with_suffix(".err").read_text()[-3000:]
+            assert time.time() < deadline, "the study did not reach its second trial"
+            time.sleep(0.5)
+        a.send_signal(signal.SIGTERM)
+        a.wait(timeout=120)
+    finally:
+        if a.poll() is None:
+            a.kill()
+    assert a.returncode == 1 and "cancelled: stopped by SIGTERM" in log.with_suffix(".err").read_text()
+    assert not _training_processes(path)
+
+    storage = f"sqlite:///{path / 'optuna.db'}"
+    stopped = optuna.load_study(study_name="opstune-mf", storage=storage).trials
+    assert [t.state.name for t in stopped] == ["COMPLETE", "RUNNING"]  # a killed process tells nothing
+
+    b = run_cli(args, env, timeout=600)
+    assert b["code"] == 0, b["output"][-3000:]
+    assert "1 of 2 trials finished, 1 to run" in b["output"] and "trials [1] were left running" in b["output"]
+    trials = optuna.load_study(study_name="opstune-mf", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[2].params == stopped[1].params and trials[2].user_attrs["retry_of"] == 1
+    resumed = [int(n) for n in re.findall(r"mf fold \d epoch (\d+):", b["output"])]
+    assert resumed and resumed[0] > 1, b["output"][-5000:]  # from the checkpoint of the stopped trial's last epoch
+
+    show = run_cli(["tune", "--show", "--family", "mf", "--spec", str(spec)], env, timeout=300)
+    assert show["code"] == 0 and "3 trials (2 complete, 1 fail)" in show["output"], show["output"][-2000:]
+    assert "current settings: opstune/mf v1" in show["output"]
