@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +108,17 @@ def reviews_uri(features_layer_uri: str, model_version: str) -> str:
     return storage.join(features_layer_uri, f"reviews-{model_version}")
 
 
+TEXT_CACHE_ENV = "INTERESTFLOW_TEXT_CACHE"
+"""A text cache shared by several lakes (a folder or s3:// URI): vectors are keyed by the
+text's hash and the encoder version, so any lake may reuse them (the test suite shares one
+per session; a team may share one across its lakes)."""
+
+
 def text_cache_uri(root: str, model_version: str) -> str:
+    """The text cache of ``root`` (``03_features/_text_cache/<version>``), or of $INTERESTFLOW_TEXT_CACHE."""
+    shared = os.environ.get(TEXT_CACHE_ENV)
+    if shared:
+        return storage.join(shared, model_version, "embeddings.parquet")
     return storage.join(root, "03_features", "_text_cache", model_version, "embeddings.parquet")
 
 

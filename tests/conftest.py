@@ -34,6 +34,9 @@ def isolated_state(tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "MPLCONFIGDIR": str(home / "mpl"),
+        # One item-text cache for the session's lakes: the slices are nested slices of one
+        # sample, so each title is embedded once per worker, not once per test (minutes).
+        "INTERESTFLOW_TEXT_CACHE": str(home / "text_cache"),
     }
     (home / "prefect").mkdir()
     old = {k: os.environ.get(k) for k in env}

@@ -41,7 +41,8 @@ def test_s3_round_trip_and_missing_keys(seaweed):
         storage.read_bytes(storage.join(seaweed, "t", "nope"))
 
 
-def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path):
+def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path, monkeypatch):
+    monkeypatch.delenv(lake_.TEXT_CACHE_ENV)  # the text cache in the S3 lake too, not the session's shared one
     ev, items = sample_frames(100)
     local = write_slice(tmp_path, ev, items)
     for name in ("events.csv", "items.csv"):
@@ -57,6 +58,7 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path):
     assert ds.uri.startswith("s3://") and lake_.is_complete(ds.uri)
     assert storage.read_parquet(storage.join(ds.features.uri, "users.parquet"))["user_id"].nunique() == 100
     assert events.ingest(spec, lake).data_hash == ds.data_hash  # same input, same key: reused
+    assert storage.exists(lake_.text_cache_uri(lake, ds.features.text_uri.rsplit("text-", 1)[1]))
 
 
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):

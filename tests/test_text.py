@@ -11,6 +11,7 @@ import torch
 from conftest import NetworkBlocked, sample_frames, write_slice
 
 from components import datasets, events, features, storage, text, validation
+from components import lake as lake_
 
 
 def test_item_text_is_title_brand_categories_without_empty_parts():
@@ -49,7 +50,8 @@ def _features(tmp_path, lake, name, ev, items):
     return features.build_features(validation.validate(events.ingest(str(spec), str(lake)), str(lake)), str(lake))
 
 
-def test_cache_embeds_only_new_or_changed_item_texts(tmp_path):
+def test_cache_embeds_only_new_or_changed_item_texts(tmp_path, monkeypatch):
+    monkeypatch.delenv(lake_.TEXT_CACHE_ENV)  # the lake's own cache, empty (not the session's shared one)
     lake = tmp_path / "lake"
     ev, items = sample_frames(40)
     first = features.embed_items(_features(tmp_path, lake, "a", ev, items), str(lake))
@@ -73,6 +75,18 @@ def test_cache_embeds_only_new_or_changed_item_texts(tmp_path):
     row = order.index(str(changed.loc[3, "item_id"]))
     assert a.shape == c.shape == (n, 384)
     assert np.array_equal(np.delete(a, row, 0), np.delete(c, row, 0)) and not np.allclose(a[row], c[row])
+    assert (lake / "03_features" / "_text_cache").is_dir()
+
+
+def test_a_shared_text_cache_serves_another_lake(tmp_path, monkeypatch):
+    """$INTERESTFLOW_TEXT_CACHE: a second lake embeds nothing the first one embedded."""
+    monkeypatch.setenv(lake_.TEXT_CACHE_ENV, str(tmp_path / "shared"))
+    ev, items = sample_frames(5)
+    first = features.embed_items(_features(tmp_path, tmp_path / "lake1", "a", ev, items), str(tmp_path / "lake1"))
+    second = features.embed_items(_features(tmp_path, tmp_path / "lake2", "a", ev, items), str(tmp_path / "lake2"))
+    assert first.text_stats["embedded"] == len(items) and second.text_stats["cached"] == len(items)
+    assert not (tmp_path / "lake1" / "03_features" / "_text_cache").exists()
+    assert np.array_equal(datasets.load_item_text(first.text_uri), datasets.load_item_text(second.text_uri))
 
 
 def test_the_text_layer_is_reused_when_complete(tmp_path):
