@@ -33,8 +33,24 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="the flow's seed (folds, weights, shuffling)")
+    ap.add_argument(
+        "--tuned",
+        metavar="LAKE",
+        help="train each family with its current tuned settings in LAKE (09_settings, written by "
+        "`interestflow tune`); --model still overrides them",
+    )
     args = ap.parse_args()
     quiet_env()
+    model = json.loads(args.model)
+    tuned = {}
+    if args.tuned:
+        from components import tuning
+        from tasks.ingest import spec_name
+
+        for f in args.families:
+            if t := tuning.read_settings(args.tuned, spec_name(args.spec), f):
+                model[f], tuned[f"{f}_tuned"] = {**t.model, **model.get(f, {})}, t.label
+                print(f"{f}: tuned settings {t.label}: {model[f]}")
     lake = fresh_home(args.lake)
     from flows.nightly import nightly
 
@@ -47,14 +63,14 @@ def main() -> None:
         max_epochs=args.max_epochs,
         patience=args.patience,
         seed=args.seed,
-        model=json.loads(args.model),
+        model=model,
         dry_run=True,
     )
     total = time.perf_counter() - t0
     head = f"{'model':<12}" + "".join(f"{c:>11}" for c in COLS) + f"{'epochs':>8}{'train_s':>9}"
     print("\nTest, full ranking over all items, history excluded (ours), and published (HR@10, NDCG@10)")
     print(head)
-    figures = {}
+    figures = dict(tuned)
     for r in (fr.report for fr in out.results):
         f, t = r.family, r.test
         train_s = r.final_train_s + r.cv["folds_train_s"]

@@ -83,7 +83,7 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
 @pytest.mark.slow
 def test_a_worse_model_does_not_take_the_champion_alias(flow_env):
     before = tracking.alias_version("interestflow-mf", "champion")
-    out = run_nightly(flow_env, max_epochs=1, patience=1)
+    out = run_nightly(flow_env, max_epochs=1, patience=1, folds=1)  # one fold: the gate reads test targets
     r = out.results[0]
     assert not r.decision.promote, r.decision
     assert tracking.alias_version("interestflow-mf", "champion") == before
@@ -117,7 +117,7 @@ def test_bad_data_stops_the_flow_before_training_and_changes_nothing(flow_env):
 
 @pytest.mark.slow
 def test_bert_trains_registers_and_serves_with_exploration(flow_env):
-    out = run_nightly(flow_env, families=["bert"], max_epochs=3, folds=2, explore_share=0.2, profiles=False)
+    out = run_nightly(flow_env, families=["bert"], max_epochs=3, folds=1, explore_share=0.2, profiles=False)
     r = out.results[0]
     assert r.registered.name == "interestflow-bert" and r.decision.promote
     assert {"cold_ndcg10", "cold_hr10", "cold_n"} <= set(r.report.test)

@@ -259,7 +259,7 @@ def test_a_failed_nightly_runs_once_more_by_the_automation_in_prefect_yaml(tmp_p
 
 
 @pytest.mark.slow
-def test_a_stopped_study_resumes_and_runs_only_the_trials_it_lacks(tmp_path, home):
+def test_a_stopped_study_resumes_and_runs_only_the_trials_it_lacks(tmp_path, home, monkeypatch, capsys):
     """`interestflow tune` stopped by SIGTERM in its second trial: the study keeps its finished
     trial; the next `tune` runs only the one it lacks, with the stopped trial's settings, and
     that training resumes from its last lake checkpoint. `tune --show` reads the study."""
@@ -267,7 +267,7 @@ def test_a_stopped_study_resumes_and_runs_only_the_trials_it_lacks(tmp_path, hom
 
     path, env = home
     spec = write_slice(tmp_path / "src", *sample_frames(150), name="opstune")
-    args = ["tune", "--family", "mf", "--spec", str(spec), "--trials", "2", "--folds", "2", "--no-prune"]
+    args = ["tune", "--family", "mf", "--spec", str(spec), "--trials", "2", "--folds", "1", "--no-prune"]
     args += ["--max-epochs", "30", "--patience", "30"]  # a few seconds a trial: time to stop one
     a, log = _start(args, env, tmp_path / "a"), tmp_path / "a"
     try:
@@ -297,6 +297,9 @@ def test_a_stopped_study_resumes_and_runs_only_the_trials_it_lacks(tmp_path, hom
     resumed = [int(n) for n in re.findall(r"mf fold \d epoch (\d+):", b["output"])]
     assert resumed and resumed[0] > 1, b["output"][-5000:]  # from the checkpoint of the stopped trial's last epoch
 
-    show = run_cli(["tune", "--show", "--family", "mf", "--spec", str(spec)], env, timeout=300)
-    assert show["code"] == 0 and "3 trials (2 complete, 1 fail)" in show["output"], show["output"][-2000:]
-    assert "current settings: opstune/mf v1" in show["output"]
+    from flows.cli import main
+
+    monkeypatch.setenv("INTERESTFLOW_HOME", str(path))  # in this process: the CLI runs' home
+    main(["tune", "--show", "--family", "mf", "--spec", str(spec)])
+    shown = capsys.readouterr().out
+    assert "3 trials (2 complete, 1 fail)" in shown and "current settings: opstune/mf v1" in shown, shown

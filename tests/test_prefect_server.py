@@ -160,7 +160,7 @@ def test_two_nightly_runs_started_together_one_runs_one_is_cancelled(server):
         "spec": str(spec),
         "lake": str(root / "lake2"),
         "families": ["mf"],
-        "folds": 2,
+        "folds": 1,
         "max_epochs": 2,
         "profiles": False,
     }

@@ -16,7 +16,7 @@ from components import lake, tracking
 from testkit.faults import FLOW_MATRIX, in_process, killed_final_fit, registry_state, try_bad_input
 
 PREFIX = "reliab"
-NIGHTLY = dict(families=["mf"], folds=2, max_epochs=3, patience=2, seed=0, profiles=False)
+NIGHTLY = dict(families=["mf"], folds=1, max_epochs=3, patience=2, seed=0, profiles=False)
 
 
 @pytest.fixture(scope="module")

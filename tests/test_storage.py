@@ -134,7 +134,7 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
         registry_down.times = None  # night 2: the registry is down
         with pytest.raises(tracking.RegistryUnavailable, match="MLflow registry .* did not accept .*s3flow-mf"):
-            nightly(spec=str(spec), lake=lake, families=["mf"], folds=2, max_epochs=3, profiles=False)
+            nightly(spec=str(spec), lake=lake, families=["mf"], folds=1, max_epochs=1, profiles=False)
         assert registry_down.hits >= 4  # the first attempt and the task's 3 retries
     r = out.results[0]
     assert r.decision.promote and r.report.test_recommendations_uri.startswith("s3://")

@@ -1,5 +1,5 @@
 """Tuning (components/tuning.py, DESIGN.md §11): search spaces that make valid configs, and a
-real two-trial Optuna study on a slice of the shipped sample: real trainings as child MLflow
+real two-trial Optuna study on the shipped shop log: real trainings as child MLflow
 runs, a pruned trial, no test target touched, and settings the next nightly run trains with.
 (A study stopped by a signal and resumed: tests/test_operators.py, through the CLI.)"""
 
@@ -9,7 +9,7 @@ import itertools
 
 import optuna
 import pytest
-from conftest import sample_frames, write_slice
+from conftest import ROOT
 
 from components import evaluation, pipeline, tracking, training, tuning
 from components.config import TrainConfig
@@ -39,8 +39,10 @@ def test_a_search_range_is_either_bounds_or_choices():
             Search(**bad)
 
 
+# On the shipped Taobao log (purchase targets, viewed items rankable): GOOD's validation
+# NDCG@10 is about 0.12 from its second epoch; STUCK's stays 0 for four (2026-12-07).
 GOOD = {"dim": 64, "lr": 0.05, "alpha": 20.0, "reg": 0.2}
-STUCK = {"dim": 32, "lr": 0.001, "alpha": 1.0, "reg": 2.0}  # learns next to nothing in 4 epochs
+STUCK = {"dim": 32, "lr": 0.001, "alpha": 1.0, "reg": 2.0}
 
 
 @pytest.mark.slow
@@ -50,16 +52,16 @@ def test_a_two_trial_study_prunes_the_worse_and_the_next_nightly_trains_with_the
     trainings ran and no test split was read; the best settings become v1, and the next
     nightly run trains and registers with them."""
     monkeypatch.setenv("INTERESTFLOW_MODEL_PREFIX", "tune")
-    spec = write_slice(tmp_path / "src", *sample_frames(200), name="tuneslice")
+    spec = ROOT / "specs" / "taobao_shipped.yaml"
     root = str(tmp_path / "lake")
     s = tuning.TuneSettings(
         family="mf",
         trials=2,
-        folds=2,
+        folds=1,
         train=TrainConfig(max_epochs=4, patience=4),
         study=tuning.StudyConfig(prune_after_trials=1, prune_warmup_epochs=0),
     )
-    study = tuning.open_study(tuning.study_name("tuneslice", "mf"), s.study)
+    study = tuning.open_study(tuning.study_name("taobao_shipped", "mf"), s.study)
     study.enqueue_trial(GOOD)
     study.enqueue_trial(STUCK)
 
@@ -97,16 +99,16 @@ def test_a_two_trial_study_prunes_the_worse_and_the_next_nightly_trains_with_the
     artifacts = {a.path for a in tracking.client().list_artifacts(out.run_id)}
     assert {"optimization_history.png", "intermediate_values.png", "trials.json"} <= artifacts
 
-    tuned = tuning.read_settings(root, "tuneslice", "mf")
+    tuned = tuning.read_settings(root, "taobao_shipped", "mf")
     assert tuned == out.settings and tuned.version == 1 and tuned.model == GOOD and tuned.trial == 0
     # a second look at the same study writes no new version
-    assert tuning.write_settings(root, "tuneslice", "mf", study, "x", out.run_id).version == 1
+    assert tuning.write_settings(root, "taobao_shipped", "mf", study, "x", out.run_id).version == 1
 
     night = pipeline.nightly(
         str(spec),
         root,
         pipeline.NightlySettings(
-            families=("mf",), folds=2, train=TrainConfig(max_epochs=1, patience=1), profiles=False
+            families=("mf",), folds=1, train=TrainConfig(max_epochs=1, patience=1), profiles=False
         ),
     )
     result = night.results[0]
