@@ -123,6 +123,11 @@ Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "6
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
 
 
+def _stopped(signal: BaseException, what: str) -> Cancelled:
+    """The state a flow run ends in when SIGINT or SIGTERM stopped it (the CLI exits 1 with it)."""
+    return Cancelled(message=f"stopped by {'SIGTERM' if isinstance(signal, TerminationSignal) else 'SIGINT'}: {what}")
+
+
 RERUN_PREFIX = "rerun-"
 """Names the runs that prefect.yaml's automation starts again after a failure (it skips them)."""
 
@@ -288,10 +293,10 @@ def nightly(
         with runlock.hold(home(), f"flow run {prefect_flow_run.name} ({prefect_flow_run.id})"), training.stoppable():
             out = pipeline.nightly(spec, lake or default_lake(), settings, tags, stages=TASKS)
     except (KeyboardInterrupt, TerminationSignal) as e:
-        signal_name = "SIGTERM" if isinstance(e, TerminationSignal) else "SIGINT"
-        return Cancelled(
-            message=f"stopped by {signal_name}: training processes ended; completed layers (and any family "
-            "registered before the signal) are kept, the next run reuses them"
+        return _stopped(
+            e,
+            "training processes ended; completed layers (and any family registered before the signal) are "
+            "kept, the next run reuses them",
         )
     print(out.summary)
     return out
@@ -391,10 +396,8 @@ def tune(
         with runlock.hold(home() / "tune" / study, f"tune {study} ({prefect_flow_run.id})"), training.stoppable():
             out = pipeline.tune(spec, lake or default_lake(), settings, tags, stages=TUNE_TASKS)
     except (KeyboardInterrupt, TerminationSignal) as e:
-        signal_name = "SIGTERM" if isinstance(e, TerminationSignal) else "SIGINT"
-        return Cancelled(
-            message=f"stopped by {signal_name}: the running trials' trainings ended; the next tune of {study} "
-            "runs them again, from their last checkpoints"
+        return _stopped(
+            e, f"the running trials' trainings ended; the next tune of {study} runs them again, from their checkpoints"
         )
     best = f"best trial {out.best['trial']}: val NDCG@10 {out.best['val_ndcg10']:.4f}" if out.best else "none completed"
     where = f" -> {out.settings.uri} (v{out.settings.version})" if out.settings else ""

@@ -97,6 +97,7 @@ LONGEST_FIRST = (
     "test_reliability.py",
     "test_storage.py",
     "test_operators.py",
+    "test_tuning.py",  # 2026-12-07: 64-79 s
     "test_pipeline.py",
     "test_reviews.py",
     "test_profiles.py",
