@@ -910,7 +910,7 @@ def tune_trial(
             tags={**tags, "interestflow.study": study.study_name, "interestflow.trial": trial.number},
             parent_run_id=parent_run_id,
             on_epoch=on_epoch,
-            stop_if=pruning if s.study.prune else None,
+            stop_if=pruning,  # with --no-prune the study's NopPruner never stops it; the curve is reported live
             run_name=f"{s.family}-trial{trial.number}",
         )
     except training.TrainingPruned as e:
@@ -1127,7 +1127,7 @@ def tune(spec: str, root: str, s: tuning.TuneSettings, tags: dict | None = None,
             **{f"train.{k}": v for k, v in asdict(s.train).items() if k != "model"},
             **{f"model.{k}": v for k, v in s.model.items()},
             **{f"study.{k}": v for k, v in asdict(s.study).items()},
-            "storage": tracking._redacted(tuning.storage_url()),
+            "storage": tracking.redacted(tuning.storage_url()),
         },
         {
             **(tags or {}),

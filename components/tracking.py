@@ -58,7 +58,7 @@ def ui_url() -> str:
     if configured:
         return configured.rstrip("/")
     uri = tracking_uri()
-    return _redacted(uri).rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return redacted(uri).rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
 
 
 def runs_link(experiment: str | None = None) -> str:
@@ -283,13 +283,13 @@ def register(model_uri: str, name: str, tags: dict) -> str:
     except Exception as e:  # noqa: BLE001 - whatever the transport said, name the registry
         detail = str(e).splitlines()[0][:300]
         raise RegistryUnavailable(
-            f"MLflow registry {_redacted(tracking_uri())} did not accept model {name} "
+            f"MLflow registry {redacted(tracking_uri())} did not accept model {name} "
             f"({type(e).__name__}: {detail}); nothing was registered or promoted"
         ) from e
     return str(mv.version)
 
 
-def _redacted(uri: str) -> str:
+def redacted(uri: str) -> str:
     """A tracking URI without any user:password part (it goes into logs)."""
     from urllib.parse import urlsplit, urlunsplit
 

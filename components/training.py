@@ -533,7 +533,10 @@ def _epoch_lines(stream, log: Callable[[str], None], on_epoch: Callable[[dict], 
             if line.startswith(EPOCH):
                 row = json.loads(line[len(EPOCH) :])
                 log(epoch_line(row))
-                on_epoch(row)
+                try:
+                    on_epoch(row)
+                except Exception as e:  # noqa: BLE001 - said, not swallowed as a garbled line; draining goes on
+                    print(f"interestflow: the epoch callback failed ({type(e).__name__}: {e})", flush=True)
             elif line:
                 print(line, flush=True)
         except Exception:  # noqa: BLE001 - a garbled line must not stop the draining (the child would block)
