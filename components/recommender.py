@@ -284,6 +284,7 @@ class CatalogueWatch:
 
     def __init__(self, base: Recommender, folder: str | None = None, poll_s: float | None = None):
         self.base = self.current_model = base
+        base.model.for_serving()
         self.folder = folder or os.environ.get(CATALOGUE_ENV) or (base.serving.catalogue_uri if base.serving else None)
         self.poll_s = float(os.environ.get(POLL_ENV, POLL_S)) if poll_s is None else poll_s
         self.file: str | None = None
@@ -313,6 +314,8 @@ class CatalogueWatch:
         if current["file"] == self.file:
             return
         table = storage.read_parquet(storage.join(self.folder, current["file"]))
-        self.current_model = extended(self.base, table, current.get("model_version"))
+        model = extended(self.base, table, current.get("model_version"))
+        model.model.for_serving()
+        self.current_model = model
         self.file = current["file"]
         _log.info("catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items)

@@ -45,6 +45,40 @@ def test_padding_width_does_not_change_scores(objective):
     assert torch.allclose(m.score({"seq": short}), m.score({"seq": padded}), atol=1e-5)
 
 
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_the_served_encoder_scores_as_the_eager_one_and_is_not_a_weight(objective, monkeypatch):
+    """for_serving traces the encoder (the model server's workers): same scores at every
+    width, padding and batch size; the trace is used for requests, never in training, and
+    never saved."""
+    m = model(objective=objective, max_len=12)
+    rng = torch.Generator().manual_seed(1)
+    batches = [
+        {"seq": torch.tensor([[N, N, 4, 7, 9]]), "types": torch.tensor([[0, 0, 2, 1, 2]])},
+        {"seq": torch.randint(0, N, (3, 12), generator=rng), "types": torch.randint(1, 4, (3, 12), generator=rng)},
+        {"seq": torch.tensor([[5]]), "types": torch.tensor([[3]])},
+    ]
+    with torch.no_grad():
+        eager = [m.score(b) for b in batches]
+        keys = set(m.state_dict())
+        m.for_serving()
+        assert "_served_encoder" in m.__dict__ and set(m.state_dict()) == keys
+        for b, before in zip(batches, eager, strict=True):
+            assert torch.allclose(m.score(b), before, atol=1e-5)
+        calls = []
+        monkeypatch.setattr(type(m), "_encode", lambda self, *a: calls.append(1) or _eager(self, *a))
+        m.score(batches[0])
+        assert not calls  # requests go through the trace
+    m.train()
+    m.loss(batches[1])
+    assert calls  # training does not
+
+
+def _eager(self, *args):
+    from components.models.bert import _Encoder
+
+    return _Encoder.encode(self.encoder, *args)
+
+
 def test_text_only_fusion_scores_items_by_their_text_alone():
     """Two items with the same text get the same score, whatever their (absent) interactions."""
     torch.manual_seed(0)

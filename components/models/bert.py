@@ -20,6 +20,7 @@ and the text vectors are re-pooled from them (meant for GPU deployments; off by 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,8 @@ from torch import nn
 
 from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs
 from components.models.loss import sampled_or_full_ce
+
+_log = logging.getLogger(__name__)
 
 FUSIONS = ("sum", "concat", "gate", "text", "id")
 OBJECTIVES = ("causal", "masked")
@@ -272,13 +275,45 @@ class BERT(Family):
         positions = torch.arange(L, device=seq.device) + (self.config.max_len + 1 - L)
         if types is not None:
             embeds = embeds + self.behaviour(types)
-        out = self.encoder(
-            inputs_embeds=embeds,
-            attention_mask=(seq != self.pad).long(),
-            position_ids=positions.expand_as(seq),
-            use_cache=False,  # a causal BertModel (is_decoder) otherwise builds a key/value cache per call
-        )
-        return out.last_hidden_state
+        encoder = self.__dict__.get("_served_encoder")
+        if encoder is None or self.training or torch.is_grad_enabled():
+            encoder = self._encode
+        return encoder(embeds, (seq != self.pad).long(), positions.expand_as(seq))
+
+    def _encode(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return _Encoder.encode(self.encoder, embeds, attention_mask, positions)
+
+    def for_serving(self) -> None:
+        """Trace the encoder with TorchScript for requests. transformers' BertModel spends
+        most of a request in Python (its mask builders, config lookups and decorators): 2.1
+        ms for two layers of width 64 over a 12-event history against 0.47 ms traced, on one
+        CPU thread. The trace runs on a left-padded example, so the graph keeps the padding
+        mask (an unpadded example would trace a branch that drops it); it is checked
+        against the eager encoder on other widths, batch sizes and paddings, and not used
+        if any score differs. Kept out of the module tree: it is not a weight."""
+        self.eval()
+        c = self.config
+        n = min(c.max_len, 4)
+
+        def example(batch: int, width: int, padding: int):
+            g = torch.Generator().manual_seed(width)
+            embeds = torch.randn(batch, width, c.dim, generator=g)
+            mask = torch.ones(batch, width, dtype=torch.long)
+            mask[0, :padding] = 0
+            positions = (torch.arange(width) + (c.max_len + 1 - width)).expand(batch, width)
+            return embeds, mask, positions
+
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings: the branches checked below
+            traced = torch.jit.freeze(torch.jit.trace(_Encoder(self).eval(), example(1, n, 1), check_trace=False))
+            for shape in ((1, 1, 0), (2, c.max_len + 1, 3), (3, max(1, c.max_len // 2), 0)):
+                inputs = example(*shape)
+                if not torch.allclose(traced(*inputs), self._encode(*inputs), atol=1e-5):
+                    _log.warning("bert: the traced encoder differs from the eager one at %s; serving eager", shape)
+                    return
+        self.__dict__["_served_encoder"] = traced
 
     def _with_mask_token(self, seq: torch.Tensor, token: int) -> torch.Tensor:
         tail = torch.full((len(seq), 1), token, dtype=seq.dtype, device=seq.device)
@@ -372,3 +407,24 @@ def _run_layers(layers, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         h = layer(h, attention_mask=additive)
     return h
+
+
+class _Encoder(nn.Module):
+    """BERT's encoder as a function of tensors alone (what torch.jit.trace takes)."""
+
+    def __init__(self, model: BERT):
+        super().__init__()
+        self.encoder = model.encoder
+
+    def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.encoder, embeds, attention_mask, positions)
+
+    @staticmethod
+    def encode(encoder, embeds: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = encoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,  # a causal BertModel (is_decoder) otherwise builds a key/value cache per call
+        )
+        return out.last_hidden_state

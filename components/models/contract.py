@@ -297,6 +297,12 @@ class Family(nn.Module):
             "users_new": int((user_map < 0).sum()),
         }
 
+    def for_serving(self) -> None:
+        """Get ready to answer one request at a time until the process ends (the model
+        server's workers call it once per loaded model; the weights do not change after).
+        A family whose per-request time is mostly Python overhead compiles here; the
+        scores must not change. Default: nothing to do."""
+
     def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """For items that entered the catalogue after training, with their text vectors
         ``text`` (m, d): the rows each :attr:`ITEM_ROWS` entry gains, so that the family
