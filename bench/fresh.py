@@ -133,7 +133,8 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         start = pipeline.train_final(layer1, "bert", pipeline.train_folds(layer1, "bert", cfg, str(out)), cfg, str(out))
     print(f"night 1: bert's champion trained {start.epochs_run} epochs", flush=True)
     runs = {}
-    warm_from = pipeline.WarmStart(start.model_uri, "night-1 bert", shrink=args.warm_shrink)
+    shrink = pipeline.WARM_SHRINK if args.warm_shrink is None else args.warm_shrink
+    warm_from = pipeline.WarmStart(start.model_uri, "night-1 bert", shrink=shrink)
     for name, warm in (("scratch", None), ("warm", warm_from)):
         c = cfg if warm is None else replace(cfg, max_epochs=args.warm_max_epochs, lr=args.warm_lr)
         r = pipeline.train(full_layer, "bert", "fold", c, str(out), fold=0, warm_start=warm)
@@ -159,7 +160,7 @@ def warm_start_part(args, out: Path, events: pd.DataFrame, items: pd.DataFrame, 
         "warm_start_time_ratio": None if warm_s is None else round(warm_s / scratch_s, 3),
         "warm_epoch1_val_ndcg10": round(runs["warm"][0][0], 4),
         "warm_lr": args.warm_lr,
-        "warm_shrink": args.warm_shrink,
+        "warm_shrink": shrink,
         "night1_epochs": start.epochs_run,
     }
 
@@ -186,7 +187,12 @@ def main() -> None:
     p.add_argument("--warm-max-epochs", type=int, default=10)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--warm-lr", type=float, default=None, help="the warm start's learning rate (default: bert's)")
-    p.add_argument("--warm-shrink", type=float, default=1.0, help="shrink the carried weights towards a fresh start")
+    p.add_argument(
+        "--warm-shrink",
+        type=float,
+        default=None,
+        help="shrink the carried weights towards a fresh start (default: the nightly's, pipeline.WARM_SHRINK)",
+    )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", choices=["new-items", "warm-start"], default=None)

@@ -319,12 +319,13 @@ def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> War
     return WarmStart(uri, f"{name} v{version}", shrink=WARM_SHRINK, model=champion)
 
 
-WARM_SHRINK = 0.5
-"""A nightly warm start takes ``0.5 * champion + 0.5 * fresh`` of each carried weight
-(Family.warm_start). Night 2 of bench/fresh.py (a week more of Beauty, bert): the champion
-itself never reached the from-scratch best validation NDCG@10 in 10 epochs (0.0746 vs
-0.0760); shrunk by 0.5 it did at epoch 8, in 0.40 of the from-scratch time, and went past
-it (0.0768). bench/RESULTS.md, 2026-12-06."""
+WARM_SHRINK = 0.7
+"""A nightly warm start takes ``0.7 * champion + 0.3 * fresh`` of each carried weight
+(Family.warm_start). Night 2 of bench/fresh.py (a week more of Beauty, bert), the first
+epoch at which the warm start reaches the from-scratch best validation NDCG@10 (0.0760,
+epoch 20): shrink 1.0 (the champion itself) never in 10 epochs (plateau 0.0746); 0.7 at
+epoch 6 (0.30 of the from-scratch time; best 0.0761); 0.5 at epoch 8 (0.40; it went on to
+0.0768 at epoch 10); 0.3 slower than 0.5. bench/RESULTS.md, 2026-12-06 and 2026-12-07."""
 
 
 # -- test, registry, promotion ---------------------------------------------------------------------
