@@ -53,14 +53,26 @@ def eval_batches(view: View, n_items: int, max_len: int, batch_size: int = 1024)
         )
 
 
+SCORES_PER_CHUNK = 2**26
+"""Scores held at once (256 MiB of float32): users are scored in chunks of this many over the catalogue."""
+
+
+def chunk_users(n_items: int, most: int = 1024) -> int:
+    """Users scored at once over a catalogue of ``n_items``: at most ``most``, and never more
+    than :data:`SCORES_PER_CHUNK` scores (a large catalogue gets smaller chunks)."""
+    return max(1, min(most, SCORES_PER_CHUNK // max(1, n_items)))
+
+
 @torch.no_grad()
 def rank_view(
-    scorer: Scorer, view: View, n_items: int, k: int = 20, max_len: int = 512, batch_size: int = 1024
+    scorer: Scorer, view: View, n_items: int, k: int = 20, max_len: int = 512, batch_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (target ranks (U,), top-k items (U, k), their scores (U, k)), in view order.
 
-    Ranks are -1 where a user has no target (serving).
+    Ranks are -1 where a user has no target (serving). Users are scored a chunk at a time
+    (``batch_size``, default :func:`chunk_users`): only (chunk, n_items) scores are held.
     """
+    batch_size = batch_size or chunk_users(n_items)
     n = len(view.eval_users)
     ranks = np.full(n, -1, dtype=np.int64)
     top_items = np.zeros((n, k), dtype=np.int64)

@@ -683,6 +683,7 @@ def recommend(
         "version": c["version"],
         "data_hash": dataset.data_hash,
         "explore_share": explore_share,
+        **frame.attrs,  # ann_recall10 and its sample, where the index ranked (components/retrieval.py)
     }
     storage.write_parquet(frame, uri, metadata={f"interestflow.{k}": str(v) for k, v in meta.items()})
     log.info(

@@ -212,33 +212,55 @@ class Recommender:
     def scorer_for(self, data) -> Callable[[dict], torch.Tensor]:
         """A scorer over ``data``'s item and user indices (a components.datasets.Dataset);
         (batch) -> (B, data.n_items)."""
-        same = np.array_equal(self.item_ids, data.item_ids) and np.array_equal(self.user_ids, data.user_ids)
-        if same:
+        ids = self.ids_for(data)
+        if ids is None:
             return torch.no_grad()(self.model.score)
-        n_model_items = self.n_items
-        # today's index -> model index (unknown: the model's padding / unknown-user index)
-        item_map = torch.tensor([self.item_pos.get(str(x), n_model_items) for x in data.item_ids] + [n_model_items])
-        user_map = self.user_indices(data.user_ids)
-        known = item_map[:-1] < n_model_items
 
         @torch.no_grad()
         def score(batch: dict) -> torch.Tensor:
-            seq = item_map[batch["seq"]]
-            known_rows = [row < n_model_items for row in seq]  # drop unknown items, re-pad
-            width = seq.shape[1]
-            mapped = {
-                "users": user_map[batch["users"]],
-                "seq": pad_left([r[m].numpy() for r, m in zip(seq, known_rows, strict=True)], width, n_model_items),
-            }
-            if "types" in batch:
-                kept = [r[m].numpy() for r, m in zip(batch["types"], known_rows, strict=True)]
-                mapped["types"] = pad_left(kept, width, PAD_TYPE)
-            s = self.model.score(mapped)  # (B, n_model_items)
-            out = torch.full((len(seq), data.n_items), -torch.inf)
-            out[:, known] = s[:, item_map[:-1][known]]
+            s = self.model.score(ids.batch(batch))  # (B, n_model_items)
+            out = torch.full((len(s), data.n_items), -torch.inf)
+            out[:, ids.known] = s[:, ids.item_map[:-1][ids.known]]
             return out
 
         return score
+
+    def ids_for(self, data) -> IdMap | None:
+        """How ``data``'s item and user indices map onto this model's; None: they are the same."""
+        if np.array_equal(self.item_ids, data.item_ids) and np.array_equal(self.user_ids, data.user_ids):
+            return None
+        n_model_items = self.n_items
+        # today's index -> model index (unknown: the model's padding / unknown-user index)
+        item_map = torch.tensor([self.item_pos.get(str(x), n_model_items) for x in data.item_ids] + [n_model_items])
+        return IdMap(item_map, self.user_indices(data.user_ids), item_map[:-1] < n_model_items, n_model_items)
+
+
+@dataclass
+class IdMap:
+    """Today's indices -> a model's (components.datasets.Dataset of another day)."""
+
+    item_map: torch.Tensor
+    """(today's n_items + 1,) the model's index of each of today's items (unknown, and today's
+    padding: the model's padding index)."""
+    user_map: torch.Tensor
+    """(today's n_users,) the model's index of each of today's users (unknown: its unknown-user row)."""
+    known: torch.Tensor
+    """(today's n_items,) which of today's items the model knows."""
+    n_model_items: int
+
+    def batch(self, batch: dict) -> dict:
+        """A batch of today's indices in the model's: unknown history items dropped, re-padded."""
+        seq = self.item_map[batch["seq"]]
+        known_rows = [row < self.n_model_items for row in seq]
+        width = seq.shape[1]
+        mapped = {
+            "users": self.user_map[batch["users"]],
+            "seq": pad_left([r[m].numpy() for r, m in zip(seq, known_rows, strict=True)], width, self.n_model_items),
+        }
+        if "types" in batch:
+            kept = [r[m].numpy() for r, m in zip(batch["types"], known_rows, strict=True)]
+            mapped["types"] = pad_left(kept, width, PAD_TYPE)
+        return mapped
 
 
 # -- the published catalogue (components/catalogue.py), as a served model reads it ---------------

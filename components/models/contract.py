@@ -297,6 +297,12 @@ class Family(nn.Module):
             "users_new": int((user_map < 0).sum()),
         }
 
+    def query_vectors(self, batch: dict) -> torch.Tensor | None:
+        """(B, d) vectors q with ``score(batch) == q @ item_vectors().T`` exactly, for a family
+        whose score is that dot product (an index of its item vectors can then retrieve
+        candidates: components/retrieval.py); None for any other. Default: None."""
+        return None
+
     def for_serving(self) -> None:
         """Get ready to answer one request at a time until the process ends (the model
         server's workers call it once per loaded model; the weights do not change after).

@@ -80,6 +80,10 @@ class MF(Family):
     def item_vectors(self) -> torch.Tensor:
         return self.items.weight
 
+    def query_vectors(self, batch: dict) -> torch.Tensor | None:
+        # softmax adds an item bias: not a dot product with the item vectors alone
+        return self.users(batch["users"]) if self.config.loss == "ials" else None
+
     def score(self, batch: dict) -> torch.Tensor:
         u = self.users(batch["users"])  # (B, d)
         s = u @ self.items.weight.T  # (B, N)
