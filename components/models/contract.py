@@ -297,6 +297,20 @@ class Family(nn.Module):
             "users_new": int((user_map < 0).sum()),
         }
 
+    closed_form: bool = False
+    """True: the family (as configured) trains by closed-form solves, not by gradients:
+    :meth:`solve_step` per training batch and :meth:`solve_epoch_end` after each epoch
+    (Lightning's manual optimisation; one process)."""
+
+    def solve_step(self, batch: dict) -> torch.Tensor:
+        """A closed-form family's update from one training batch (no gradients); returns the
+        batch's loss after it."""
+        raise NotImplementedError
+
+    def solve_epoch_end(self) -> None:
+        """A closed-form family's update after every batch of an epoch was seen."""
+        raise NotImplementedError
+
     def query_vectors(self, batch: dict) -> torch.Tensor | None:
         """(B, d) vectors q with ``score(batch) == q @ item_vectors().T`` exactly, for a family
         whose score is that dot product (an index of its item vectors can then retrieve

@@ -36,12 +36,25 @@ class RecSystem(L.LightningModule):
         self.model = model
         self.optim = optim
         self._val: list[torch.Tensor] = []
+        # A closed-form family (mf with solver="als") updates its own weights: no optimiser.
+        self.automatic_optimization = not model.closed_form
+
+    def setup(self, stage: str) -> None:
+        if self.model.closed_form and self.trainer.world_size > 1:
+            raise ValueError(
+                f"{type(self.model).__name__} with solver 'als' trains in one process (its item step reads "
+                f"every user's vector); got {self.trainer.world_size} processes: set devices: 1, num_nodes: 1"
+            )
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model.score(batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.model.loss(batch)
+        if self.model.closed_form:
+            loss = self.model.solve_step(batch)  # the objective after the step, logged as a gradient family's is
+            self.optimizers().step()  # counts the step (see configure_optimizers)
+        else:
+            loss = self.model.loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["users"]), sync_dist=True)
         return loss
 
@@ -63,5 +76,14 @@ class RecSystem(L.LightningModule):
         self.log("val_ndcg10", (stats[0] / stats[2]).item(), prog_bar=True)
         self.log("val_hr10", (stats[1] / stats[2]).item())
 
+    def on_train_epoch_end(self) -> None:
+        if self.model.closed_form:
+            self.model.solve_epoch_end()
+
     def configure_optimizers(self):
+        if self.model.closed_form:
+            # Lightning counts a training step (global_step, which checkpointing reads) only when
+            # an optimiser steps. The solve is the step; this optimiser (no gradients, lr 0)
+            # changes nothing and only marks it.
+            return torch.optim.SGD(self.parameters(), lr=0.0)
         return torch.optim.AdamW(self.parameters(), lr=self.optim.lr, weight_decay=self.optim.weight_decay)
