@@ -147,6 +147,10 @@ class MF(Family):
         )
         self.items.weight.copy_(x)
 
+    def query_vectors(self, batch: dict) -> torch.Tensor | None:
+        # softmax adds an item bias: not a dot product with the item vectors alone
+        return self.users(batch["users"]) if self.config.loss == "ials" else None
+
     def score(self, batch: dict) -> torch.Tensor:
         u = self.users(batch["users"])  # (B, d)
         s = u @ self.items.weight.T  # (B, N)
