@@ -26,14 +26,26 @@ if TYPE_CHECKING:  # types only: evaluation works on any object with these field
 Scorer = Callable[[dict], torch.Tensor]
 
 
-def eval_batches(view: View, n_items: int, max_len: int, batch_size: int = 1024):
-    """Batches of (users, seq, types, seen pairs, target), users sorted by history length.
+SCORES_PER_CHUNK = 2**26
+"""Scores held at once (256 MiB of float32): users are scored in chunks of this many over the catalogue."""
+
+
+def chunk_users(n_items: int, most: int = 1024) -> int:
+    """Users scored at once over a catalogue of ``n_items``: at most ``most``, and never more
+    than :data:`SCORES_PER_CHUNK` scores (a large catalogue gets smaller chunks)."""
+    return max(1, min(most, SCORES_PER_CHUNK // max(1, n_items)))
+
+
+def eval_batches(view: View, n_items: int, max_len: int, batch_size: int | None = None):
+    """Batches of (users, seq, types, seen pairs, target), users sorted by history length;
+    ``batch_size`` users each (default :func:`chunk_users`: a batch's scores stay bounded).
 
     ``seq`` and ``types`` carry the last ``max_len`` events (what the model reads); the seen
     pairs are the items of the whole history that the view's exclusion policy keeps out
     of the ranking. Sorting by length keeps padding small (3-6 s instead of 17 s over
     Beauty, ../shared/STACK.md).
     """
+    batch_size = batch_size or chunk_users(n_items)
     order = np.argsort([len(h) for h in view.eval_hist], kind="stable")
     for start in range(0, len(order), batch_size):
         pos = order[start : start + batch_size]
@@ -53,16 +65,6 @@ def eval_batches(view: View, n_items: int, max_len: int, batch_size: int = 1024)
         )
 
 
-SCORES_PER_CHUNK = 2**26
-"""Scores held at once (256 MiB of float32): users are scored in chunks of this many over the catalogue."""
-
-
-def chunk_users(n_items: int, most: int = 1024) -> int:
-    """Users scored at once over a catalogue of ``n_items``: at most ``most``, and never more
-    than :data:`SCORES_PER_CHUNK` scores (a large catalogue gets smaller chunks)."""
-    return max(1, min(most, SCORES_PER_CHUNK // max(1, n_items)))
-
-
 @torch.no_grad()
 def rank_view(
     scorer: Scorer, view: View, n_items: int, k: int = 20, max_len: int = 512, batch_size: int | None = None
@@ -72,7 +74,6 @@ def rank_view(
     Ranks are -1 where a user has no target (serving). Users are scored a chunk at a time
     (``batch_size``, default :func:`chunk_users`): only (chunk, n_items) scores are held.
     """
-    batch_size = batch_size or chunk_users(n_items)
     n = len(view.eval_users)
     ranks = np.full(n, -1, dtype=np.int64)
     top_items = np.zeros((n, k), dtype=np.int64)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,11 +34,12 @@ class RecommenderModel(PythonModel):
     def load_context(self, context):
         from components.recommender import CatalogueWatch
 
-        if "uvicorn" in sys.modules:  # inside `mlflow models serve`'s workers
+        in_server = SERVER_MODEL_ENV in os.environ  # a worker of `mlflow models serve`
+        if in_server:
             _tcp_nodelay_on_accepted_sockets()
         with open(context.artifacts["recommender"], "rb") as f:
             self.recommender = Recommender.from_bytes(f.read())
-        self.catalogue = CatalogueWatch(self.recommender)
+        self.catalogue = CatalogueWatch(self.recommender, for_serving=in_server)
         # The loaded model is ~600k Python objects (id maps, titles, MLflow, torch) that live as
         # long as the server. A full collection walked them all: 290 ms on bert's Beauty
         # champion, a served request's p99. Frozen, collections walk only what requests make.
@@ -59,7 +59,11 @@ class RecommenderModel(PythonModel):
 
 DEFAULT_PARAMS = {"k": 10, "stored_history": True}
 SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
-"""Set to "true" by MLflow's scoring server (mlflow.pyfunc.scoring_server.init)."""
+"""Set to "true" by MLflow's scoring server (mlflow.pyfunc.scoring_server.init), after the model loaded."""
+SERVER_MODEL_ENV = "__pyfunc_model_path__"
+"""Set by ``mlflow models serve`` for its workers before they load the model
+(mlflow.pyfunc.scoring_server._SERVER_MODEL_PATH). A pipeline process may hold uvicorn too
+(Prefect's ephemeral server), so this, not the import, says a model is being served."""
 
 
 def _tcp_nodelay_on_accepted_sockets() -> None:

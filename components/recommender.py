@@ -304,9 +304,16 @@ class CatalogueWatch:
     """The served model, kept up to date with the published catalogue (thread-safe: the
     MLflow scoring server answers requests in threads)."""
 
-    def __init__(self, base: Recommender, folder: str | None = None, poll_s: float | None = None):
+    def __init__(
+        self, base: Recommender, folder: str | None = None, poll_s: float | None = None, for_serving: bool = False
+    ):
+        """``for_serving``: the process is a model server's worker; each model it holds is made
+        ready for requests (``Family.for_serving``). Elsewhere (a pipeline re-scoring the
+        champion) the model scores exactly as it was evaluated."""
         self.base = self.current_model = base
-        base.model.for_serving()
+        self.for_serving = for_serving
+        if for_serving:
+            base.model.for_serving()
         self.folder = folder or os.environ.get(CATALOGUE_ENV) or (base.serving.catalogue_uri if base.serving else None)
         self.poll_s = float(os.environ.get(POLL_ENV, POLL_S)) if poll_s is None else poll_s
         self.file: str | None = None
@@ -337,7 +344,8 @@ class CatalogueWatch:
             return
         table = storage.read_parquet(storage.join(self.folder, current["file"]))
         model = extended(self.base, table, current.get("model_version"))
-        model.model.for_serving()
+        if self.for_serving:
+            model.model.for_serving()
         self.current_model = model
         self.file = current["file"]
         _log.info("catalogue %s: %d items, the model ranks %d", current["file"], len(table), self.current_model.n_items)

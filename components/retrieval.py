@@ -94,7 +94,7 @@ def ann_rank(
     n, n_items = len(view.eval_users), data.n_items
     top_items = np.zeros((n, k), dtype=np.int64)
     top_scores = np.zeros((n, k), dtype=np.float32)
-    for pos, batch in evaluation.eval_batches(view, n_items, rec.max_len, evaluation.chunk_users(n_items)):
+    for pos, batch in evaluation.eval_batches(view, n_items, rec.max_len):
         q = rec.model.query_vectors(batch if ids is None else ids.batch(batch)).float()
         excluded = torch.bincount(batch["seen_rows"], minlength=len(pos))
         width = min(len(vectors), candidates + k + int(excluded.max()))

@@ -95,7 +95,7 @@ def train_loader(view: View, n_items: int, max_len: int, batch_size: int, seed: 
     )
 
 
-def val_loader(view: View, n_items: int, max_len: int, batch_size: int = 1024) -> DataLoader:
+def val_loader(view: View, n_items: int, max_len: int, batch_size: int | None = None) -> DataLoader:
     batches = [b for _, b in evaluation.eval_batches(view, n_items, max_len, batch_size)]
     return DataLoader(batches, batch_size=None, shuffle=False)
 

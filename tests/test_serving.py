@@ -152,8 +152,12 @@ def test_a_published_new_item_is_ranked_by_its_text_and_id_families_say_they_can
     u = list(data.user_ids).index(user)
     twin_of = next(str(i) for i in bert.item_ids if bert.item_pos[str(i)] not in set(data.seqs[u]))
     new = _publish_with_a_new_item(served, twin_of)
-    now = CatalogueWatch(bert, poll_s=0).current()
+    # As a server's worker holds it (a copy: the fixture's model stays as evaluated).
+    watch = CatalogueWatch(Recommender.from_bytes(bert.to_bytes()), poll_s=0, for_serving=True)
+    now = watch.current()
     assert now.n_items == bert.n_items + 1 and now.item_ids[-1] == new
+    assert "_served_encoder" in watch.base.model.__dict__ and "_served_encoder" in now.model.__dict__
+    assert "_served_encoder" not in bert.model.__dict__  # outside a server the model scores as evaluated
     top, val = now.rank([user], [data.seqs[u]], [data.types[u]], now.n_items)  # every item, ranked
     score = dict(zip(now.item_ids[top[0]], val[0], strict=True))
     assert np.isfinite(score[new]) and score[new] == pytest.approx(score[twin_of], rel=1e-5)

@@ -21,6 +21,7 @@ and the text vectors are re-pooled from them (meant for GPU deployments; off by 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -302,8 +303,6 @@ class BERT(Family):
             mask[0, :padding] = 0
             positions = (torch.arange(width) + (c.max_len + 1 - width)).expand(batch, width)
             return embeds, mask, positions
-
-        import warnings
 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings: the branches checked below

@@ -92,6 +92,7 @@ class MF(Family):
         nn.init.normal_(self.items.weight, std=config.init_std)
         with torch.no_grad():
             self.users.weight[n_users].zero_()
+        self._pairs: list[torch.Tensor] = []  # solver="als": this epoch's (user, item) pairs and confidences
 
     def item_vectors(self) -> torch.Tensor:
         return self.items.weight
@@ -125,7 +126,7 @@ class MF(Family):
         users, v, cfg = batch["users"], self.items.weight.float(), self.config
         x = _least_squares(v, rows, items, conf, self.users.weight[users].float(), cfg.reg, cfg.cg_steps)
         self.users.weight[users] = x
-        self._pairs = [*getattr(self, "_pairs", []), torch.stack([users[rows], items]), conf]
+        self._pairs += [torch.stack([users[rows], items]), conf]
         s = (x[rows] * v[items]).sum(1)
         all_sq = ((x @ (v.T @ v)) * x).sum()
         l2 = x.pow(2).sum() + len(users) / self.n_users * v.pow(2).sum()
@@ -134,7 +135,7 @@ class MF(Family):
     @torch.no_grad()
     def solve_epoch_end(self) -> None:
         """Solve every item given the users' vectors (over the pairs this epoch's batches held)."""
-        if not getattr(self, "_pairs", None):
+        if not self._pairs:
             return
         pairs, conf = torch.cat(self._pairs[0::2], dim=1), torch.cat(self._pairs[1::2])
         self._pairs = []
