@@ -1061,27 +1061,33 @@ def try_bad_input(
     }
 
 
+def training_processes() -> dict[int, dict]:
+    """The training processes running now (pid -> their request): started as ``python -m
+    components.training`` or forked from the preload server, whose title shows the same
+    command (its arguments then one string: split on blanks as well as NULs)."""
+    import json
+
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").split()
+            if b"components.training" not in argv or b"--request" not in argv:
+                continue
+            found[int(proc.name)] = json.loads(Path(argv[argv.index(b"--request") + 1].decode()).read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def kill_training(ckpt_uri: str, timeout: float = 300) -> dict:
     """In a thread: SIGKILL the training process that writes ``ckpt_uri`` once its first
     checkpoint is in the lake. Returns a dict that gets ``pid`` when it did."""
-    import json
-
     from components import lake, storage
 
     killed: dict = {}
 
     def find() -> int | None:
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if b"components.training" not in argv or b"--request" not in argv:
-                    continue
-                request = json.loads(Path(argv[argv.index(b"--request") + 1].decode()).read_text())
-            except (OSError, ValueError, IndexError):
-                continue
-            if request.get("checkpoint_uri") == ckpt_uri:
-                return int(proc.name)
-        return None
+        return next((pid for pid, r in training_processes().items() if r.get("checkpoint_uri") == ckpt_uri), None)
 
     def watch():
         deadline = time.time() + timeout

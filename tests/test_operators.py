@@ -21,7 +21,7 @@ import pytest
 from conftest import sample_frames, write_slice
 
 from components import runlock
-from testkit.faults import BIN, run_cli
+from testkit.faults import BIN, run_cli, training_processes
 
 TRAIN = ["train", "--families", "mf", "--folds", "2", "--no-profiles"]
 
@@ -49,14 +49,7 @@ def home(tmp_path, server):
 
 def _training_processes(home: Path) -> list[int]:
     """The training processes of runs on ``home`` (other tests may train beside this one)."""
-    out, mark = [], f"INTERESTFLOW_HOME={home}\0".encode()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if b"components.training" in (proc / "cmdline").read_bytes() and mark in (proc / "environ").read_bytes():
-                out.append(int(proc.name))
-        except OSError:
-            continue
-    return out
+    return [pid for pid, request in training_processes().items() if str(home) in json.dumps(request)]
 
 
 def _flow_run_states(spec: Path) -> list[str]:
