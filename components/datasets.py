@@ -13,7 +13,7 @@ trains on every event before each user's test target (all events of users withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -222,6 +222,16 @@ class View:
     train_types: list[np.ndarray] | None = None  # type codes aligned with train_seqs
     eval_types: list[np.ndarray] | None = None  # type codes aligned with eval_hist
     behaviour: Behaviour = Behaviour()
+
+    def subset(self, keep: np.ndarray) -> View:
+        """This view evaluated on the eval users at positions ``keep`` only (training unchanged)."""
+        return replace(
+            self,
+            eval_users=self.eval_users[keep],
+            eval_hist=[self.eval_hist[i] for i in keep],
+            eval_targets=self.eval_targets[keep],
+            eval_types=[self.eval_types[i] for i in keep],
+        )
 
     def __post_init__(self):
         if self.train_types is None:

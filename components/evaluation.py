@@ -7,6 +7,7 @@ mapped onto today's ids, or the popularity baseline).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -24,6 +25,34 @@ if TYPE_CHECKING:  # types only: evaluation works on any object with these field
     from components.datasets import Dataset, View
 
 Scorer = Callable[[dict], torch.Tensor]
+
+
+TEST_SAMPLE_ABOVE_ENV = "INTERESTFLOW_TEST_SAMPLE_ABOVE"
+TEST_SAMPLE_USERS_ENV = "INTERESTFLOW_TEST_SAMPLE_USERS"
+TEST_SAMPLE_MIN = 50_000
+_TEST_SAMPLE_KEY = "interestflow-tst"  # 16 characters: the hash key that draws the sample (fixed)
+
+
+def test_sample(user_ids: np.ndarray) -> np.ndarray | None:
+    """Which test users the test metrics are computed on: all (None) up to
+    $INTERESTFLOW_TEST_SAMPLE_ABOVE users (default 500,000); above, the positions of the
+    $INTERESTFLOW_TEST_SAMPLE_USERS users (default 100,000, at least 50,000) with the smallest
+    keyed hash of their id. A fixed random sample: the same users for every family, for a
+    champion re-scored beside its challenger, and every night while they are in the data."""
+    above = int(os.environ.get(TEST_SAMPLE_ABOVE_ENV, "500000"))
+    size = max(TEST_SAMPLE_MIN, int(os.environ.get(TEST_SAMPLE_USERS_ENV, "100000")))
+    if len(user_ids) <= max(above, size):
+        return None
+    h = pd.util.hash_array(np.asarray(user_ids, dtype=object), hash_key=_TEST_SAMPLE_KEY)
+    return np.sort(np.argpartition(h, size)[:size])
+
+
+def final_view(data: Dataset) -> tuple[View, int | None]:
+    """The test view (history before each test target) and, where :func:`test_sample` draws
+    one, its sample's size (None: every test user)."""
+    view = data.view("final")
+    keep = test_sample(data.user_ids[view.eval_users])
+    return (view, None) if keep is None else (view.subset(keep), len(keep))
 
 
 SCORES_PER_CHUNK = 2**26
@@ -174,9 +203,9 @@ def test_report(rec, data: Dataset, k: int = 10) -> tuple[dict, pd.DataFrame]:
     """Full-ranking test metrics of ``rec`` on ``data`` and the exact top-k they came from.
 
     History = everything before each user's test target; the same call re-scores a
-    champion trained on yesterday's ids.
+    champion trained on yesterday's ids. Above a size, on a fixed sample (:func:`final_view`).
     """
-    view = data.view("final")
+    view, _ = final_view(data)
     ranks, top_items, top_scores = rank_view(rec.scorer_for(data), view, data.n_items, max_len=rec.max_len)
     return full_report(ranks, top_items, view, data.n_items), topk_frame(data, view, top_items, top_scores, k)
 
@@ -188,14 +217,14 @@ def full_report(ranks: np.ndarray, top_items: np.ndarray, view: View, n_items: i
 
 def popularity_report(data: Dataset) -> dict:
     """The popularity baseline on the test targets (target-type counts over every event before them)."""
-    view = data.view("final")
+    view, _ = final_view(data)
     ranks, top_items, _ = rank_view(popularity_scorer(view, data.n_items), view, data.n_items)
     return full_report(ranks, top_items, view, data.n_items)
 
 
 def recent_report(data: Dataset) -> dict:
     """The recent-interaction baseline (:func:`recent_scorer`) on the test targets."""
-    view = data.view("final")
+    view, _ = final_view(data)
     longest = max((len(h) for h in view.eval_hist), default=1)
     ranks, top_items, _ = rank_view(recent_scorer(view, data.n_items), view, data.n_items, max_len=longest)
     return full_report(ranks, top_items, view, data.n_items)

@@ -337,6 +337,8 @@ class TestReport:
     n_users: int = 0
     """Users in the data; those without two target events train but are not evaluated."""
     n_eval_users: int = 0
+    n_test_sample: int | None = None
+    """The test figures' users where they are a fixed sample of the test users (evaluation.test_sample); None: all."""
     behaviour: dict = field(default_factory=dict)
     """The behaviour the figures follow (target, weights, exclude)."""
     spec: str = ""

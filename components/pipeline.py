@@ -339,6 +339,11 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
     fold_metrics = training.fold_metrics(folds)
     data = Dataset.load(dataset)
     test, frame = evaluation.test_report(pyfunc.load(final.model_uri), data)
+    sample = evaluation.final_view(data)[1]
+    if sample is not None:
+        tracking.log_params(final.run_id, {"protocol.test_sample_users": sample})
+        n = dataset.n_eval_users
+        log.info("evaluate %s: test figures on a fixed sample of %d of %d test users", final.family, sample, n)
     pop = evaluation.popularity_report(data)
     recent = evaluation.recent_report(data)
     uri = lake.test_recommendations_uri(root, final.family)
@@ -384,9 +389,17 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         reused_training=final.reused,
         n_users=data.n_users,
         n_eval_users=dataset.n_eval_users,
+        n_test_sample=sample,
         behaviour=dataset.behaviour.params(),
         spec=dataset.spec,
     )
+
+
+def _test_users(report: TestReport) -> str:
+    """Who the test figures are on: "N users", or the fixed sample's size out of the test users."""
+    if report.n_test_sample is None:
+        return f"{report.n_eval_users} users"
+    return f"a fixed sample of {report.n_test_sample:,} of {report.n_eval_users:,} test users"
 
 
 def _test_metrics(test: dict, popularity: dict, recent: dict, cv: dict) -> dict:
@@ -414,7 +427,7 @@ def register(report: TestReport) -> Registered:
     trained = (
         f"{report.family} trained on {report.n_users} users of `{report.spec}` (data {report.data_hash}, target "
         f"{(report.behaviour or {}).get('target', 'any')}) on {time.strftime('%Y-%m-%d')}: test NDCG@10 "
-        f"{t['ndcg10']:.4f}, HR@10 {t['hr10']:.4f} on {report.n_eval_users} users (popularity NDCG@10 "
+        f"{t['ndcg10']:.4f}, HR@10 {t['hr10']:.4f} on {_test_users(report)} (popularity NDCG@10 "
         f"{report.popularity['ndcg10']:.4f}){spread}."
     )
     return _register_once(

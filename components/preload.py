@@ -42,13 +42,16 @@ import setproctitle
 
 PRELOAD = ["torch", "lightning", "numpy", "pandas", "pyarrow.parquet"]
 PRELOAD_ENV = "INTERESTFLOW_PRELOAD"
-# Read by native libraries (or Python itself) as they load: fixed in the server once started.
-AT_LOAD = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "CUDA_", "LD_", "MALLOC_", "PYTHON", "HF_", "TRANSFORMERS_")
-_PER_LAUNCH = {"PYTHONUNBUFFERED"}  # set per launch, and honoured by the child (line-buffered pipes)
+# Read by native libraries (or Python itself) as they load, so fixed in the server once started.
+# (Not KMP_*, HF_*, TORCH*: libraries set those in os.environ as they import, after any server start.)
+AT_LOAD = (
+    *("OMP_", "GOMP_", "MKL_", "OPENBLAS_", "MALLOC_"),
+    *("CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHASHSEED"),
+)
 
 
 def _at_load(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(AT_LOAD) and k not in _PER_LAUNCH}
+    return {k: v for k, v in env.items() if k.startswith(AT_LOAD)}
 
 
 class _Server:

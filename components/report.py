@@ -48,8 +48,13 @@ def behaviour_line(report) -> str:
     return (
         f"Behaviour: target **{b['target']}**, weights {b['weights']}, exclude {b['exclude']}; "
         f"{report.n_eval_users} of {report.n_users} users evaluated (the others have fewer than two target events "
-        "and only train)."
+        "and only train)" + _sampled(report) + "."
     )
+
+
+def _sampled(report) -> str:
+    sample = getattr(report, "n_test_sample", None)
+    return "" if sample is None else f"; the test figures are on a fixed random sample of {sample:,} of them"
 
 
 def markdown(results: list, recommendations, data_hash: str, profiles=None, reviews=None, root: str = "") -> str:

@@ -46,6 +46,10 @@ def _env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    runner = os.environ.get("INTERESTFLOW_TASK_RUNNER", "threads")
+    if runner not in ("threads", "dask"):  # read when flows.nightly is imported: said here, not as a traceback
+        print(f"interestflow: INTERESTFLOW_TASK_RUNNER={runner!r}: the task runner is threads or dask", file=sys.stderr)
+        sys.exit(EXIT_REJECTED)
 
 
 def _print_summary(out: dict) -> None:
@@ -324,6 +328,32 @@ def add_flow_options(parser: argparse.ArgumentParser, flow, exclude=(), defaults
     return names
 
 
+def _runner_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        choices=["threads", "dask"],
+        default=None,
+        help="where the submitted tasks (fold trainings, tuning trials) run: Prefect's thread pool or Dask "
+        "(default: $INTERESTFLOW_TASK_RUNNER, else threads)",
+    )
+    p.add_argument(
+        "--dask-address",
+        default=None,
+        help="a running Dask scheduler, e.g. tcp://dask-scheduler:8786 (default: $INTERESTFLOW_DASK_ADDRESS, "
+        "else a local cluster of $INTERESTFLOW_FOLD_WORKERS worker processes)",
+    )
+
+
+def _with_runner(flow, args: argparse.Namespace, workers: int):
+    """``flow`` on the runner the options name (as it is, where they name none)."""
+    if args.runner is None and args.dask_address is None:
+        return flow
+    import flows.nightly
+
+    kind = args.runner or ("dask" if args.dask_address else None)
+    return flow.with_options(task_runner=flows.nightly.task_runner(kind, workers, args.dask_address))
+
+
 def flow_kwargs(args: argparse.Namespace, names: list[str]) -> dict:
     """The flow's keyword arguments: the options given, plus the command's own defaults."""
     given = vars(args)
@@ -345,6 +375,7 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
         p.add_argument(
             "--json", action="store_true", help="print the result as JSON instead of tables (default: tables)"
         )
+        _runner_options(p)
     sub.add_parser("registry", help="each family's champion and challenger")
     from components.models import MODELS
 
@@ -396,6 +427,7 @@ def build_parser(flow) -> tuple[argparse.ArgumentParser, list[str]]:
     p.add_argument(
         "--show", action="store_true", help="print the study's best trials and current settings, run nothing"
     )
+    _runner_options(p)
     p.set_defaults(flow_names=tune_names)
     p = sub.add_parser("catalogue", help="publish today's catalogue for the served champions (no training)")
     p.add_argument("--spec", default=str(ROOT / "specs" / "beauty_sample.yaml"))
@@ -437,7 +469,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
     if args.cmd in FLOW_COMMANDS:
-        out = flow(**flow_kwargs(args, names))
+        import flows.nightly
+
+        out = _with_runner(flow, args, flows.nightly.FOLD_WORKERS)(**flow_kwargs(args, names))
         if args.json:
             print(json.dumps(dataclasses.asdict(out), indent=2, default=str))
         else:
@@ -465,7 +499,8 @@ def _command(args: argparse.Namespace, flow, names: list[str]) -> None:
         else:
             import flows.nightly
 
-            flows.nightly.tune(**flow_kwargs(args, args.flow_names))
+            tune = _with_runner(flows.nightly.tune, args, flows.nightly.TRIAL_WORKERS)
+            tune(**flow_kwargs(args, args.flow_names))
     elif args.cmd == "catalogue":
         from components import catalogue
         from components.config import default_lake

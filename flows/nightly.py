@@ -121,6 +121,33 @@ Strategy = Literal["auto", "ddp", "ddp_spawn"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
 # Fold trainings run concurrently up to this many at a time (each is its own process).
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
+RUNNER_ENV = "INTERESTFLOW_TASK_RUNNER"  # threads (default) or dask: what a deployment's job variables set
+DASK_ADDRESS_ENV = "INTERESTFLOW_DASK_ADDRESS"  # a running Dask scheduler (tcp://host:8786); unset: a local cluster
+Runner = Literal["threads", "dask"]
+
+
+def task_runner(kind: Runner | None = None, workers: int = FOLD_WORKERS, address: str | None = None):
+    """The task runner that the fold trainings and tuning trials (the tasks a flow submits) run on.
+
+    ``threads`` (the default, or $INTERESTFLOW_TASK_RUNNER): Prefect's thread pool, ``workers``
+    at a time, each training its own process on this machine. ``dask``: prefect-dask's runner
+    on the Dask scheduler at ``address`` ($INTERESTFLOW_DASK_ADDRESS: infra/'s dask-scheduler),
+    or without one on a local cluster of ``workers`` worker processes; each task then runs in a
+    Dask worker, which starts the training process on its own machine (the lake and MLflow
+    must be shared: S3 and a tracking server, as in infra/).
+    """
+    kind = kind or os.environ.get(RUNNER_ENV) or "threads"
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind != "dask":
+        raise SpecError(f"{RUNNER_ENV}={kind!r}: the task runner is threads or dask")
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        return DaskTaskRunner(address=address)
+    # One thread per worker process: a training is a process of its own, and a worker runs one at a time.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
 
 
 def _stopped(signal: BaseException, what: str) -> Cancelled:
@@ -187,7 +214,7 @@ def _later_or_never(e: InputNotReady) -> InputNotReady:
 @flow(
     name="nightly-retrain",
     flow_run_name=run_name("nightly"),
-    task_runner=ThreadPoolTaskRunner(max_workers=FOLD_WORKERS),
+    task_runner=task_runner(workers=FOLD_WORKERS),
     log_prints=True,
 )
 def nightly(
@@ -311,7 +338,7 @@ TUNE_TASKS = dataclasses.replace(TASKS, tune_trials=tune_trials)
 @flow(
     name="tune",
     flow_run_name=run_name("tune"),
-    task_runner=ThreadPoolTaskRunner(max_workers=TRIAL_WORKERS),
+    task_runner=task_runner(workers=TRIAL_WORKERS),
     log_prints=True,
 )
 def tune(

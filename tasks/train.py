@@ -1,5 +1,4 @@
 from prefect import get_run_logger, task
-from prefect.utilities.annotations import quote
 
 from components import pipeline
 from components.config import TrainConfig
@@ -18,7 +17,7 @@ def train_fold(dataset: DatasetLayer, family: str, fold: int, cfg: TrainConfig, 
 
 def train_folds(dataset: DatasetLayer, family: str, cfg: TrainConfig, lake: str, tags: dict) -> list[ModelResult]:
     """Every fold as its own task, submitted together (they run in parallel on the flow's task runner)."""
-    runs = [train_fold.submit(quote(dataset), family, f, cfg, lake, tags) for f in range(dataset.folds)]
+    runs = [train_fold.submit(dataset, family, f, cfg, lake, tags) for f in range(dataset.folds)]
     return [r.result() for r in runs]
 
 

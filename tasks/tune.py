@@ -1,5 +1,4 @@
 from prefect import get_run_logger, task
-from prefect.utilities.annotations import quote
 
 from components import pipeline, tuning
 from components.lake import DatasetLayer
@@ -25,5 +24,5 @@ def tune_trials(
 ) -> list[dict | None]:
     """``n`` trials as tasks, submitted together: the flow's task runner runs as many at once as it
     has workers (each asks the study for its settings when it starts)."""
-    runs = [tune_trial.submit(quote(dataset), s, lake, parent_run_id, tags, deadline, i) for i in range(n)]
+    runs = [tune_trial.submit(dataset, s, lake, parent_run_id, tags, deadline, i) for i in range(n)]
     return [r.result() for r in runs]

@@ -76,3 +76,47 @@ def test_folds_partition_the_eligible_users():
     assert (fold[10:] == -1).all()
     counts = np.bincount(fold[:10], minlength=3)
     assert counts.sum() == 10 and counts.max() - counts.min() <= 1
+
+
+def _random_dataset(n_users: int, n_items: int = 40, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    seqs = [rng.integers(0, n_items, size=int(rng.integers(3, 9))) for _ in range(n_users)]
+    return Dataset(
+        n_items=n_items,
+        n_users=n_users,
+        seqs=seqs,
+        fold=np.zeros(n_users, dtype=np.int64),
+        item_ids=np.array([f"i{i}" for i in range(n_items)]),
+        user_ids=np.array([f"user-{u}" for u in range(n_users)]),
+    )
+
+
+def test_above_a_size_the_test_figures_come_from_a_fixed_sample_of_users(monkeypatch):
+    """Up to $INTERESTFLOW_TEST_SAMPLE_ABOVE test users every one counts; above, a sample of
+    $INTERESTFLOW_TEST_SAMPLE_USERS drawn by a keyed hash of the user id: the same users
+    whatever the order or the other users, and the figures are exactly those of that subset."""
+    from components import evaluation
+
+    data = _random_dataset(600)
+    monkeypatch.setattr(evaluation, "TEST_SAMPLE_MIN", 10)  # the floor is 50,000: a small log can't reach it
+    monkeypatch.setenv(evaluation.TEST_SAMPLE_ABOVE_ENV, "1000")
+    monkeypatch.setenv(evaluation.TEST_SAMPLE_USERS_ENV, "200")
+    assert evaluation.final_view(data)[1] is None  # 600 test users: all of them
+    monkeypatch.setenv(evaluation.TEST_SAMPLE_ABOVE_ENV, "500")
+    view, n = evaluation.final_view(data)
+    assert n == 200 == len(view.eval_users) and len(set(view.eval_users.tolist())) == 200
+    chosen = set(data.user_ids[view.eval_users])
+
+    # Fixed: another order of the users, and 100 more of them, keep the chosen ones chosen.
+    more = _random_dataset(700, seed=1)
+    keep = evaluation.test_sample(more.user_ids[::-1])
+    picked = set(more.user_ids[::-1][keep])
+    assert len(picked) == 200 and len(picked & chosen) > 150  # 200 of 700 now: most of the 200 of 600 stay
+    assert picked & set(more.user_ids[:600]) <= chosen  # and none of the first 600 enters that was out
+
+    # Exactly the subset's figures: the popularity baseline through the sample equals it on the subset.
+    full = data.view("final")
+    ranks, top, _ = evaluation.rank_view(evaluation.popularity_scorer(full, 40), full, 40)
+    pos = np.flatnonzero(np.isin(full.eval_users, view.eval_users))
+    by_hand = evaluation.full_report(ranks[pos], top[pos], full.subset(pos), 40)
+    assert evaluation.popularity_report(data) == pytest.approx(by_hand)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -18,7 +21,15 @@ def load_flow(entrypoint: str):
 
 def test_the_expected_deployments_exist_with_schedules_only_on_nightly_and_catalogue():
     by_name = {d["name"]: d for d in DEPLOYMENTS}
-    assert set(by_name) == {"nightly-retrain", "train", "tune", "promote", "recommend", "catalogue"}
+    assert set(by_name) == {
+        "nightly-retrain",
+        "nightly-retrain-dask",
+        "train",
+        "tune",
+        "promote",
+        "recommend",
+        "catalogue",
+    }
     nightly = by_name["nightly-retrain"]
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC"}]
@@ -26,6 +37,30 @@ def test_the_expected_deployments_exist_with_schedules_only_on_nightly_and_catal
     assert by_name["catalogue"]["schedules"] == [{"cron": "0 * * * *", "timezone": "UTC"}]  # hourly
     assert all("schedules" not in d for n, d in by_name.items() if n not in ("nightly-retrain", "catalogue"))
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS} == {"interestflow-local"}  # one anchor
+
+
+def test_the_dask_deployment_loads_the_nightly_flow_on_the_dask_runner():
+    """Its job variables set INTERESTFLOW_TASK_RUNNER=dask, and the flow, loaded in a process
+    with that environment (as the worker's flow-run process loads it), gets prefect-dask's
+    runner on the scheduler of INTERESTFLOW_DASK_ADDRESS; loaded without, the thread pool."""
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    dask, nightly = by_name["nightly-retrain-dask"], by_name["nightly-retrain"]
+    assert dask["entrypoint"] == nightly["entrypoint"] and dask["parameters"] == nightly["parameters"]
+    env = dask["job_variables"]["env"]
+    assert env == {"INTERESTFLOW_TASK_RUNNER": "dask"}
+    probe = "import flows.nightly as n; r = n.nightly.task_runner; print(type(r).__name__, getattr(r, 'address', None))"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("INTERESTFLOW_TASK_RUNNER")}
+
+    def runner(extra: dict) -> str:
+        cmd = [sys.executable, "-c", probe]
+        out = subprocess.run(cmd, env={**base, **extra}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split("\n")[-2]
+
+    assert runner({**env, "INTERESTFLOW_DASK_ADDRESS": "tcp://dask-scheduler:8786"}) == (
+        "DaskTaskRunner tcp://dask-scheduler:8786"
+    )
+    assert runner({}) == "ThreadPoolTaskRunner None"
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])

@@ -33,17 +33,38 @@ def flow_env(tmp_path_factory, harness):
     return {"root": root, "spec": str(spec), "lake": str(root / "lake"), "events": ev, "items": items}
 
 
-def run_nightly(env, **kw):
+def run_nightly(env, task_runner=None, **kw):
     from flows.nightly import nightly
 
     args = dict(spec=env["spec"], lake=env["lake"], folds=2, max_epochs=8, patience=3, seed=0)
-    return nightly(**{**args, **kw})
+    flow = nightly if task_runner is None else nightly.with_options(task_runner=task_runner)
+    return flow(**{**args, **kw})
 
 
 @pytest.mark.slow
 def test_nightly_produces_a_champion_and_recommendations(flow_env):
-    out = run_nightly(flow_env)
+    """The whole night, its fold trainings on prefect-dask's runner over a real local Dask
+    cluster (2 worker processes, a thread each): one fold trains in each worker. (The other
+    flow tests run on the default thread pool.)"""
+    from distributed import Client, LocalCluster
+
+    from flows.nightly import task_runner
+
+    def trained_here() -> bool:  # a worker that ran a training has started its preload server
+        from components import preload
+
+        return preload._server is not None
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        assert not any(client.run(trained_here).values())
+        out = run_nightly(flow_env, task_runner=task_runner("dask", address=cluster.scheduler_address))
+        ran = client.run(trained_here)
+    assert len(ran) == 2 and all(ran.values()), ran  # one fold in each worker process
     r = out.results[0]
+    assert len(r.report.fold_metrics) == 2
     assert r.decision.promote and r.registered.version == "1"
     assert tracking.alias_version("interestflow-mf", "champion") == "1"
     assert r.report.test["ndcg10"] > r.report.popularity["ndcg10"]  # a trained model beats popularity here

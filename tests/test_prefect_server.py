@@ -115,7 +115,15 @@ def deployed(server):
 def test_deploy_schedule_trigger_and_run_with_a_worker(server, deployed):
     env, root = server
     deployments, train_runs = deployed
-    assert set(deployments) == {"nightly-retrain", "train", "tune", "promote", "recommend", "catalogue"}
+    assert set(deployments) == {
+        "nightly-retrain",
+        "nightly-retrain-dask",
+        "train",
+        "tune",
+        "promote",
+        "recommend",
+        "catalogue",
+    }
     nightly = deployments["nightly-retrain"]
     assert nightly["global_concurrency_limit"]["limit"] == 1
     assert nightly["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"

@@ -67,8 +67,8 @@ def test_exit_codes_tracebacks_kills_and_timeouts_come_back_as_from_popen(probe)
     assert code == 1 and "ValueError: the probe failed" in err and "Traceback" in err
     sleeper = probe("sleep")
     assert sleeper.stdout.readline()  # it runs
-    title = open(f"/proc/{sleeper.pid}/cmdline", "rb").read().rstrip(b"\0").decode()  # noqa: SIM115
-    assert title.endswith(" -m probe_mod sleep")  # what ps shows: the command, not the server's
+    title = open(f"/proc/{sleeper.pid}/cmdline", "rb").read().rstrip(b"\0").replace(b"\0", b" ")  # noqa: SIM115
+    assert title.decode().endswith(" -m probe_mod sleep")  # what ps shows: the command, not the server's
     with pytest.raises(subprocess.TimeoutExpired):
         sleeper.wait(timeout=0.2)
     os.killpg(sleeper.pid, signal.SIGKILL)  # the group: what training.launch and stoppable() kill
