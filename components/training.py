@@ -179,6 +179,7 @@ def side_inputs(cls, data: Dataset, view: View, config=None) -> SideInputs:
         "target_types": torch.as_tensor(data.behaviour.target_table()),
         "typed": len(np.unique(np.concatenate(view.train_types))) > 1 if view.train_types else False,
         "repeats": data.behaviour.exclude != "interacted",
+        "item_counts": torch.as_tensor(evaluation.item_counts(view, data.n_items)),  # the sampled softmax's proposal
     }
     if not cls.uses_text:
         if config is not None and config.review_text:
@@ -193,7 +194,6 @@ def side_inputs(cls, data: Dataset, view: View, config=None) -> SideInputs:
     return SideInputs(
         item_text=torch.from_numpy(text),
         item_strings=data.item_strings,
-        item_counts=torch.as_tensor(evaluation.item_counts(view, data.n_items)),
         **behaviour,
     )
 

@@ -58,7 +58,8 @@ class BERTConfig(FamilyConfig):
     finetune_layers: int = 0
     """Top text-encoder layers trained with the recommender (0: text embeddings frozen)."""
     sampled: int = 0
-    """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N negatives."""
+    """0: full cross-entropy (a sampled softmax above ``sampled_above`` items); N > 0: a sampled softmax with N
+    popularity-drawn negatives and logQ correction (components/models/loss.py: sampled_ce)."""
     id_dropout: float = 0.0
     """Training only: share of items whose id embedding is dropped at each step, so the
     text path learns to score an item alone (DropoutNet, Volkovs et al., NeurIPS 2017)."""
@@ -162,7 +163,7 @@ class BERT(Family):
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)  # unused: inputs_embeds
         self.behaviour = self.behaviour_embedding(c.dim)
         self.repeat = (
-            self.repeat_term(enabled=not c.sampled) if c.objective == "causal" else None
+            self.repeat_term(enabled=not self.negatives) if c.objective == "causal" else None
         )  # causal queries see their prefix
         self.intent = self.intent_embedding(c.dim)
         self.text_top = None
@@ -364,7 +365,7 @@ class BERT(Family):
             h = h + self.intent(intents)
             if self.repeat is not None and self.repeat.active:
                 extra = self.repeat.pairs(inputs, in_types, intents, valid, self.pad)
-        return sampled_or_full_ce(h[valid], target[valid], table, self.offsets(), self.config.sampled, extra)
+        return sampled_or_full_ce(h[valid], target[valid], table, self.offsets(), self.negatives, extra, self.log_q)
 
     # -- fine-tuning the text encoder's top layers ----------------------------------------
     def _init_finetuning(self, item_strings: list[str] | None) -> None:

@@ -32,7 +32,8 @@ class CNNConfig(FamilyConfig):
     dropout: float = 0.5
     """Dropout before the output layer."""
     sampled: int = 0
-    """0: full cross-entropy; N > 0: sampled softmax with N shared uniform negatives."""
+    """0: full cross-entropy (a sampled softmax above ``sampled_above`` items); N > 0: a sampled softmax with N
+    popularity-drawn negatives and logQ correction (components/models/loss.py: sampled_ce)."""
     lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     weight_decay: float = 0.3
@@ -71,7 +72,7 @@ class CNN(Family):
         self.bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.items.weight, std=1.0 / (2 * c.dim))
         self.behaviour = self.behaviour_embedding(c.dim)
-        self.repeat = self.repeat_term(enabled=not c.sampled)
+        self.repeat = self.repeat_term(enabled=not self.negatives)
         self.intent = self.intent_embedding(2 * c.dim)
 
     def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,7 +122,7 @@ class CNN(Family):
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         if types is None:
             q = self(windows[valid], users[:, None].expand_as(target)[valid])
-            return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled)
+            return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.negatives, log_q=self.log_q)
         valid &= self.predicted(types[:, 1:], target)
         intents = self.intents(types[:, 1:], target)
         tw = self._windows(types[:, :-1], PAD_TYPE)[valid]
@@ -129,4 +130,4 @@ class CNN(Family):
         extra = (
             self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
         )
-        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.config.sampled, extra)
+        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.negatives, extra, self.log_q)

@@ -53,6 +53,8 @@ PAD_TYPE = len(EVENT_TYPES)
 N_TYPE_CODES = len(EVENT_TYPES) + 1
 
 PREDICT = ("conditioned", "target", "all")
+NEGATIVES = 1024
+"""Negatives per batch of the sampled softmax a large catalogue switches on (``sampled_above``)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class FamilyConfig:
     repeat: bool = True
     """Sequence families: add the learned repeat term (:class:`RepeatTerm`) where the
     exclusion policy lets a user's own items be ranked (``exclude: target | none``)."""
+    sampled_above: int = 200_000
+    """Sequence families: above this many catalogue items (0: never) the loss is a sampled
+    softmax with logQ correction (their ``sampled`` negatives, else :data:`NEGATIVES`) in
+    place of the full cross-entropy, whose cost grows with the catalogue."""
     review_text: bool = False
     """Families that read item text (``uses_text``), on a log with review text: add to each
     item's text vector the mean vector of the reviews written about it in the training
@@ -90,6 +96,8 @@ class FamilyConfig:
             raise ValueError(f"{type(self).__name__}.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"{type(self).__name__}.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.sampled_above < 0:
+            raise ValueError(f"{type(self).__name__}.sampled_above must be >= 0, got {self.sampled_above}")
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,19 @@ class Family(nn.Module):
         code = int(targets.nonzero()[0]) if explicit else PAD_TYPE
         self.register_buffer("target_code", torch.tensor(code))  # the behaviour a ranking is for
         self.register_buffer("conditioned", torch.tensor(conditioned))
+        # The sampled softmax's proposal: training popularity (add-one), as log-probabilities.
+        # Training only, so not in the state dict (a registered model is rebuilt without it).
+        counts = torch.zeros(n_items) if side.item_counts is None else torch.as_tensor(side.item_counts).float()
+        self.register_buffer("log_q", torch.log((counts + 1) / (counts + 1).sum()), persistent=False)
+
+    @property
+    def negatives(self) -> int:
+        """The sampled softmax's negatives per batch (0: the full cross-entropy): the family's
+        ``sampled``, or :data:`NEGATIVES` above ``sampled_above`` catalogue items."""
+        if not hasattr(self.config, "sampled"):  # not a family with a softmax over the catalogue
+            return 0
+        above = self.config.sampled_above
+        return self.config.sampled or (NEGATIVES if above and self.n_items > above else 0)
 
     def behaviour_embedding(self, dim: int) -> nn.Embedding:
         """(type code -> dim) vectors added to item vectors. Starts at zero (and no random

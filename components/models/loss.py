@@ -97,21 +97,46 @@ def sampled_or_full_ce(
     bias: torch.Tensor | None,
     sampled: int,
     extra: tuple | None = None,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Full cross-entropy over the catalogue, or a sampled softmax with shared uniform negatives.
+    """Full cross-entropy over the catalogue, or (``sampled`` > 0) :func:`sampled_ce`.
 
     ``q`` (N, d) queries, ``table`` (n_items, d) output item vectors, ``bias`` (n_items,) or None,
-    ``extra`` (rows, cols, values) sparse logit additions (full cross-entropy only).
-    The sampled path scores the batch's targets plus ``sampled`` uniform negatives
-    (in-batch softmax).
+    ``extra`` (rows, cols, values) sparse logit additions (full cross-entropy only), ``log_q``
+    (n_items,) the negatives' proposal as log-probabilities (None: uniform).
     """
     if not sampled:
         return full_ce(q, target, table, bias, extra)
     if extra is not None:
         raise ValueError("the repeat term needs the full cross-entropy (sampled = 0)")
-    neg = torch.randint(0, len(table), (sampled,), device=q.device)
-    cand = torch.cat([target, neg])  # (N + S,) candidates; each row's positive sits on the diagonal
-    logits = q @ table[cand].T  # (N, N + S)
+    return sampled_ce(q, target, table, bias, sampled, log_q)
+
+
+def sampled_ce(
+    q: torch.Tensor,
+    target: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None,
+    negatives: int,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampled softmax with logQ correction (Bengio & Senécal 2008; Jean et al. 2015; Yi et
+    al., RecSys 2019): each row's target against ``negatives`` items shared by the batch,
+    drawn from the proposal ``log_q`` (training popularity; None: uniform); every logit,
+    the target's too, minus the log of its probability under the proposal, so the sampled
+    loss estimates the full softmax's rather than one biased against popular items; a
+    negative that is the row's own target is left out. Memory: rows × negatives, never rows
+    × catalogue."""
+    if log_q is None:
+        neg = torch.randint(0, len(table), (negatives,), device=q.device)
+    else:
+        neg = torch.multinomial(log_q.exp(), negatives, replacement=True)
+    pos = (q * table[target]).sum(1)
+    scores = q @ table[neg].T  # (N, negatives)
     if bias is not None:
-        logits = logits + bias[cand]
-    return F.cross_entropy(logits, torch.arange(len(target), device=q.device))
+        pos, scores = pos + bias[target], scores + bias[neg]
+    if log_q is not None:
+        pos, scores = pos - log_q[target], scores - log_q[neg]
+    scores = scores.masked_fill(neg[None, :] == target[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], scores], dim=1)
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))

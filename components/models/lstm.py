@@ -31,7 +31,8 @@ class LSTMConfig(FamilyConfig):
     lr: float = 5e-3
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     sampled: int = 0
-    """0: full cross-entropy over the catalogue; N > 0: sampled softmax with N shared uniform negatives."""
+    """0: full cross-entropy (a sampled softmax above ``sampled_above`` items); N > 0: a sampled softmax with N
+    popularity-drawn negatives and logQ correction (components/models/loss.py: sampled_ce)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,7 +60,7 @@ class LSTM(Family):
         self.out = nn.Linear(config.hidden, config.dim)
         self.bias = nn.Parameter(torch.zeros(n_items))
         self.behaviour = self.behaviour_embedding(config.dim)
-        self.repeat = self.repeat_term(enabled=not config.sampled)
+        self.repeat = self.repeat_term(enabled=not self.negatives)
         self.intent = self.intent_embedding(config.dim)
 
     def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,11 +96,11 @@ class LSTM(Family):
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         table = self.items.weight[: self.n_items]
         if types is None:
-            return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled)
+            return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.negatives, log_q=self.log_q)
         valid &= self.predicted(types[:, 1:], target)
         intents = self.intents(types[:, 1:], target)
         q = q + self.intent(intents)
         extra = (
             self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
         )
-        return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.config.sampled, extra)
+        return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.negatives, extra, self.log_q)
