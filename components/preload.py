@@ -13,10 +13,11 @@ imports them once and forks each later training from itself:
   is the server's;
 - our own modules are imported fresh in the child, after its environment is set, so
   settings read at import (``INTERESTFLOW_*``) are the launch's;
-- what native libraries read as they load (OpenMP, MKL, CUDA, the loader) is fixed in the
-  server: a launch whose such variables differ from the server's gets a plain interpreter;
-  so does one that asks for it (``fork=False``: DDP re-executes ``python -m``), and every
-  launch with ``INTERESTFLOW_PRELOAD=0``.
+- what native libraries read as they load (OpenMP, MKL, CUDA, the loader) is fixed in a
+  server: launches with other such variables get a server of their own (up to
+  :data:`MAX_SERVERS`, then a plain interpreter); a launch that asks for it (``fork=False``:
+  DDP re-executes ``python -m``) and every launch with ``INTERESTFLOW_PRELOAD=0`` get a plain
+  interpreter.
 
 Written by hand: no library starts a ``python -m`` entry point from a preloaded interpreter
 with its own pipes, session and environment. The standard library's forkserver comes
@@ -55,15 +56,16 @@ def _at_load(env: dict[str, str]) -> dict[str, str]:
 
 
 class _Server:
-    """The parent's handle on the preload server: a process started with this process's
-    environment, and the control socket that hands it launches (it ends when that closes)."""
+    """The parent's handle on a preload server: a process started with ``env`` (whose
+    load-time variables it keeps), and the control socket that hands it launches (it ends
+    when that closes)."""
 
-    def __init__(self):
-        self.env = _at_load(dict(os.environ))
+    def __init__(self, env: dict[str, str]):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"from components.preload import serve; serve({theirs.fileno()})"],
             pass_fds=[theirs.fileno()],
+            env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C at the terminal is not for it
         )
@@ -84,18 +86,22 @@ class _Server:
 
 
 _lock = threading.Lock()
-_server: _Server | None = None
+_servers: dict[tuple, _Server] = {}  # by the load-time variables they were started with
+MAX_SERVERS = 4  # a launch with yet other load-time variables starts a plain interpreter
 
 
 def _server_for(env: dict[str, str]) -> _Server | None:
-    """The running server if ``env`` can be forked from it (started on first use)."""
-    global _server
+    """A running server started with ``env``'s load-time variables (started on first use)."""
     if env.get(PRELOAD_ENV, "1") == "0" or not hasattr(os, "fork"):
         return None
+    key = tuple(sorted(_at_load(env).items()))
     with _lock:
-        if _server is None or _server.proc.poll() is not None:
-            _server = _Server()
-        return _server if _at_load(env) == _server.env else None
+        server = _servers.get(key)
+        if server is None or server.proc.poll() is not None:
+            if server is None and len(_servers) >= MAX_SERVERS:
+                return None
+            server = _servers[key] = _Server(env)
+        return server
 
 
 class Forked:

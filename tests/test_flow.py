@@ -53,7 +53,7 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
     def trained_here() -> bool:  # a worker that ran a training has started its preload server
         from components import preload
 
-        return preload._server is not None
+        return bool(preload._servers)
 
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,

@@ -22,8 +22,11 @@ K8S = [doc for p in sorted((INFRA / "k8s").glob("*.yaml")) for doc in yaml.safe_
 
 def test_compose_has_the_stack_and_builds_one_image():
     services = COMPOSE["services"]
-    assert set(services) == {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "serve"}
-    for name in ("mlflow", "prefect-server", "worker", "serve"):
+    assert set(services) == {
+        *("postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "serve"),
+        *("dask-scheduler", "dask-worker"),
+    }
+    for name in ("mlflow", "prefect-server", "worker", "serve", "dask-scheduler", "dask-worker"):
         assert (
             services[name]["build"]["dockerfile"] == "infra/Dockerfile"
             and services[name]["image"] == "interestflow:latest"
@@ -75,6 +78,21 @@ def test_k8s_services_point_at_container_ports_of_their_workloads():
     secret = next(d for d in K8S if d["kind"] == "Secret")
     assert set(config["data"]) | set(secret["stringData"]) >= ENV_NAMES - {"INTERESTFLOW_HOME"}
     assert all(d["metadata"].get("namespace", "interestflow") == "interestflow" for d in K8S)
+
+
+def test_dask_workers_reach_the_scheduler_and_the_worker_points_runs_at_it():
+    """The Dask cluster of infra/: workers connect to the scheduler's service and port, and the
+    flow runs' environment (compose worker, Kubernetes config) names that address."""
+    services = COMPOSE["services"]
+    port = services["dask-scheduler"]["command"].split("--port ")[1].split()[0]
+    address = f"tcp://dask-scheduler:{port}"
+    assert address in services["dask-worker"]["command"]
+    assert services["worker"]["environment"]["INTERESTFLOW_DASK_ADDRESS"] == address
+    docs = list(yaml.safe_load_all((INFRA / "k8s" / "dask.yaml").read_text()))
+    worker = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "dask-worker")
+    assert address in worker["spec"]["template"]["spec"]["containers"][0]["command"]
+    config = next(yaml.safe_load_all((INFRA / "k8s" / "config.yaml").read_text()))
+    assert config["data"]["INTERESTFLOW_DASK_ADDRESS"] == address
 
 
 def test_the_kubernetes_work_pool_template_requests_gpus():

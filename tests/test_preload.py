@@ -76,10 +76,16 @@ def test_exit_codes_tracebacks_kills_and_timeouts_come_back_as_from_popen(probe)
     assert sleeper.wait(timeout=30) == -signal.SIGKILL and time.time() - t0 < 10
 
 
-def test_a_launch_whose_load_time_settings_differ_gets_a_plain_interpreter(probe, monkeypatch):
+def test_load_time_settings_get_a_server_of_their_own_and_preload_0_a_plain_interpreter(probe):
     threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)  # read by OpenMP when torch loads
-    assert isinstance(probe("0", OMP_NUM_THREADS=threads), subprocess.Popen)
+    first = probe("0", PROBE_VALUE="one")
+    other = probe("0", OMP_NUM_THREADS=threads, PROBE_VALUE="two")
+    assert isinstance(first, preload.Forked) and isinstance(other, preload.Forked)
+    assert _run(other)[0].startswith("env two") and _run(first)[0].startswith("env one")
+    servers = {key: s.proc.pid for key, s in preload._servers.items()}
+    assert len(set(servers.values())) == len(servers) >= 2
+    assert any(("OMP_NUM_THREADS", threads) in key for key in servers)
     assert isinstance(probe("0", **{preload.PRELOAD_ENV: "0"}), subprocess.Popen)
     assert isinstance(preload.start("probe_mod", ["0"], dict(os.environ), fork=False), subprocess.Popen)
-    out, _, code = _run(probe("0", OMP_NUM_THREADS=threads, PROBE_VALUE="plain"))
+    out, _, code = _run(probe("0", **{preload.PRELOAD_ENV: "0", "PROBE_VALUE": "plain"}))
     assert code == 0 and out.startswith("env plain")  # the same module, the same behaviour
