@@ -147,7 +147,25 @@ def task_runner(kind: Runner | None = None, workers: int = FOLD_WORKERS, address
     if address:
         return DaskTaskRunner(address=address)
     # One thread per worker process: a training is a process of its own, and a worker runs one at a time.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return DaskTaskRunner(
+        cluster_class=local_dask_cluster,
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
+    )
+
+
+def local_dask_cluster(**kwargs):
+    """``distributed.LocalCluster(**kwargs)``, leaving this process's environment as it was.
+    Dask's nannies set OMP_NUM_THREADS=1 (and MKL's, OpenBLAS's) in the starting process's
+    environment for their workers and never unset it: every training this process started
+    afterwards (the final fits) would run on one thread."""
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    try:
+        return LocalCluster(**kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _stopped(signal: BaseException, what: str) -> Cancelled:

@@ -6,6 +6,7 @@ real Lightning training in subprocesses. Slow-ish (~2 minutes together).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,23 +47,25 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
     """The whole night, its fold trainings on prefect-dask's runner over a real local Dask
     cluster (2 worker processes, a thread each): one fold trains in each worker. (The other
     flow tests run on the default thread pool.)"""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from flows.nightly import task_runner
+    from flows.nightly import local_dask_cluster, task_runner
 
     def trained_here() -> bool:  # a worker that ran a training has started its preload server
         from components import preload
 
         return bool(preload._servers)
 
+    omp = os.environ.get("OMP_NUM_THREADS")
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        local_dask_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         assert not any(client.run(trained_here).values())
         out = run_nightly(flow_env, task_runner=task_runner("dask", address=cluster.scheduler_address))
         ran = client.run(trained_here)
     assert len(ran) == 2 and all(ran.values()), ran  # one fold in each worker process
+    assert os.environ.get("OMP_NUM_THREADS") == omp  # the workers' one thread each stays theirs
     r = out.results[0]
     assert len(r.report.fold_metrics) == 2
     assert r.decision.promote and r.registered.version == "1"
