@@ -53,7 +53,7 @@ PAD_TYPE = len(EVENT_TYPES)
 N_TYPE_CODES = len(EVENT_TYPES) + 1
 
 PREDICT = ("conditioned", "target", "all")
-NEGATIVES = 1024
+NEGATIVES = 4096
 """Negatives per batch of the sampled softmax a large catalogue switches on (``sampled_above``)."""
 
 
