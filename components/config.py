@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from components.tracking import home  # the project state folder: INTERESTFLOW_HOME (MLflow, lake)
 
 # The evaluation protocol (DESIGN.md §5), logged with every run.
+TASK_RUNNERS = ("threads", "dask")
+"""Where a flow's submitted tasks run (flows/nightly.py: task_runner)."""
+RUNNER_ENV = "INTERESTFLOW_TASK_RUNNER"  # which of them, read when flows.nightly is imported (default threads)
+
 MIN_EVENTS_FOR_TARGETS = 3
 """Users with fewer events have no validation or test target and only ever train."""
 PROTOCOL_VERSION = 2

@@ -33,15 +33,22 @@ TEST_SAMPLE_MIN = 50_000
 _TEST_SAMPLE_KEY = "interestflow-tst"  # 16 characters: the hash key that draws the sample (fixed)
 
 
-def test_sample(user_ids: np.ndarray) -> np.ndarray | None:
-    """Which test users the test metrics are computed on: all (None) up to
-    $INTERESTFLOW_TEST_SAMPLE_ABOVE users (default 500,000); above, the positions of the
-    $INTERESTFLOW_TEST_SAMPLE_USERS users (default 100,000, at least 50,000) with the smallest
-    keyed hash of their id. A fixed random sample: the same users for every family, for a
-    champion re-scored beside its challenger, and every night while they are in the data."""
+def test_sample_size(n_test_users: int) -> int | None:
+    """How many of ``n_test_users`` the test metrics are computed on: all (None) up to
+    $INTERESTFLOW_TEST_SAMPLE_ABOVE users (default 500,000); above, a sample of
+    $INTERESTFLOW_TEST_SAMPLE_USERS (default 100,000, at least 50,000)."""
     above = int(os.environ.get(TEST_SAMPLE_ABOVE_ENV, "500000"))
     size = max(TEST_SAMPLE_MIN, int(os.environ.get(TEST_SAMPLE_USERS_ENV, "100000")))
-    if len(user_ids) <= max(above, size):
+    return None if n_test_users <= max(above, size) else size
+
+
+def test_sample(user_ids: np.ndarray) -> np.ndarray | None:
+    """Which test users the test metrics are computed on: all (None), or where
+    :func:`test_sample_size` draws a sample, the positions of that many users with the
+    smallest keyed hash of their id. A fixed random sample: the same users for every family,
+    for a champion re-scored beside its challenger, and every night while they are in the data."""
+    size = test_sample_size(len(user_ids))
+    if size is None:
         return None
     h = pd.util.hash_array(np.asarray(user_ids, dtype=object), hash_key=_TEST_SAMPLE_KEY)
     return np.sort(np.argpartition(h, size)[:size])

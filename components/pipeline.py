@@ -339,7 +339,7 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
     fold_metrics = training.fold_metrics(folds)
     data = Dataset.load(dataset)
     test, frame = evaluation.test_report(pyfunc.load(final.model_uri), data)
-    sample = evaluation.final_view(data)[1]
+    sample = evaluation.test_sample_size(dataset.n_eval_users)  # the size test_report's sample had
     if sample is not None:
         tracking.log_params(final.run_id, {"protocol.test_sample_users": sample})
         n = dataset.n_eval_users

@@ -197,8 +197,10 @@ def serve(control_fd: int) -> None:
                 conn = socket.socket(fileno=fds[0])
                 pid = os.fork()
                 if pid == 0:
-                    for fd in (control.fileno(), wake_r, wake_w, sel._selector.fileno()):  # noqa: SLF001
-                        os.close(fd)
+                    sel.close()
+                    control.close()
+                    os.close(wake_r)
+                    os.close(wake_w)
                     for other in running.values():
                         other.close()
                     _child(conn, fds[1], fds[2])

@@ -53,7 +53,7 @@ def behaviour_line(report) -> str:
 
 
 def _sampled(report) -> str:
-    sample = getattr(report, "n_test_sample", None)
+    sample = report.n_test_sample
     return "" if sample is None else f"; the test figures are on a fixed random sample of {sample:,} of them"
 
 

@@ -46,9 +46,12 @@ def _env() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    runner = os.environ.get("INTERESTFLOW_TASK_RUNNER", "threads")
-    if runner not in ("threads", "dask"):  # read when flows.nightly is imported: said here, not as a traceback
-        print(f"interestflow: INTERESTFLOW_TASK_RUNNER={runner!r}: the task runner is threads or dask", file=sys.stderr)
+    from components.config import RUNNER_ENV, TASK_RUNNERS
+
+    runner = os.environ.get(RUNNER_ENV, "threads")
+    if runner not in TASK_RUNNERS:  # read when flows.nightly is imported: said here, not as a traceback
+        choice = ", ".join(TASK_RUNNERS)
+        print(f"interestflow: {RUNNER_ENV}={runner!r}: the task runner is one of {choice}", file=sys.stderr)
         sys.exit(EXIT_REJECTED)
 
 
@@ -329,9 +332,11 @@ def add_flow_options(parser: argparse.ArgumentParser, flow, exclude=(), defaults
 
 
 def _runner_options(p: argparse.ArgumentParser) -> None:
+    from components.config import TASK_RUNNERS
+
     p.add_argument(
         "--runner",
-        choices=["threads", "dask"],
+        choices=TASK_RUNNERS,
         default=None,
         help="where the submitted tasks (fold trainings, tuning trials) run: Prefect's thread pool or Dask "
         "(default: $INTERESTFLOW_TASK_RUNNER, else threads)",

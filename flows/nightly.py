@@ -19,7 +19,7 @@ from prefect.states import Cancelled
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import pipeline, runlock, training, tuning
-from components.config import TrainConfig, default_lake
+from components.config import RUNNER_ENV, TASK_RUNNERS, TrainConfig, default_lake
 from components.events import InputNotReady, SpecError, check_ready
 from components.profiles import ProfileConfig  # noqa: F401 - named in the docstring of ``profile``
 from components.promotion import GateConfig
@@ -121,7 +121,6 @@ Strategy = Literal["auto", "ddp", "ddp_spawn"]
 Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
 # Fold trainings run concurrently up to this many at a time (each is its own process).
 FOLD_WORKERS = int(os.environ.get("INTERESTFLOW_FOLD_WORKERS", "1"))
-RUNNER_ENV = "INTERESTFLOW_TASK_RUNNER"  # threads (default) or dask: what a deployment's job variables set
 DASK_ADDRESS_ENV = "INTERESTFLOW_DASK_ADDRESS"  # a running Dask scheduler (tcp://host:8786); unset: a local cluster
 Runner = Literal["threads", "dask"]
 
@@ -139,8 +138,8 @@ def task_runner(kind: Runner | None = None, workers: int = FOLD_WORKERS, address
     kind = kind or os.environ.get(RUNNER_ENV) or "threads"
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
-    if kind != "dask":
-        raise SpecError(f"{RUNNER_ENV}={kind!r}: the task runner is threads or dask")
+    if kind not in TASK_RUNNERS:
+        raise SpecError(f"{RUNNER_ENV}={kind!r}: the task runner is one of {', '.join(TASK_RUNNERS)}")
     from prefect_dask import DaskTaskRunner
 
     address = address or os.environ.get(DASK_ADDRESS_ENV)
