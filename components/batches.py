@@ -1,4 +1,5 @@
-"""What goes into a scorer and what comes out: left-padded (B, L) histories and the top-K table.
+"""What goes into a scorer and what comes out: left-padded (B, L) histories, the flat
+(user, item) pairs a closed-form family solves from, and the top-K table.
 
 Training, evaluation and serving all pad the same way and all write the same top-K table;
 this module imports only torch, numpy and pandas, so scoring a model never pulls in
@@ -24,6 +25,53 @@ def pad_left(seqs: list[np.ndarray], max_len: int, pad: int, length: int | None 
         s = s[-length:]
         if len(s):
             out[i, length - len(s) :] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def pair_batches(
+    seqs: list[np.ndarray],
+    types: list[np.ndarray],
+    max_len: int,
+    users_per_batch: int,
+    type_weights: np.ndarray | None = None,
+) -> list[dict]:
+    """The training batches of a closed-form family (mf with ``solver="als"``): runs of
+    ``users_per_batch`` users with a non-empty sequence, in id order, each as the distinct
+    (user, item) pairs among its users' last ``max_len`` events, sorted by user then item,
+    with no padding: ``{users (B,), rows (P,) (a position in users), items (P,), types (P,),
+    epoch_end}``. A pair's type is its strongest event's (the largest ``type_weights``; the
+    first type code on a tie; without weights, every type weighs 1); ``epoch_end`` marks
+    the last batch.
+
+    A sweep reads every pair once; a padded (B, L) batch would carry B x the longest
+    history, and deduplicating here, once per fit, spares every sweep a sort."""
+    users = np.array([u for u, s in enumerate(seqs) if len(s)], dtype=np.int64)
+    if not len(users):
+        return []
+    kept = [np.asarray(seqs[u][-max_len:], dtype=np.int64) for u in users]
+    lengths = np.array([len(s) for s in kept], dtype=np.int64)
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
+    items = np.concatenate(kept)
+    kinds = np.concatenate([np.asarray(types[u][-max_len:], dtype=np.int64) for u in users])
+    weight = np.ones(len(kinds)) if type_weights is None else np.asarray(type_weights, dtype=np.float64)[kinds]
+    order = np.lexsort((kinds, -weight, items, rows))  # by user, item, then strongest first
+    rows, items, kinds = rows[order], items[order], kinds[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (items[1:] != items[:-1])
+    rows, items, kinds = rows[first], items[first], kinds[first]
+    offsets = np.searchsorted(rows, np.arange(0, len(users) + users_per_batch, users_per_batch))
+    out = []
+    for n, start in enumerate(range(0, len(users), users_per_batch)):
+        a, b = offsets[n], offsets[n + 1]
+        out.append(
+            {
+                "users": torch.from_numpy(users[start : start + users_per_batch]),
+                "rows": torch.from_numpy(rows[a:b] - start),
+                "items": torch.from_numpy(items[a:b]),
+                "types": torch.from_numpy(kinds[a:b]),
+                "epoch_end": start + users_per_batch >= len(users),
+            }
+        )
     return out
 
 

@@ -1,4 +1,4 @@
-"""Training processes forked from an interpreter that has torch and Lightning imported.
+"""Training processes forked from an interpreter that has torch, Lightning and MLflow imported.
 
 Every training is its own process (components/training.py: isolated memory, a kill that
 reaches it, a retry from its checkpoint). Started as ``python -m components.training``,
@@ -41,7 +41,17 @@ import threading
 
 import setproctitle
 
-PRELOAD = ["torch", "lightning", "numpy", "pandas", "pyarrow.parquet"]
+# MLflow and its SQL store too: a training logs its curve, and its first log would otherwise
+# spend 2.4 s importing them (0.06 s preloaded; bench/RESULTS.md, 2026-12-07 afternoon).
+PRELOAD = [
+    "torch",
+    "lightning",
+    "numpy",
+    "pandas",
+    "pyarrow.parquet",
+    "mlflow",
+    "mlflow.store.tracking.sqlalchemy_store",
+]
 PRELOAD_ENV = "INTERESTFLOW_PRELOAD"
 # Read by native libraries (or Python itself) as they load, so fixed in the server once started.
 # (Not KMP_*, HF_*, TORCH*: libraries set those in os.environ as they import, after any server start.)

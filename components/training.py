@@ -44,7 +44,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from components import evaluation, lake, preload, storage, tracking
-from components.batches import pad_left
+from components.batches import pad_left, pair_batches
 from components.behaviour import EVENT_TYPES, PAD_TYPE
 from components.config import PROTOCOL_VERSION, TrainConfig
 from components.datasets import Dataset, View
@@ -92,6 +92,13 @@ def train_loader(view: View, n_items: int, max_len: int, batch_size: int, seed: 
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def pair_loader(view: View, max_len: int, users_per_batch: int, type_weights: np.ndarray | None = None) -> DataLoader:
+    """A closed-form family's training batches (components/batches.py: pair_batches), the
+    same every epoch: its solves do not depend on the order."""
+    batches = pair_batches(view.train_seqs, view.train_types, max_len, users_per_batch, type_weights)
+    return DataLoader(batches, batch_size=None)
 
 
 def val_loader(view: View, n_items: int, max_len: int, batch_size: int | None = None) -> DataLoader:
@@ -255,7 +262,11 @@ def fit(request: dict) -> dict:
     t0 = time.perf_counter()
     trainer.fit(
         system,
-        train_dataloaders=train_loader(view, data.n_items, max_len, cfg.batch_size, cfg.seed),
+        train_dataloaders=(
+            pair_loader(view, max_len, system.model.solve_users, system.model.type_weights.numpy())
+            if system.model.closed_form
+            else train_loader(view, data.n_items, max_len, cfg.batch_size, cfg.seed)
+        ),
         val_dataloaders=val_loader(view, data.n_items, max_len) if stage == "fold" else None,
         ckpt_path=resume,
     )

@@ -81,6 +81,18 @@ def test_epoch_lines_reach_the_log_while_training_runs_and_request_folders_go(da
 
 
 @pytest.mark.slow
+def test_mf_by_alternating_least_squares_trains_through_the_launch(dataset):
+    """solver="als" through a real training process: pair batches, the item step before each
+    validation (so the first sweep already ranks), a best checkpoint and test figures."""
+    ds, root = dataset
+    cfg = TrainConfig(max_epochs=3, patience=3, num_threads=1, model={"dim": 8, "solver": "als"})
+    result = pipeline.train(ds, "mf", "fold", cfg, root, fold=0)
+    curve = [h["val_ndcg10"] for h in result.history]
+    assert result.epochs_run == 3 and len(curve) == 3 and curve[0] > 0
+    assert result.metrics["ndcg10"] >= 0 and result.best_epoch in (1, 2, 3)
+
+
+@pytest.mark.slow
 def test_a_failed_training_leaves_no_request_folder(dataset, tmp_path, monkeypatch):
     ds, root = dataset
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -320,8 +320,12 @@ class Family(nn.Module):
 
     closed_form: bool = False
     """True: the family (as configured) trains by closed-form solves, not by gradients:
-    :meth:`solve_step` per training batch and :meth:`solve_epoch_end` after each epoch
-    (Lightning's manual optimisation; one process)."""
+    :meth:`solve_step` per training batch and :meth:`solve_epoch_end` after the epoch's last
+    (Lightning's manual optimisation; one process). Its batches are flat (user, item) pairs,
+    not padded histories (components/batches.py: pair_batches)."""
+    solve_users: int = 65_536
+    """A closed-form family's users per training batch: the solution does not depend on it,
+    the memory a batch takes does."""
 
     def solve_step(self, batch: dict) -> torch.Tensor:
         """A closed-form family's update from one training batch (no gradients); returns the
@@ -329,7 +333,8 @@ class Family(nn.Module):
         raise NotImplementedError
 
     def solve_epoch_end(self) -> None:
-        """A closed-form family's update after every batch of an epoch was seen."""
+        """A closed-form family's update once every batch of the epoch was solved (called
+        after the step on the batch marked ``epoch_end``, so that validation sees it)."""
         raise NotImplementedError
 
     def query_vectors(self, batch: dict) -> torch.Tensor | None:

@@ -52,6 +52,8 @@ class RecSystem(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.model.closed_form:
             loss = self.model.solve_step(batch)  # the objective after the step, logged as a gradient family's is
+            if batch["epoch_end"]:  # here, not in on_train_epoch_end: validation runs before that hook
+                self.model.solve_epoch_end()
             self.optimizers().step()  # counts the step (see configure_optimizers)
         else:
             loss = self.model.loss(batch)
@@ -75,10 +77,6 @@ class RecSystem(L.LightningModule):
         stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
         self.log("val_ndcg10", (stats[0] / stats[2]).item(), prog_bar=True)
         self.log("val_hr10", (stats[1] / stats[2]).item())
-
-    def on_train_epoch_end(self) -> None:
-        if self.model.closed_form:
-            self.model.solve_epoch_end()
 
     def configure_optimizers(self):
         if self.model.closed_form:
