@@ -25,6 +25,7 @@ from components.lake import RawLayer, ValidatedLayer
 SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MIN_TS = pd.Timestamp("1990-01-01", tz="UTC")
 MAX_EXAMPLES = 5
+OUTSIDE_CATALOGUE = "item_id_outside_catalogue"  # derived for the suite: the item id where the catalogue lacks it
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +97,7 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
             # A null says little: show the rows it sits in, as the source wrote them.
             cols = [c for c in ("user_id", "item_id", "ts_source", "title") if c in df.columns]
             examples = [f"data row {i}: " + ", ".join(f"{c}={_short(df.at[i, c])!r}" for c in cols) for i in rows]
-        column = cfg.kwargs.get("column")
+        column = (cfg.meta or {}).get("column") or cfg.kwargs.get("column")  # a derived column's contract column
         if cfg.type == "expect_column_values_to_be_in_type_list" and column in df.columns:
             examples = _not_numbers(df[column]) or examples
         if exc and not examples:
@@ -107,7 +108,7 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
                 source=source,
                 severity=str(getattr(cfg, "severity", "critical")).split(".")[-1].lower(),
                 rule=cfg.type,
-                column=cfg.kwargs.get("column") or (",".join(cfg.kwargs.get("column_list", [])) or None),
+                column=column or (",".join(cfg.kwargs.get("column_list", [])) or None),
                 guards=(cfg.meta or {}).get("guards", ""),
                 unexpected_count=r.result.get("unexpected_count"),
                 rows=len(df),
@@ -359,16 +360,11 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
     items = storage.read_parquet(lake.file(raw.uri, "items.parquet"))
     findings = run_suite("items", items, raw.items_source)
     n_suite = {"items": len(findings)}
-    findings += run_suite(
-        "events",
-        events,
-        raw.events_source,
-        {
-            "now": now,
-            "min_ts": MIN_TS,
-            "catalogue_item_ids": sorted(items["item_id"].dropna().astype(str).unique()),
-        },
-    )
+    catalogue = items["item_id"].dropna().astype(str)
+    events[OUTSIDE_CATALOGUE] = events["item_id"].where(~events["item_id"].astype(str).isin(catalogue))
+    events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
+    findings += run_suite("events", events, raw.events_source, {"now": now, "min_ts": MIN_TS})
+    events = events.drop(columns=[OUTSIDE_CATALOGUE])
     n_suite["events"] = len(findings) - n_suite["items"]
     suites = {
         name: {"expectations": len(load_suite(name).expectations), "failed": n_suite[name]}

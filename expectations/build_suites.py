@@ -7,7 +7,8 @@ against (kept in ``meta.guards`` and shown in every report). Run:
 
 Severity: ``critical`` stops the run before training; ``warning`` is reported, the run
 goes on. Parameters ``$PARAMETER`` are filled in at validation time: ``now`` (the run's
-clock, for future timestamps) and ``catalogue_item_ids`` (referential integrity).
+clock, for future timestamps) and ``min_ts``. A ``meta.column`` names the contract column an
+expectation on a derived column is about (reports show it).
 """
 
 from __future__ import annotations
@@ -85,13 +86,18 @@ def events_suite() -> gx.ExpectationSuite:
             column_list=["user_id", "item_id", "ts", "event_type", "value"],
         )
     )
+    # Referential integrity through a column validation derives (components/validation.py:
+    # OUTSIDE_CATALOGUE, the item id where the catalogue lacks it, else null), not a value set
+    # of every catalogue id: GE copies a value set per expectation and per run, about 0.15 ms
+    # an id (1.8 s a run at Beauty's 12,101 items; minutes at 600,000).
     s.add_expectation(
-        _e(
-            E.ExpectColumnValuesToBeInSet,
-            "critical",
-            "events about items missing from the catalogue (referential integrity)",
-            column="item_id",
-            value_set={"$PARAMETER": "catalogue_item_ids"},
+        E.ExpectColumnValuesToBeNull(
+            column="item_id_outside_catalogue",
+            severity="critical",
+            meta={
+                "guards": "events about items missing from the catalogue (referential integrity)",
+                "column": "item_id",
+            },
         )
     )
     return s

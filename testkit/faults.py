@@ -494,6 +494,9 @@ def _with_value(text: str) -> str:
 NOT_NULL = "expect_column_values_to_not_be_null"
 BETWEEN = "expect_column_values_to_be_between"
 IN_SET = "expect_column_values_to_be_in_set"
+IN_CATALOGUE = (
+    "expect_column_values_to_be_null"  # referential integrity, on a derived column (components/validation.py)
+)
 IN_TYPES = "expect_column_values_to_be_in_type_list"
 
 BAD_INPUTS: dict[str, BadInput] = {
@@ -530,7 +533,7 @@ BAD_INPUTS: dict[str, BadInput] = {
         "reject",
         "events.csv",
         "column 'item_id'",
-        IN_SET,
+        IN_CATALOGUE,
         "NOT-IN-CATALOGUE",
     ),
     "events: duplicate rows": BadInput(
@@ -768,7 +771,7 @@ BAD_INPUTS: dict[str, BadInput] = {
         "reject",
         "events.csv",  # the events name an item the catalogue lacks
         "column 'item_id'",
-        IN_SET,
+        IN_CATALOGUE,
         flow=False,
     ),
     "items: a 10 MB title": BadInput(

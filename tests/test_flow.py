@@ -132,7 +132,9 @@ def test_bad_data_stops_the_flow_before_training_and_changes_nothing(flow_env):
     assert tracking.alias_version("interestflow-mf", "champion") == champion
     assert storage.read_bytes(recs_uri) == recs_before
     report = list((flow_env["root"] / "lake" / "quarantine").glob("*/report.md"))
-    assert report and "expect_column_values_to_be_in_set" in report[0].read_text()
+    assert (
+        report and "missing from the catalogue" in report[0].read_text() and "NOT-IN-CATALOGUE" in report[0].read_text()
+    )
     bad_key = report[0].parent.name  # nothing downstream of validation exists for the bad input
     for layer in ("02_validated", "03_features", "04_datasets", "05_models"):
         assert not list((flow_env["root"] / "lake" / layer).glob(f"{bad_key}*")), layer
