@@ -27,6 +27,28 @@ if TYPE_CHECKING:  # types only: evaluation works on any object with these field
 Scorer = Callable[[dict], torch.Tensor]
 
 
+class SharedScorer:
+    """A scorer whose scores are one vector ``base`` shared by every user, except at a few
+    (row, item) pairs per batch (``overrides(batch) -> (rows, cols, values)``): the
+    baselines. Called, it gives the dense (B, n_items) scores like any scorer;
+    :func:`rank_view` ranks it without them (:func:`_rank_shared`)."""
+
+    def __init__(
+        self,
+        base: torch.Tensor,
+        overrides: Callable[[dict], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    ):
+        self.base = base.float()
+        empty = torch.zeros(0, dtype=torch.long)
+        self.overrides = overrides or (lambda batch: (empty, empty, torch.zeros(0)))
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        out = self.base.expand(len(batch["users"]), -1).clone()
+        rows, cols, vals = self.overrides(batch)
+        out[rows, cols] = vals
+        return out
+
+
 TEST_SAMPLE_ABOVE_ENV = "INTERESTFLOW_TEST_SAMPLE_ABOVE"
 TEST_SAMPLE_USERS_ENV = "INTERESTFLOW_TEST_SAMPLE_USERS"
 TEST_SAMPLE_MIN = 50_000
@@ -115,8 +137,15 @@ def rank_view(
     top_items = np.zeros((n, k), dtype=np.int64)
     top_scores = np.zeros((n, k), dtype=np.float32)
     bar = tqdm(total=n, desc="scoring users", unit="user", disable=n < 20_000 or not sys.stderr.isatty())
+    shared = _SharedOrder(scorer.base) if isinstance(scorer, SharedScorer) else None
     for pos, batch in eval_batches(view, n_items, max_len, batch_size):
         bar.update(len(pos))
+        if shared is not None:
+            excluded = (batch["seen_rows"], batch["seen_cols"], torch.full((len(batch["seen_rows"]),), -torch.inf))
+            answer = shared.rank(_override(len(pos), n_items, scorer.overrides(batch), excluded), batch["target"], k)
+            if answer is not None:
+                ranks[pos], top_items[pos], top_scores[pos] = answer
+                continue
         scores = scorer(batch).float()
         has_target = bool((batch["target"] >= 0).all())
         metrics.exclude_seen(scores, batch["seen_rows"], batch["seen_cols"])
@@ -126,6 +155,88 @@ def rank_view(
         top_items[pos], top_scores[pos] = idx.numpy(), vals.numpy()
     bar.close()
     return ranks, top_items, top_scores
+
+
+def _override(
+    n_rows: int, n_items: int, *layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (row, item, value) overrides of several layers as distinct pairs sorted by row,
+    a later layer's value winning (exclusion, -inf, is the last)."""
+    rows = torch.cat([r for r, _, _ in layers]).long()
+    cols = torch.cat([c for _, c, _ in layers]).long()
+    vals = torch.cat([v.float() for _, _, v in layers])
+    keys = rows * n_items + cols
+    order = torch.argsort(keys, stable=True)  # within a pair: layer order
+    keys, vals = keys[order], vals[order]
+    last = torch.ones(len(keys), dtype=torch.bool)
+    last[:-1] = keys[1:] != keys[:-1]
+    keys, vals = keys[last], vals[last]
+    return keys // n_items, keys % n_items, vals
+
+
+class _SharedOrder:
+    """Exact ranks and top-k of a :class:`SharedScorer` in O(overrides + k) per user instead
+    of O(n_items): the ranking rule (higher score first, then the lower item) over the
+    shared vector is one sort, done once; a user's overrides only move their own items.
+    Written here because it is the rank rule of components/metrics.py, specialised."""
+
+    def __init__(self, base: torch.Tensor):
+        self.base, self.n = base, len(base)
+        self.order = torch.argsort(-base, stable=True)  # the global ranking: score desc, item asc
+        self.position = torch.empty(self.n, dtype=torch.long)
+        self.position[self.order] = torch.arange(self.n)
+        self.sorted_neg = -base[self.order]  # ascending
+
+    def _before(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """#{items i : base_i > v, or base_i == v and i < t}, per query (v, t)."""
+        out = self.position[t].clone()  # v == base_t: t's own place in the shared ranking
+        other = torch.nonzero(v != self.base[t]).flatten()  # an overridden target (excluded: -inf)
+        lo = torch.searchsorted(self.sorted_neg, -v[other], side="left")  # base > v
+        hi = torch.searchsorted(self.sorted_neg, -v[other], side="right")  # base >= v
+        out[other] = lo
+        # v equal to some other item's base score (rare): count that block's lower items. Within
+        # a block of equal scores the items are in ascending order (a stable sort).
+        for j in torch.nonzero(hi > lo).flatten().tolist():
+            block = self.order[lo[j] : hi[j]]
+            out[other[j]] += int(torch.searchsorted(block, t[other[j]].reshape(1)))
+        return out
+
+    def rank(
+        self, over: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target: torch.Tensor, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(ranks, top items, top scores) of a batch, or None where the dense path is as cheap."""
+        rows, cols, vals = over
+        B = len(target)
+        per_row = torch.bincount(rows, minlength=B)
+        width = k + int(per_row.max()) if B and len(rows) else k
+        if width >= self.n:
+            return None
+        ranks = np.full(B, -1, dtype=np.int64)
+        if bool((target >= 0).all()):
+            t = target
+            v = self.base[t].clone()  # the target's score: its override, else its base
+            hit = cols == t[rows]
+            v[rows[hit]] = vals[hit]
+            base_c, t_r, v_r = self.base[cols], t[rows], v[rows]
+            # The shared ranking counts each overridden item by its base score; count it by its own.
+            counted = (base_c > v_r) | ((base_c == v_r) & (cols < t_r))
+            own = (vals > v_r) | ((vals == v_r) & (cols < t_r))
+            fix = torch.zeros(B, dtype=torch.long).index_add_(0, rows, own.long() - counted.long())
+            ranks = (self._before(v, t) + fix).numpy()
+        # Candidates: the shared ranking's first `width` items (at least k of them without an
+        # override, each above every other non-overridden item) and every overridden item.
+        prefix = self.order[:width].expand(B, -1).clone()  # (B, width)
+        scores = self.base[prefix]
+        taken = torch.isin(torch.arange(B)[:, None] * self.n + prefix, rows * self.n + cols)
+        prefix[taken], scores[taken] = self.n, -torch.inf  # its override stands in for it
+        extra_items = torch.full((B, max(1, int(per_row.max()) if len(rows) else 1)), self.n, dtype=torch.long)
+        extra_scores = torch.full(extra_items.shape, -torch.inf)
+        slot = torch.arange(len(rows)) - (torch.cumsum(per_row, 0) - per_row)[rows]
+        extra_items[rows, slot], extra_scores[rows, slot] = cols, vals
+        items = torch.cat([prefix, extra_items], 1)
+        items, order = items.sort(1)  # in item order, so that top_k's tie rule (lower column) is the lower item
+        vals_k, cols_k = metrics.top_k(torch.cat([scores, extra_scores], 1).gather(1, order), k)
+        return ranks, items.gather(1, cols_k).numpy(), vals_k.numpy()
 
 
 def report(ranks: np.ndarray, top_items: np.ndarray, n_items: int) -> dict[str, float]:
@@ -177,8 +288,7 @@ def topk_frame(data: Dataset, view: View, top_items: np.ndarray, top_scores: np.
 def popularity_scorer(view: View, n_items: int) -> Scorer:
     """Target-type events per item over the view's training sequences (for ``final``: every
     event before the test targets); ties are broken by item index by the ranking rule."""
-    counts = torch.as_tensor(item_counts(view, n_items, targets_only=True), dtype=torch.float32)
-    return lambda batch: counts.expand(len(batch["users"]), -1).clone()
+    return SharedScorer(torch.as_tensor(item_counts(view, n_items, targets_only=True), dtype=torch.float32))
 
 
 def recent_scorer(view: View, n_items: int) -> Scorer:
@@ -193,17 +303,20 @@ def recent_scorer(view: View, n_items: int) -> Scorer:
     pop = pop / (pop.max() + 1) if len(pop) else pop
     weights = torch.as_tensor(view.behaviour.weight_ranks())
 
-    def score(batch: dict) -> torch.Tensor:
+    def own_items(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         seq, types = batch["seq"], batch["types"]
         B, L = seq.shape
         w = weights[types]  # (B, L), padding 0
         key = w * (L + 1) + torch.arange(1, L + 1, dtype=torch.float32)  # weight first, then recency
         key = 1 + key / (float(weights.max()) * (L + 1) + L + 1)  # (1, 2]
-        key = torch.where(seq < n_items, key, torch.zeros(()))
-        out = torch.cat([pop.expand(B, -1), torch.zeros(B, 1)], dim=1)  # column n_items: padding
-        return out.scatter_reduce(1, seq, key, reduce="amax")[:, :n_items]
+        rows = torch.arange(B)[:, None].expand(B, L)
+        real = seq < n_items
+        rows, cols, key = rows[real], seq[real], key[real]
+        # An item's largest key: sorted by key, the last of each (row, item) pair wins.
+        order = torch.argsort(key, stable=True)
+        return _override(B, n_items, (rows[order], cols[order], key[order]))
 
-    return score
+    return SharedScorer(pop, own_items)
 
 
 def test_report(rec, data: Dataset, k: int = 10) -> tuple[dict, pd.DataFrame]:

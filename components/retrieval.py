@@ -88,7 +88,7 @@ def ann_rank(
     if ids is None:
         today = torch.arange(data.n_items)
     else:  # only the items the model knows can be ranked (the exact path scores the others -inf)
-        today = torch.flatnonzero(ids.known)
+        today = torch.nonzero(ids.known).flatten()
         vectors = vectors[ids.item_map[:-1][ids.known]]
     index = ItemIndex(vectors.numpy())
     n, n_items = len(view.eval_users), data.n_items

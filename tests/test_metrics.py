@@ -73,3 +73,44 @@ def test_top_k_with_a_nan_score_falls_back_to_the_full_sort():
     s[1, 7] = float("nan")
     order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :5]
     assert torch.equal(metrics.top_k(s, 5)[1], order)
+
+
+@pytest.mark.parametrize("exclude", ["interacted", "target", "none"])
+def test_the_baselines_rank_exactly_as_the_dense_path_without_a_users_x_items_matrix(exclude, monkeypatch):
+    """popularity and recent interactions (evaluation.SharedScorer): ranks, top-10 items and
+    scores equal to scoring every item (the same scorer called densely), with ties in the
+    shared scores, several behaviours and each exclusion policy."""
+    from components import evaluation
+    from components.behaviour import TYPE_CODES, Behaviour
+    from components.datasets import View
+
+    rng = np.random.default_rng(0)
+    n_items, n_users = 300, 200
+    behaviour = Behaviour(target=("purchase",), weights={"view": 1, "cart": 2, "purchase": 3}, exclude=exclude)
+    codes = np.array([TYPE_CODES[t] for t in ("view", "cart", "purchase")])
+    hist = [rng.integers(0, n_items // 3, size=int(rng.integers(1, 30))) for _ in range(n_users)]  # repeats
+    kinds = [codes[rng.integers(0, 3, size=len(h))] for h in hist]
+    targets = np.array(
+        [int(rng.choice(h)) if u % 4 == 0 else int(rng.integers(0, n_items)) for u, h in enumerate(hist)]
+    )
+    view = View(
+        train_seqs=hist,
+        eval_users=np.arange(n_users),
+        eval_hist=hist,
+        eval_targets=targets,
+        train_types=kinds,
+        eval_types=kinds,
+        behaviour=behaviour,
+    )
+    answered = []  # batches the shared path answered (not handed back to the dense one)
+    rank = evaluation._SharedOrder.rank
+    monkeypatch.setattr(evaluation._SharedOrder, "rank", lambda *a: answered.append(rank(*a)) or answered[-1])
+    for make in (evaluation.popularity_scorer, evaluation.recent_scorer):
+        shared = make(view, n_items)
+        assert isinstance(shared, evaluation.SharedScorer)
+        fast = evaluation.rank_view(shared, view, n_items, k=10, max_len=64, batch_size=64)
+        dense = evaluation.rank_view(lambda b, s=shared: s(b), view, n_items, k=10, max_len=64, batch_size=64)
+        for a, b in zip(fast, dense, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert (fast[0] < 10).any() and len(np.unique(shared.base.numpy())) < n_items  # hits, and ties
+    assert len(answered) == 2 * 4 and all(a is not None for a in answered)  # 200 users in batches of 64
