@@ -64,6 +64,22 @@ def test_with_every_item_a_candidate_the_index_gives_the_exact_top_k():
     assert ann.recall10 == 1.0
 
 
+def test_a_model_on_yesterdays_ids_gets_the_exact_top_k_through_the_index_too():
+    """Today's catalogue in another order and with new items the model never saw: the index
+    holds the known items only, and with every item a candidate the answer is exact scoring's."""
+    rec = mf_recommender(2)
+    today = np.concatenate([rec.item_ids[::-1], ["new-1", "new-2", "new-3"]])
+    n = len(today)
+    rng = np.random.default_rng(2)
+    hists = [rng.choice(n, size=int(rng.integers(1, 30)), replace=False) for _ in range(N_USERS)]
+    view = View(train_seqs=hists, eval_users=np.arange(N_USERS), eval_hist=hists, eval_targets=np.full(N_USERS, -1))
+    data = SimpleNamespace(n_items=n, item_ids=today, user_ids=rec.user_ids, view=lambda name: view)
+    assert rec.ids_for(data) is not None  # mapped, not the model's own ids
+    ann = retrieval.ann_rank(rec, data, view, 10, candidates=n)
+    items, _ = evaluation.rank_view(rec.scorer_for(data), view, n, k=10, max_len=rec.max_len)[1:]
+    assert (ann.top_items == items).all() and (ann.top_items < N_ITEMS).all()  # no unknown item ranked
+
+
 def test_index_recall_against_exact_scoring_and_exact_exclusion():
     rec = mf_recommender(1)
     data = data_for(rec, 1)
