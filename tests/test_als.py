@@ -52,6 +52,18 @@ def test_each_sweep_solves_users_then_items_in_closed_form(cg_steps):
         torch.testing.assert_close(m.items.weight[item].double(), closed_form(users, holders), atol=1e-5, rtol=0)
 
 
+def test_a_sweep_under_bf16_autocast_solves_in_fp32():
+    """Lightning's bf16-mixed wraps the step in autocast: the solves ignore it."""
+    m, seqs, batch = tiny(D)
+    ref, _, _ = tiny(D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.solve_step(batch)
+        m.solve_epoch_end()
+    ref.solve_step(batch)
+    ref.solve_epoch_end()
+    torch.testing.assert_close(m.items.weight, ref.items.weight)
+
+
 def test_three_cg_steps_lower_the_loss_every_sweep():
     m, _, batch = tiny(3)
     losses = []

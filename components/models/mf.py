@@ -112,6 +112,8 @@ class MF(Family):
         return rows, items, 1 + self.config.alpha * w
 
     @torch.no_grad()
+    @torch.autocast("cuda", enabled=False)  # solves in fp32 under bf16-mixed too (and torch's
+    @torch.autocast("cpu", enabled=False)  # sparse products have no bf16 kernels on CPU)
     def solve_step(self, batch: dict) -> torch.Tensor:
         """Solve the batch's users given the item vectors; keep the pairs for the item step.
         Returns the batch's loss after the step (as :meth:`loss` computes it, without
@@ -127,6 +129,8 @@ class MF(Family):
         return (all_sq + (conf * (1 - s).pow(2) - s.pow(2)).sum() + cfg.reg * l2) / len(users)
 
     @torch.no_grad()
+    @torch.autocast("cuda", enabled=False)
+    @torch.autocast("cpu", enabled=False)
     def solve_epoch_end(self) -> None:
         """Solve every item given the users' vectors (over the pairs this epoch's batches held)."""
         if not self._pairs:
