@@ -138,6 +138,10 @@ def one(spec: str, home: str, families: list[str], epochs: int, model: dict, epo
     print(json.dumps(row))
 
 
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
 def exponent(rows: list[dict], key: str) -> float | None:
     pts = [(math.log(r["events"]), math.log(r[key])) for r in rows if r.get(key, 0) > 0]
     if len(pts) < 2:
@@ -201,13 +205,13 @@ def main() -> None:
     print(f"{'peak RSS (GiB)':<17}" + "".join(f"{r['peak_rss_gib']:>10.2f}" for r in rows))
     for r in rows:
         x = f"x{r['size']}"
-        figures |= {
+        figures |= {  # null where a size did not measure it (exact top-10 above EXACT_MAX)
             f"{x}_events": r["events"],
             f"{x}_data_s": round(r["data_s"], 1),
-            f"{x}_mf_fit_s": round(r.get("fit_s", float("nan")), 1),
-            f"{x}_recommend_s": round(r.get("recommend_ann_s", float("nan")), 1),
-            f"{x}_recommend_exact_s": round(r.get("recommend_exact_s", float("nan")), 1),
-            f"{x}_ann_recall10": round(r.get("ann_recall10", float("nan")), 4),
+            f"{x}_mf_fit_s": _round(r.get("fit_s"), 1),
+            f"{x}_recommend_s": _round(r.get("recommend_ann_s"), 1),
+            f"{x}_recommend_exact_s": _round(r.get("recommend_exact_s"), 1),
+            f"{x}_ann_recall10": _round(r.get("ann_recall10"), 4),
             f"{x}_peak_rss_gib": round(r["peak_rss_gib"], 2),
         }
         if "epoch_s" in r:

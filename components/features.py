@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from components import lake, storage, text
 from components.behaviour import TYPE_CODES
@@ -38,16 +39,25 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
     index = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str))
     ev = time_ordered(events.assign(item_idx=events["item_id"].astype(str).map(index).to_numpy()))
     ts = ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9
-    type_codes = ev["event_type"].astype(str).map(TYPE_CODES).to_numpy(np.int8)
-    ev = ev.assign(ts_s=ts.to_numpy(), type_code=type_codes, value_f=ev["value"].astype("float64").to_numpy())
-    grouped = ev.groupby("user_id", sort=True)
+    # One user's events are one run of rows in ``ev`` (sorted by user id): cut the columns at
+    # the runs' offsets with Arrow, which makes the per-user arrays in C++ (no Python loop
+    # over users: 1.1 million of them at Beauty x50).
+    codes, user_ids = pd.factorize(ev["user_id"], sort=True)
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(codes, minlength=len(user_ids)))
+
+    def per_user(values: np.ndarray) -> pd.Series:
+        lists = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray  # (int32 offsets, as before)
+        cut = pa.array(offsets, type=pa.int32() if lists is pa.ListArray else pa.int64())
+        return lists.from_arrays(cut, pa.array(values)).to_pandas()
+
     users = pd.DataFrame(
         {
-            "user_id": list(grouped.groups.keys()),
-            "items": [g.to_numpy(np.int64) for _, g in grouped["item_idx"]],
-            "ts": [g.to_numpy(np.int64) for _, g in grouped["ts_s"]],
-            "types": [g.to_numpy(np.int8) for _, g in grouped["type_code"]],
-            "values": [g.to_numpy(np.float32) for _, g in grouped["value_f"]],
+            "user_id": np.asarray(user_ids, dtype=object),
+            "items": per_user(ev["item_idx"].to_numpy(np.int64)),
+            "ts": per_user(ts.to_numpy(np.int64)),
+            "types": per_user(ev["event_type"].astype(str).map(TYPE_CODES).to_numpy(np.int8)),
+            "values": per_user(ev["value"].astype("float64").to_numpy(np.float32)),
         }
     )
     users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))

@@ -37,10 +37,14 @@ def exclude_seen(scores: torch.Tensor, seen_rows: torch.Tensor, seen_cols: torch
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target under the rule above; (B, N), (B,) -> (B,)."""
     t = scores.gather(1, targets[:, None])  # (B, 1)
-    higher = (scores > t).sum(1)
-    cols = torch.arange(scores.shape[1], device=scores.device)[None, :]
-    ties_before = ((scores == t) & (cols < targets[:, None])).sum(1)
-    return higher + ties_before
+    higher = torch.count_nonzero(scores > t, dim=1)
+    # Ties with the target are rare in a model's scores: count them (two more passes over the
+    # row) only in the rows that have one besides the target itself.
+    tied = torch.nonzero(torch.count_nonzero(scores == t, dim=1) > 1).flatten()
+    if len(tied):
+        cols = torch.arange(scores.shape[1], device=scores.device)[None, :]
+        higher[tied] += torch.count_nonzero((scores[tied] == t[tied]) & (cols < targets[tied, None]), dim=1)
+    return higher
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,21 @@ def test_ranks_count_higher_scores_and_break_ties_by_item_index():
     assert metrics.target_ranks(scores, torch.tensor([1])).tolist() == [0]
 
 
+def test_ranks_in_a_batch_with_and_without_ties_follow_the_rule_row_by_row():
+    """Rows with ties (rounded scores, -inf) and rows without, in one batch: each rank is the
+    rule's count, computed here one row at a time in Python."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 50, generator=g)
+    scores[:3] = scores[:3].round()  # many ties
+    scores[4, ::3] = -math.inf
+    targets = torch.tensor([0, 7, 49, 3, 6, 20])
+    expected = [
+        sum(1 for j in range(50) if s[j] > s[t] or (s[j] == s[t] and j < t))
+        for s, t in zip(scores.tolist(), targets.tolist(), strict=True)
+    ]
+    assert metrics.target_ranks(scores, targets).tolist() == expected
+
+
 def test_top_k_uses_the_same_tie_rule_as_the_ranks():
     scores = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0]])
     vals, idx = metrics.top_k(scores, 4)
