@@ -154,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes", nargs="+", type=int, default=[1, 5, 10, 50])
-    ap.add_argument("--families", nargs="+", default=["mf"])
+    ap.add_argument("--families", nargs="*", default=["mf"], help="none: the data stages only")
     ap.add_argument("--model", default='{"mf": {"solver": "als", "dim": 64}}', help="per-family config (JSON)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--epoch-family", default=None, help="also time one epoch of this family...")
