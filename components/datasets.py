@@ -28,11 +28,34 @@ DATASETS_LAYOUT = 2
 """2: splits carry the targets' positions (target behaviour); 1: the last two events."""
 
 
+def _flat(per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(every user's values one after the other, each user's offset into them; n_users + 1)."""
+    lengths = np.fromiter(map(len, per_user), dtype=np.int64, count=len(per_user))
+    offsets = np.zeros(len(per_user) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    flat = np.concatenate(per_user) if len(per_user) else np.zeros(0, dtype=np.int64)
+    return flat, offsets
+
+
 def target_positions(types: list[np.ndarray], behaviour: Behaviour) -> tuple[np.ndarray, np.ndarray]:
-    """Per user, the positions of the validation and test targets (-1: the user has none)."""
-    pairs = [behaviour.targets(t, MIN_EVENTS_FOR_TARGETS - 2) for t in types]
-    val = np.array([v for v, _ in pairs], dtype=np.int64)
-    test = np.array([t for _, t in pairs], dtype=np.int64)
+    """Per user, the positions of the validation and test targets (-1: the user has none):
+    :meth:`Behaviour.targets` for every user at once, on the concatenated event types (no
+    Python loop over users: 1.1 million of them at Beauty x50)."""
+    flat, offsets = _flat(types)
+    n = len(types)
+    user = np.repeat(np.arange(n), np.diff(offsets))
+    hits = np.flatnonzero(behaviour.is_target(flat))  # target events, by user then position
+    last = np.ones(len(hits), dtype=bool)  # each user's last target event
+    last[:-1] = user[hits[1:]] != user[hits[:-1]]
+    lasts = np.flatnonzero(last)
+    has_two = (lasts > 0) & (user[hits[lasts - 1]] == user[hits[lasts]])  # an earlier target of the same user
+    lasts = lasts[has_two]
+    owners = user[hits[lasts]]
+    val_pos = hits[lasts - 1] - offsets[owners]
+    ok = val_pos >= MIN_EVENTS_FOR_TARGETS - 2  # the validation target's earlier events
+    val, test = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    val[owners[ok]] = val_pos[ok]
+    test[owners[ok]] = hits[lasts[ok]] - offsets[owners[ok]]
     return val, test
 
 
@@ -52,15 +75,15 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
         users = storage.read_parquet(lake.file(features.uri, "users.parquet"))
         val, test = target_positions(list(users["types"]), features.validated.raw.behaviour)
         eligible = test >= 0
-        seqs = list(users["items"])
+        items, offsets = _flat(list(users["items"]))
         splits = pd.DataFrame(
             {
                 "user_idx": users["user_idx"],
                 "fold": assign_folds(len(users), eligible, folds, seed),
                 "val_pos": val,
                 "test_pos": test,
-                "val_item": [int(s[p]) if p >= 0 else -1 for s, p in zip(seqs, val, strict=True)],
-                "test_item": [int(s[p]) if p >= 0 else -1 for s, p in zip(seqs, test, strict=True)],
+                "val_item": np.where(val >= 0, items[np.maximum(offsets[:-1] + val, 0)] if len(items) else -1, -1),
+                "test_item": np.where(test >= 0, items[np.maximum(offsets[:-1] + test, 0)] if len(items) else -1, -1),
             }
         )
         storage.write_parquet(splits, lake.file(uri, "splits.parquet"))

@@ -120,3 +120,19 @@ def test_above_a_size_the_test_figures_come_from_a_fixed_sample_of_users(monkeyp
     pos = np.flatnonzero(np.isin(full.eval_users, view.eval_users))
     by_hand = evaluation.full_report(ranks[pos], top[pos], full.subset(pos), 40)
     assert evaluation.popularity_report(data) == pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("target", [(), ("purchase",)])
+def test_target_positions_for_every_user_at_once_are_each_users_own(target):
+    """The vectorised leave-one-out positions equal Behaviour.targets user by user: users with
+    no events, one target, targets too early, and many."""
+    from components.behaviour import TYPE_CODES, Behaviour
+
+    rng = np.random.default_rng(0)
+    codes = np.array([TYPE_CODES[t] for t in ("view", "cart", "purchase")], dtype=np.int8)
+    types = [codes[rng.integers(0, 3, size=int(rng.integers(0, 12)))] for _ in range(500)]
+    behaviour = Behaviour(target=target)
+    val, test = datasets.target_positions(types, behaviour)
+    expected = [behaviour.targets(t, datasets.MIN_EVENTS_FOR_TARGETS - 2) for t in types]
+    assert list(zip(val.tolist(), test.tolist(), strict=True)) == expected
+    assert (test >= 0).any() and (test < 0).any()
