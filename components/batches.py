@@ -28,6 +28,15 @@ def pad_left(seqs: list[np.ndarray], max_len: int, pad: int, length: int | None 
     return out
 
 
+def flatten(per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(every user's values one after the other, each user's offset into them: n_users + 1)."""
+    lengths = np.fromiter(map(len, per_user), dtype=np.int64, count=len(per_user))
+    offsets = np.zeros(len(per_user) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    flat = np.concatenate(per_user) if len(per_user) else np.zeros(0, dtype=np.int64)
+    return flat, offsets
+
+
 def pair_batches(
     seqs: list[np.ndarray],
     types: list[np.ndarray],
@@ -48,11 +57,9 @@ def pair_batches(
     users = np.array([u for u, s in enumerate(seqs) if len(s)], dtype=np.int64)
     if not len(users):
         return []
-    kept = [np.asarray(seqs[u][-max_len:], dtype=np.int64) for u in users]
-    lengths = np.array([len(s) for s in kept], dtype=np.int64)
-    rows = np.repeat(np.arange(len(users), dtype=np.int64), lengths)
-    items = np.concatenate(kept)
-    kinds = np.concatenate([np.asarray(types[u][-max_len:], dtype=np.int64) for u in users])
+    items, offsets = flatten([np.asarray(seqs[u][-max_len:], dtype=np.int64) for u in users])
+    kinds, _ = flatten([np.asarray(types[u][-max_len:], dtype=np.int64) for u in users])
+    rows = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(offsets))
     weight = np.ones(len(kinds)) if type_weights is None else np.asarray(type_weights, dtype=np.float64)[kinds]
     order = np.lexsort((kinds, -weight, items, rows))  # by user, item, then strongest first
     rows, items, kinds = rows[order], items[order], kinds[order]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from components import lake, storage
+from components.batches import flatten
 from components.behaviour import Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import DatasetLayer, FeatureLayer
@@ -28,20 +29,11 @@ DATASETS_LAYOUT = 2
 """2: splits carry the targets' positions (target behaviour); 1: the last two events."""
 
 
-def _flat(per_user: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(every user's values one after the other, each user's offset into them; n_users + 1)."""
-    lengths = np.fromiter(map(len, per_user), dtype=np.int64, count=len(per_user))
-    offsets = np.zeros(len(per_user) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(lengths)
-    flat = np.concatenate(per_user) if len(per_user) else np.zeros(0, dtype=np.int64)
-    return flat, offsets
-
-
 def target_positions(types: list[np.ndarray], behaviour: Behaviour) -> tuple[np.ndarray, np.ndarray]:
     """Per user, the positions of the validation and test targets (-1: the user has none):
     :meth:`Behaviour.targets` for every user at once, on the concatenated event types (no
     Python loop over users: 1.1 million of them at Beauty x50)."""
-    flat, offsets = _flat(types)
+    flat, offsets = flatten(types)
     n = len(types)
     user = np.repeat(np.arange(n), np.diff(offsets))
     hits = np.flatnonzero(behaviour.is_target(flat))  # target events, by user then position
@@ -75,15 +67,21 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
         users = storage.read_parquet(lake.file(features.uri, "users.parquet"))
         val, test = target_positions(list(users["types"]), features.validated.raw.behaviour)
         eligible = test >= 0
-        items, offsets = _flat(list(users["items"]))
+        items, offsets = flatten(list(users["items"]))
+
+        def item_at(pos: np.ndarray) -> np.ndarray:  # each user's item at ``pos`` (-1 where pos is)
+            if not len(items):
+                return np.full(len(pos), -1, dtype=np.int64)
+            return np.where(pos >= 0, items[np.maximum(offsets[:-1] + pos, 0)], -1)
+
         splits = pd.DataFrame(
             {
                 "user_idx": users["user_idx"],
                 "fold": assign_folds(len(users), eligible, folds, seed),
                 "val_pos": val,
                 "test_pos": test,
-                "val_item": np.where(val >= 0, items[np.maximum(offsets[:-1] + val, 0)] if len(items) else -1, -1),
-                "test_item": np.where(test >= 0, items[np.maximum(offsets[:-1] + test, 0)] if len(items) else -1, -1),
+                "val_item": item_at(val),
+                "test_item": item_at(test),
             }
         )
         storage.write_parquet(splits, lake.file(uri, "splits.parquet"))

@@ -31,7 +31,7 @@ class SharedScorer:
     """A scorer whose scores are one vector ``base`` shared by every user, except at a few
     (row, item) pairs per batch (``overrides(batch) -> (rows, cols, values)``): the
     baselines. Called, it gives the dense (B, n_items) scores like any scorer;
-    :func:`rank_view` ranks it without them (:func:`_rank_shared`)."""
+    :func:`rank_view` ranks it without them (:class:`_SharedOrder`)."""
 
     def __init__(
         self,

@@ -46,9 +46,10 @@ def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tupl
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(codes, minlength=len(user_ids)))
 
+    small = offsets[-1] < 2**31  # int32 offsets, the list type written before; else large lists
+    lists, cut = (pa.ListArray, pa.array(offsets, pa.int32())) if small else (pa.LargeListArray, pa.array(offsets))
+
     def per_user(values: np.ndarray) -> pd.Series:
-        lists = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray  # (int32 offsets, as before)
-        cut = pa.array(offsets, type=pa.int32() if lists is pa.ListArray else pa.int64())
         return lists.from_arrays(cut, pa.array(values)).to_pandas()
 
     users = pd.DataFrame(

@@ -120,10 +120,11 @@ class MF(Family):
         scoring every item)."""
         rows, items, conf = self.observed(batch)
         users, v, cfg = batch["users"], self.items.weight.float(), self.config
-        x = _least_squares(v, rows, items, conf, self.users.weight[users].float(), cfg.reg, cfg.cg_steps)
+        pattern = _pattern(rows, items, len(users), v)
+        x = _least_squares(v, pattern, conf, self.users.weight[users].float(), cfg.reg, cfg.cg_steps)
         self.users.weight[users] = x
         self._pairs += [torch.stack([users[rows], items]), conf]
-        s = _pair_dots(_pattern(rows, items, len(users), v), x, v)
+        s = _pair_dots(pattern, x, v)
         all_sq = ((x @ (v.T @ v)) * x).sum()
         l2 = x.pow(2).sum() + len(users) / self.n_users * v.pow(2).sum()
         return (all_sq + (conf * (1 - s).pow(2) - s.pow(2)).sum() + cfg.reg * l2) / len(users)
@@ -141,9 +142,8 @@ class MF(Family):
         u = self.users.weight.float().clone()
         u[self.n_users] = 0  # the unknown user takes no part
         cfg = self.config
-        x = _least_squares(
-            u, pairs[1][order], pairs[0][order], conf[order], self.items.weight.float(), cfg.reg, cfg.cg_steps
-        )
+        pattern = _pattern(pairs[1][order], pairs[0][order], self.n_items, u)
+        x = _least_squares(u, pattern, conf[order], self.items.weight.float(), cfg.reg, cfg.cg_steps)
         self.items.weight.copy_(x)
 
     def query_vectors(self, batch: dict) -> torch.Tensor | None:
@@ -204,8 +204,7 @@ def _pattern(owners: torch.Tensor, partners: torch.Tensor, n: int, other: torch.
 
 def _least_squares(
     other: torch.Tensor,
-    owners: torch.Tensor,
-    partners: torch.Tensor,
+    pattern: torch.Tensor,
     conf: torch.Tensor,
     x0: torch.Tensor,
     reg: float,
@@ -217,7 +216,8 @@ def _least_squares(
 
         (Oᵀ O + reg I) x + Σ_observed (c - 1) (o · x) o = Σ_observed c o.
 
-    ``owners`` (0..len(x0)-1) and ``partners`` (rows of ``other``) list the observed pairs.
+    ``pattern`` (:func:`_pattern`: owners 0..len(x0)-1 by partners, the rows of ``other``)
+    holds the observed pairs, ``conf`` their confidences in its order.
     ``cg_steps`` > 0: that many conjugate-gradient steps from ``x0`` (Hu et al. 2008's system,
     solved as implicit does; each step costs pairs x d, no d x d matrix per owner); 0: exact,
     a batched Cholesky solve of one (d, d) system per owner. Written here because torch has
@@ -226,8 +226,7 @@ def _least_squares(
     a (pairs, d) copy of the partners' vectors, bench/RESULTS.md)."""
     n, d = x0.shape
     gram = other.T @ other + reg * torch.eye(d, dtype=other.dtype, device=other.device)
-    pattern = _pattern(owners, partners, n, other)
-    crow, extra = pattern.crow_indices(), conf - 1
+    crow, partners, extra = pattern.crow_indices(), pattern.col_indices(), conf - 1
     b = _csr(crow, partners, conf, len(other)) @ other
 
     def times_a(p: torch.Tensor) -> torch.Tensor:  # A p for every owner at once
@@ -235,6 +234,7 @@ def _least_squares(
         return torch.addmm(_csr(crow, partners, dots, len(other)) @ other, p, gram)
 
     if not cg_steps:
+        owners = torch.repeat_interleave(torch.arange(n, device=crow.device), crow.diff())
         vecs = other[partners]  # (pairs, d)
         a = gram.expand(n, d, d).clone()
         a.index_put_((owners,), (conf - 1)[:, None, None] * vecs[:, :, None] * vecs[:, None, :], accumulate=True)
