@@ -57,10 +57,12 @@ _TEST_SAMPLE_KEY = "interestflow-tst"  # 16 characters: the hash key that draws 
 
 def test_sample_size(n_test_users: int) -> int | None:
     """How many of ``n_test_users`` the test metrics are computed on: all (None) up to
-    $INTERESTFLOW_TEST_SAMPLE_ABOVE users (default 500,000); above, a sample of
-    $INTERESTFLOW_TEST_SAMPLE_USERS (default 100,000, at least 50,000)."""
-    above = int(os.environ.get(TEST_SAMPLE_ABOVE_ENV, "500000"))
-    size = max(TEST_SAMPLE_MIN, int(os.environ.get(TEST_SAMPLE_USERS_ENV, "100000")))
+    $INTERESTFLOW_TEST_SAMPLE_ABOVE users (default 100,000); above, a sample of
+    $INTERESTFLOW_TEST_SAMPLE_USERS (default and least 50,000). Exact full ranking costs
+    users x items; 50,000 users put the standard error of a test NDCG@10 below 0.001 (per-user
+    std 0.10 on Beauty x10), and a challenger and its champion are ranked on the same users."""
+    above = int(os.environ.get(TEST_SAMPLE_ABOVE_ENV, "100000"))
+    size = max(TEST_SAMPLE_MIN, int(os.environ.get(TEST_SAMPLE_USERS_ENV, str(TEST_SAMPLE_MIN))))
     return None if n_test_users <= max(above, size) else size
 
 

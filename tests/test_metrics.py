@@ -67,7 +67,8 @@ def test_coverage_and_mean_std():
 
 
 def test_top_k_equals_a_stable_sort_of_the_whole_row_with_ties_and_minus_inf():
-    """The candidate-only path gives exactly what sorting every score gives (ties by index)."""
+    """The top k+1 path and the candidate-only path give exactly what sorting every score
+    gives (ties by index)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -76,6 +77,9 @@ def test_top_k_equals_a_stable_sort_of_the_whole_row_with_ties_and_minus_inf():
         s = torch.randint(0, int(torch.randint(2, 50, (1,), generator=g)), (B, N), generator=g).float()
         if trial % 3 == 0:
             s[s < 5] = -torch.inf  # excluded items, as evaluation sets them
+        if trial % 3 == 1:  # a model's scores (no ties: the top k+1 fix the list) beside rows with ties
+            s[::2] = torch.randn(len(s[::2]), N, generator=g)
+            s[::4, :: max(1, N // (2 * k))] = 9.0  # ties within the top k
         order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
         v, i = metrics.top_k(s, k)
         assert torch.equal(i, order) and torch.equal(v, s.gather(1, order)), trial
