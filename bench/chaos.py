@@ -108,8 +108,8 @@ def main() -> None:
                 try:
                     out = nightly(spec=str(spec), lake=lake, **NIGHT)
                     ok = out.results[0].decision.promote
-                    layer = storage.join(lake, "02_validated", f"chaos-{out.data_hash}", "events.parquet")
-                    tally["records_lost"] += len(ev) - len(storage.read_parquet(layer))
+                    layer = storage.join(lake, "02_validated", f"chaos-{out.data_hash}", "events")
+                    tally["records_lost"] += len(ev) - sum(storage.partitions(layer).values())
                     note = f"flow completed, champion v{tracking.alias_version('chaos-mf', 'champion')}"
                 except Exception as e:  # noqa: BLE001 - a failure here is the finding
                     ok, note = False, f"{type(e).__name__}: {str(e)[:200]}"
@@ -138,8 +138,8 @@ def main() -> None:
         local = home / "lake"
         first = nightly(spec=str(spec), lake=str(local), **NIGHT)
         assert first.results[0].decision.promote, first.results[0].decision
-        good = storage.join(str(local / "02_validated"), f"chaos-{first.data_hash}", "events.parquet")
-        validated = storage.read_parquet(good)
+        good = storage.join(str(local / "02_validated"), f"chaos-{first.data_hash}", "events")
+        validated = storage.read_days(good)
         tally["records_lost"] += len(ev) - len(validated)
 
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaoskill"
@@ -186,7 +186,7 @@ def main() -> None:
                 "registry changed:",
                 {k: (registry.get(k), now.get(k)) for k in set(now) | set(registry) if registry.get(k) != now.get(k)},
             )
-        tally["records_lost"] += len(validated) - len(storage.read_parquet(good))
+        tally["records_lost"] += len(validated) - len(storage.read_days(good))
 
         # 5: the gate on random metric pairs, and racing manual promotions.
         rng, gate_wrong = random.Random(0), 0

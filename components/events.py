@@ -34,7 +34,9 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
     privacy:
       pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
-Output (01_raw): ``events.parquet`` with ``user_id, item_id, ts, event_type, value, seq``,
+Output (01_raw): ``events/``, Parquet partitioned by the event's UTC day
+(``events/day=2014-03-02/part-0.parquet``, components/storage.py: write_days), with
+``user_id, item_id, ts, event_type, value, seq``,
 ``text`` and ``summary`` where the spec maps them (a review's words, stripped; empty is null),
 and ``ts_source`` (the timestamp as written in the source, for validation reports)
 and ``items.parquet`` with ``item_id, title, categories, brand, price``. Types are only
@@ -709,9 +711,10 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             ignored["events"] = [c for c in ignored["events"] if c not in spec.items.columns.values()]
         if spec.k_core:
             events = k_core(events, spec.k_core)
-        storage.write_parquet(events, lake.file(uri, "events.parquet"))
+        days = storage.write_days(events, lake.file(uri, lake.EVENTS))
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
         return {
+            "days": len(days),
             "spec": spec.name,
             "events_uri": spec.events.uri,
             "items_uri": spec.items.uri,
@@ -724,7 +727,7 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
         }
 
     uri = lake.raw_uri(root, spec.name, data_hash)
-    info, _ = lake.build(uri, compute)  # ingested before: what it recorded then
+    info, _ = lake.build(uri, compute, layout=lake.EVENTS_LAYOUT)  # ingested before: what it recorded then
     return RawLayer(
         uri=uri,
         spec=spec.name,

@@ -9,8 +9,8 @@ looks complete, and a re-run with the same input reuses it.
 Layers and their keys (``<key>`` = ``<spec name>-<data hash>``, the hash of the spec and
 its source files)::
 
-    01_raw/<key>                         events.parquet, items.parquet
-    02_validated/<key>                   events.parquet, items.parquet, warnings.json
+    01_raw/<key>                         events/ (by event day: day=YYYY-MM-DD/part-0.parquet), items.parquet
+    02_validated/<key>                   events/ (by event day), items.parquet, warnings.json
     03_features/<key>                    items.parquet (vocabulary), users.parquet (sequences)
     03_features/<key>/text-<model>       item_text.parquet (MiniLM vectors per item)
     03_features/<key>/reviews-<model>    reviews.parquet (review texts, MiniLM vectors, per event)
@@ -44,6 +44,10 @@ from components import storage
 from components.behaviour import Behaviour
 
 MARKER = "_SUCCESS"
+EVENTS = "events"
+"""01_raw's and 02_validated's event table: a folder of day partitions (storage.write_days)."""
+EVENTS_LAYOUT = 2
+"""Their layout's version (1: one events.parquet): a layer of layout 1 is built again."""
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -70,11 +74,16 @@ def build(uri: str, compute: Callable[[str], dict | None], layout: int = 1) -> t
     ``layout``: the version of the layer's file layout. A layer completed under another
     layout (an older release wrote it: e.g. user sequences without event types) is computed
     again, never read with the wrong columns. Returns (facts, reused)."""
-    if is_complete(uri) and facts(uri).get("layout", 1) == layout:
+    if done(uri, layout):
         return facts(uri), True
     info = {**(compute(uri) or {}), **({"layout": layout} if layout != 1 else {})}
     mark_complete(uri, info)
     return info, False
+
+
+def done(uri: str, layout: int = 1) -> bool:
+    """True when :func:`build` would reuse the layer at ``uri``: complete, in this layout."""
+    return is_complete(uri) and facts(uri).get("layout", 1) == layout
 
 
 def file(uri: str, name: str) -> str:

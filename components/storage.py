@@ -19,11 +19,13 @@ import io
 import json
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -242,3 +244,76 @@ def read_json(uri: str) -> Any:
 
 def write_json(obj: Any, uri: str) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+# -- event-day partitions (01_raw, 02_validated: DESIGN.md §2) ----------------------------------
+DAYS_MANIFEST = "_days.json"
+NO_DAY = "none"
+"""The partition of rows without a timestamp (validation rejects them, naming the partition)."""
+_NS_PER_DAY = 86_400 * 10**9
+_NAT_DAY = np.iinfo(np.int64).min
+_IO_THREADS = 8  # partition files written and read at once: S3 round trips overlap
+
+
+def day_codes(ts: pd.Series) -> np.ndarray:
+    """Each timestamp's UTC day, as days since 1970-01-01 (a missing one: the smallest int64)."""
+    t = pd.DatetimeIndex(ts)
+    return np.where(t.isna(), _NAT_DAY, t.asi8 // _NS_PER_DAY)
+
+
+def day_name(code: int) -> str:
+    """A :func:`day_codes` code as its partition's day: ``2014-03-02``, or :data:`NO_DAY`."""
+    return NO_DAY if code == _NAT_DAY else str(np.datetime64(int(code), "D"))
+
+
+def write_days(df: pd.DataFrame, uri: str, ts: str = "ts") -> dict[str, int]:
+    """Write ``df`` as Parquet partitioned by the UTC day of column ``ts``:
+    ``<uri>/day=2014-03-02/part-0.parquet`` (``day=none``: rows without a timestamp), then
+    ``<uri>/_days.json`` (day -> rows), last, which names the partitions to read.
+
+    Every row keeps its position in ``df`` (column ``_row``), so :func:`read_days` gives back
+    exactly ``df``, and a report's data row stays the same whichever partition holds it.
+    Returns the manifest."""
+    codes = day_codes(df[ts])
+    order = np.argsort(codes, kind="stable")  # by day; within a day, in the frame's order
+    days, start, count = np.unique(codes[order], return_index=True, return_counts=True)
+    table = pa.Table.from_pandas(df.assign(_row=np.arange(len(df), dtype=np.int64)), preserve_index=False)
+    table = table.take(pa.array(order))
+    manifest = {day_name(d): int(n) for d, n in zip(days, count, strict=True)} or {NO_DAY: 0}
+
+    def write(day: str, at: int, n: int) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table.slice(at, n), buf)
+        write_bytes(join(uri, f"day={day}", "part-0.parquet"), buf.getvalue())
+
+    with ThreadPoolExecutor(_IO_THREADS) as pool:  # an empty frame: one empty file keeps the columns
+        list(pool.map(write, manifest, [int(s) for s in start] or [0], manifest.values()))
+    write_json(manifest, join(uri, DAYS_MANIFEST))
+    return manifest
+
+
+def partitions(uri: str) -> dict[str, int]:
+    """The partitions of a :func:`write_days` folder: day -> rows."""
+    return read_json(join(uri, DAYS_MANIFEST))
+
+
+def read_days(
+    uri: str, columns: list[str] | None = None, days: list[str] | None = None, data_rows: bool = False
+) -> pd.DataFrame:
+    """A :func:`write_days` folder back as the frame that was written (its rows in their order,
+    a fresh index); ``columns``: only these; ``days``: only these partitions; ``data_rows``: the
+    index is each row's position in the frame written (for reports on some of its days)."""
+    paths = [join(uri, f"day={d}", "part-0.parquet") for d in (partitions(uri) if days is None else days)]
+    cols = None if columns is None else [*columns, "_row"]
+    if is_s3(uri):
+        with ThreadPoolExecutor(_IO_THREADS) as pool:
+            tables = list(pool.map(lambda p: pq.read_table(io.BytesIO(read_bytes(p)), columns=cols), paths))
+        table = pa.concat_tables(tables)
+    else:  # pyarrow reads the files on its own threads
+        table = pq.ParquetDataset([str(local_path(p)) for p in paths], partitioning=None).read(columns=cols)
+    row = table.column("_row").to_numpy()
+    order = np.argsort(row, kind="stable")
+    df = table.drop_columns("_row").take(pa.array(order)).to_pandas()
+    if data_rows:
+        df.index = pd.Index(row[order])
+    return df

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from components import lake, storage
@@ -26,6 +27,10 @@ SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
 MIN_TS = pd.Timestamp("1990-01-01", tz="UTC")
 MAX_EXAMPLES = 5
 OUTSIDE_CATALOGUE = "item_id_outside_catalogue"  # derived for the suite: the item id where the catalogue lacks it
+BATCH_ROWS_ENV = "INTERESTFLOW_VALIDATION_BATCH_ROWS"
+BATCH_ROWS = 1_000_000
+"""Events per Great Expectations batch (whole days, $INTERESTFLOW_VALIDATION_BATCH_ROWS): a run
+costs about 0.1 s whatever its size, so one a day would take minutes over a long history."""
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +50,10 @@ class Finding:
     rows: int
     examples: list
     observed: object = None
+    at_rows: list = field(default_factory=list)
+    """The data rows of the first unexpected values (GE's partial index list)."""
+    partitions: list = field(default_factory=list)
+    """The event-day partitions (``day=...``) those rows are in."""
 
     def message(self) -> str:
         where = f"column '{self.column}'" if self.column else "table"
@@ -53,8 +62,16 @@ class Finding:
         ex = f"; examples: {self.examples}" if self.examples else ""
         return (
             f"[{self.severity}] {self.table} file {self.source}: {where}: rule {self.rule} "
-            f"({self.guards}) failed{': ' + count if count else ''}{ex}{seen}"
+            f"({self.guards}) failed{': ' + count if count else ''}{ex}{seen}{self.where_in_lake()}"
         )
+
+    def where_in_lake(self) -> str:
+        """ "; in partition day=2014-03-02": the day partitions of the examples' rows."""
+        if not self.partitions:
+            return ""
+        names = ", ".join(f"day={d}" for d in self.partitions[:MAX_EXAMPLES])
+        more = f" and {len(self.partitions) - MAX_EXAMPLES} more" if len(self.partitions) > MAX_EXAMPLES else ""
+        return f"; in partition{'s' if len(self.partitions) > 1 else ''} {names}{more}"
 
 
 def load_suite(name: str):
@@ -114,9 +131,69 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
                 rows=len(df),
                 examples=examples,
                 observed=_short(r.result.get("observed_value")),
+                at_rows=[int(i) for i in rows if isinstance(i, int | np.integer)],
             )
         )
     return findings
+
+
+def day_batches(days: dict[str, int], budget: int) -> list[list[str]]:
+    """A layer's event days (storage.partitions: day -> rows) in batches of whole days, in day
+    order, of up to ``budget`` rows each (a larger day is a batch of its own)."""
+    batches: list[list[str]] = []
+    rows = 0
+    for day, n in sorted(days.items()):
+        if not batches or (rows and rows + n > budget):
+            batches.append([])
+            rows = 0
+        batches[-1].append(day)
+        rows += n
+    return batches
+
+
+def plan(raw: RawLayer) -> list[list[str]]:
+    """The batches of day partitions the events suite runs over (:func:`check_days` each):
+    $INTERESTFLOW_VALIDATION_BATCH_ROWS events a batch at most, whole days."""
+    return day_batches(
+        storage.partitions(lake.file(raw.uri, lake.EVENTS)), int(os.environ.get(BATCH_ROWS_ENV, BATCH_ROWS))
+    )
+
+
+def check_days(raw: RawLayer, days: list[str], now: datetime | None = None) -> list[Finding]:
+    """The events suite on one batch of 01_raw's day partitions, read from the lake on its own
+    (the flow submits each batch as a task: on Dask, a worker reads its days itself)."""
+    events = storage.read_days(lake.file(raw.uri, lake.EVENTS), days=days, data_rows=True)
+    catalogue = storage.read_parquet(lake.file(raw.uri, "items.parquet"), columns=["item_id"])["item_id"]
+    return _check_events(events, catalogue, raw.events_source, pd.Timestamp(now or datetime.now(UTC)))
+
+
+def _check_events(events: pd.DataFrame, catalogue: pd.Series, source: str, now: pd.Timestamp) -> list[Finding]:
+    """The events suite on ``events`` (indexed by data row) with the referential rule's derived
+    column; each finding names the day partitions of its example rows."""
+    events = events.copy()
+    events[OUTSIDE_CATALOGUE] = events["item_id"].where(
+        ~events["item_id"].astype(str).isin(catalogue.dropna().astype(str))
+    )
+    events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
+    found = run_suite("events", events, source, {"now": now, "min_ts": MIN_TS})
+    for f in found:
+        f.partitions = sorted({storage.day_name(c) for c in storage.day_codes(events.loc[f.at_rows, "ts"])})
+    return found
+
+
+def merge(batches: list[list[Finding]], rows: int) -> list[Finding]:
+    """The findings of every batch as one per failed rule: counts added, the first examples,
+    every partition named; ``rows``: the events of all batches."""
+    merged: dict[tuple, Finding] = {}
+    for found in batches:
+        for f in found:
+            m = merged.setdefault((f.rule, f.column), replace(f, rows=rows, unexpected_count=None, examples=[]))
+            if f.unexpected_count is not None:
+                m.unexpected_count = (m.unexpected_count or 0) + f.unexpected_count
+            m.examples = (m.examples + f.examples)[:MAX_EXAMPLES]
+            m.at_rows = sorted({*m.at_rows, *f.at_rows})
+            m.partitions = sorted({*m.partitions, *f.partitions})
+    return list(merged.values())
 
 
 def _not_numbers(values: pd.Series) -> list[str]:
@@ -339,32 +416,39 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
     return out
 
 
-def validate(raw: RawLayer, root: str, now: datetime | None = None) -> ValidatedLayer:
+def validate(
+    raw: RawLayer, root: str, now: datetime | None = None, checked: list[list[Finding]] | None = None
+) -> ValidatedLayer:
     """Validate the 01_raw layer ``raw``; write 02_validated (reused when complete).
 
+    ``checked``: the findings of :func:`check_days` for every batch of :func:`plan`, where the
+    caller ran them (the flow, as tasks); None: run here, on the events read once.
     Raises DataValidationError on a critical failure after writing ``quarantine/<key>/``
     (the batch and the report).
     """
     uri = lake.validated_uri(root, raw)
 
     def compute(uri: str) -> dict:
-        return _validate(raw, root, uri, pd.Timestamp(now or datetime.now(UTC)))
+        return _validate(raw, root, uri, pd.Timestamp(now or datetime.now(UTC)), checked)
 
-    lake.build(uri, compute)
+    lake.build(uri, compute, layout=lake.EVENTS_LAYOUT)
     warnings = tuple(storage.read_json(lake.file(uri, "warnings.json")))
     return ValidatedLayer(uri=uri, raw=raw, warnings=warnings)
 
 
-def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
-    events = storage.read_parquet(lake.file(raw.uri, "events.parquet"))
+def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: list | None) -> dict:
+    events = storage.read_days(lake.file(raw.uri, lake.EVENTS))
     items = storage.read_parquet(lake.file(raw.uri, "items.parquet"))
     findings = run_suite("items", items, raw.items_source)
     n_suite = {"items": len(findings)}
-    catalogue = items["item_id"].dropna().astype(str)
-    events[OUTSIDE_CATALOGUE] = events["item_id"].where(~events["item_id"].astype(str).isin(catalogue))
-    events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
-    findings += run_suite("events", events, raw.events_source, {"now": now, "min_ts": MIN_TS})
-    events = events.drop(columns=[OUTSIDE_CATALOGUE])
+    if checked is None:  # each batch's days out of the frame in memory: what check_days reads
+        codes = storage.day_codes(events["ts"])
+        names = pd.Series([storage.day_name(c) for c in np.unique(codes)], index=np.unique(codes))
+        day = names.reindex(codes).to_numpy()
+        checked = [
+            _check_events(events[np.isin(day, days)], items["item_id"], raw.events_source, now) for days in plan(raw)
+        ]
+    findings += merge(checked, len(events))
     n_suite["events"] = len(findings) - n_suite["items"]
     suites = {
         name: {"expectations": len(load_suite(name).expectations), "failed": n_suite[name]}
@@ -414,12 +498,13 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp) -> dict:
     events = events.drop(columns=["ts_source"])
     events["value"] = events["value"].astype("float64")
     items["price"] = items["price"].astype("float64")
-    storage.write_parquet(events, lake.file(uri, "events.parquet"))
+    days = storage.write_days(events, lake.file(uri, lake.EVENTS))
     storage.write_parquet(items, lake.file(uri, "items.parquet"))
     storage.write_json(warnings, lake.file(uri, "warnings.json"))
     return {
         "n_events": len(events),
         "n_items": len(items),
+        "days": len(days),
         "validated_at": str(now),
         "suites": suites,
         "other_checks_failed": len(findings) - sum(n_suite.values()),

@@ -1,14 +1,31 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from components import pipeline
+from components import lake as lake_
+from components import pipeline, validation
 from components.lake import RawLayer, ValidatedLayer
 
 
+@task(name="check-days", task_run_name="check-{raw.spec}-{days[0]}")
+def check_day_batch(raw: RawLayer, days: list[str]) -> list[validation.Finding]:
+    """The events suite on one batch of day partitions, which the task reads from the lake."""
+    return validation.check_days(raw, days)
+
+
+def check_days(raw: RawLayer, lake: str) -> list[list[validation.Finding]] | None:
+    """Every batch of day partitions as its own task, submitted together: they run in parallel
+    on the flow's task runner (on Dask's workers with the dask runner). None: validated before."""
+    if lake_.done(lake_.validated_uri(lake, raw), lake_.EVENTS_LAYOUT):
+        return None
+    runs = [check_day_batch.submit(raw, days) for days in validation.plan(raw)]
+    return [r.result() for r in runs]
+
+
 @task(name="validate", task_run_name="validate-{raw.spec}")
-def validate(raw: RawLayer, lake: str) -> ValidatedLayer:
-    """02_validated: run the expectation suites; a critical failure stops the flow here."""
-    out = pipeline.validate(raw, lake)
+def validate(raw: RawLayer, lake: str, checked: list[list[validation.Finding]] | None = None) -> ValidatedLayer:
+    """02_validated: the expectation suites (the events suite's findings per batch: ``checked``);
+    a critical failure stops the flow here."""
+    out = pipeline.validate(raw, lake, checked)
     if out.warnings:
         create_markdown_artifact(
             "\n".join(f"- {w}" for w in out.warnings),

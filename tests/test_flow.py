@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import sample_frames, write_slice
 
-from components import lake, metrics, pipeline, pyfunc, storage, tracking
+from components import lake, metrics, pipeline, pyfunc, storage, tracking, validation
 from components.validation import DataValidationError
 
 
@@ -43,10 +43,11 @@ def run_nightly(env, task_runner=None, **kw):
 
 
 @pytest.mark.slow
-def test_nightly_produces_a_champion_and_recommendations(flow_env):
-    """The whole night, its fold trainings on prefect-dask's runner over a real local Dask
-    cluster (2 worker processes, a thread each): one fold trains in each worker. (The other
-    flow tests run on the default thread pool.)"""
+def test_nightly_produces_a_champion_and_recommendations(flow_env, monkeypatch):
+    """The whole night, its fold trainings and its validation batches (whole event days, 300
+    events a batch here) on prefect-dask's runner over a real local Dask cluster (2 worker
+    processes, a thread each): one fold trains in each worker, and the workers run Great
+    Expectations. (The other flow tests run on the default thread pool.)"""
     from distributed import Client
 
     from flows.nightly import local_dask_cluster, task_runner
@@ -56,15 +57,24 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env):
 
         return bool(preload._servers)
 
+    def validated_here() -> bool:  # a worker that ran a validation batch has imported GE
+        import sys
+
+        return "great_expectations" in sys.modules
+
     omp = os.environ.get("OMP_NUM_THREADS")
     with (
         local_dask_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        assert not any(client.run(trained_here).values())
+        assert not any(client.run(trained_here).values()) and not any(client.run(validated_here).values())
+        monkeypatch.setenv(validation.BATCH_ROWS_ENV, "300")
         out = run_nightly(flow_env, task_runner=task_runner("dask", address=cluster.scheduler_address))
-        ran = client.run(trained_here)
+        ran, validated = client.run(trained_here), client.run(validated_here)
     assert len(ran) == 2 and all(ran.values()), ran  # one fold in each worker process
+    assert any(validated.values()), validated
+    (raw,) = Path(flow_env["lake"]).glob(f"01_raw/*-{out.data_hash}")
+    assert len(validation.day_batches(storage.partitions(str(raw / lake.EVENTS)), 300)) > 1
     assert os.environ.get("OMP_NUM_THREADS") == omp  # the workers' one thread each stays theirs
     r = out.results[0]
     assert len(r.report.fold_metrics) == 2
@@ -202,7 +212,7 @@ def test_a_shop_log_trains_for_purchases_end_to_end(tmp_path, harness):
 
     # Recommendations keep viewed items and leave out only what each shopper bought.
     ds = pipeline.data_path(spec, str(tmp_path / "lake"), 1, 0)
-    events = storage.read_parquet(lake.file(ds.features.validated.uri, "events.parquet"))
+    events = storage.read_days(lake.file(ds.features.validated.uri, lake.EVENTS))
     recs = storage.read_parquet(out.recommendations.uri)
     bought = set(zip(*events[events.event_type == "purchase"][["user_id", "item_id"]].to_numpy().T, strict=True))
     touched = set(zip(events.user_id, events.item_id, strict=True))

@@ -61,6 +61,40 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path, mon
     assert storage.exists(lake_.text_cache_uri(lake, ds.features.text_uri.rsplit("text-", 1)[1]))
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_day_partitions_give_back_exactly_the_frame_written(where, seaweed, tmp_path):
+    """01_raw and 02_validated keep events by UTC day (DESIGN.md §2); reading them back gives
+    the frame that was written (its row order, types, rows without a timestamp, no rows at
+    all), on disk and on S3, exactly as one Parquet file does."""
+    root = str(tmp_path) if where == "local" else seaweed
+    ts = ["2014-03-02 23:59:59", None, "2014-03-01 00:00:00", "1969-12-31 10:00:00", "2014-03-02 00:00:00"]
+    df = pd.DataFrame(
+        {
+            "user_id": pd.array(["a", "b", None, "c", "a"], dtype="string"),
+            "ts": pd.to_datetime(ts, utc=True).astype("datetime64[ns, UTC]"),
+            "value": [1.0, None, 3.0, 4.0, 5.0],
+            "seq": [0.0, 1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    for name, frame in (("some", df), ("none", df.iloc[:0])):
+        one, by_day = storage.join(root, name, "one.parquet"), storage.join(root, name, "events")
+        storage.write_parquet(frame, one)
+        manifest = storage.write_days(frame, by_day)
+        pd.testing.assert_frame_equal(storage.read_days(by_day), storage.read_parquet(one))
+        assert storage.partitions(by_day) == manifest
+    assert manifest == {storage.NO_DAY: 0}
+    assert storage.partitions(storage.join(root, "some", "events")) == {
+        "none": 1,
+        "1969-12-31": 1,
+        "2014-03-01": 1,
+        "2014-03-02": 2,
+    }
+    part = storage.join(root, "some", "events", "day=2014-03-02", "part-0.parquet")
+    assert storage.read_parquet(part)["seq"].tolist() == [0.0, 4.0]  # a day's rows, in their order
+    seq = storage.read_days(storage.join(root, "some", "events"), columns=["seq"])["seq"]
+    assert seq.tolist() == df["seq"].tolist()
+
+
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     storage.reset_clients()
@@ -97,7 +131,7 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
     server, both behind a fault-injecting proxy (testkit/faults.py; the real SeaweedFS and
     mlflow server sit behind it).
 
-    Night 1: the first 6 PUTs of the raw layer fail (more than boto3's 5 attempts, so the
+    Night 1: the first 6 PUTs of the raw layer's items fail (more than boto3's 5 attempts, so the
     ingest task itself is retried with backoff) and 3 dataset reads fail (boto3's own
     retries absorb them): the flow completes and promotes. Night 2 (new settings, so it
     trains): the registry refuses every write; the register task retries, then the flow
@@ -109,7 +143,10 @@ def test_nightly_on_s3_and_an_mlflow_server_survives_faults(seaweed, mlflow_serv
 
     spec = write_slice(tmp_path / "src", *sample_frames(150), name="s3flow")
     lake = storage.join(seaweed, "flowlake")
-    s3_rules = [faults.Rule("PUT", "/flowlake/01_raw/", times=6), faults.Rule("GET", "/flowlake/04_datasets/", times=3)]
+    s3_rules = [  # one object's PUTs (the day partitions are written several at a time)
+        faults.Rule("PUT", "/flowlake/01_raw/[^/]+/items.parquet", times=6),
+        faults.Rule("GET", "/flowlake/04_datasets/", times=3),
+    ]
     registry_down = faults.Rule(None, "registered-models/create|model-versions/create", times=None)
     with (
         faults.FaultProxy(faults.S3_PORT, s3_rules) as s3,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pandas as pd
 import pytest
 from conftest import write_slice
 
@@ -25,7 +26,7 @@ def run(tmp_path, ev, items):
 def test_good_slice_passes(tmp_path, small_slice):
     out, lake = run(tmp_path, *small_slice)
     assert is_complete(out.uri)
-    assert len(storage.read_parquet(storage.join(out.uri, "events.parquet"))) == len(small_slice[0])
+    assert len(storage.read_days(storage.join(out.uri, "events"))) == len(small_slice[0])
 
 
 def _in_order(bad) -> re.Pattern:
@@ -50,7 +51,9 @@ def test_bad_input_is_rejected_or_warned_with_a_clear_message(tmp_path, small_sl
             assert any(str(src / bad.file) in w for w in out.warnings), out.warnings
         elif bad.corrupts != "spec":  # handled without a word: the data is good as it is
             n = len(small_slice[0] if bad.corrupts == "events" else small_slice[1])
-            assert len(storage.read_parquet(storage.join(out.uri, f"{bad.corrupts}.parquet"))) == n
+            layer = storage.join(out.uri, bad.corrupts)  # the events by day; the items one file
+            rows = storage.read_days(layer) if bad.corrupts == "events" else storage.read_parquet(layer + ".parquet")
+            assert len(rows) == n
         assert is_complete(out.uri)
         assert not (lake / "quarantine").exists()
         return
@@ -95,3 +98,48 @@ def test_suites_on_disk_match_their_builder():
     for name, build in SUITES.items():
         on_disk = json.loads((validation.SUITES_DIR / f"{name}.json").read_text())
         assert on_disk == json.loads(json.dumps(build().to_json_dict())), "run python -m expectations.build_suites"
+
+
+def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_path, small_slice, monkeypatch):
+    """The layers keep events by day and validation runs the suite over batches of whole days
+    (here 200 rows a batch: several batches). Two null user ids on two days in different
+    batches: one finding, both counted, both rows shown, each day named; nothing validated.
+    The batches as the flow runs them (validation.check_days each, reading its own days from
+    the lake) find exactly what validate finds on the frame it holds."""
+    ev, items = small_slice
+    ev = ev.copy()
+    day = pd.to_datetime(ev["timestamp"], unit="s", utc=True).dt.strftime("%Y-%m-%d")
+    first, last = ev["timestamp"].idxmin(), ev["timestamp"].idxmax()  # the first and last days: two batches apart
+    ev["user_id"] = ev["user_id"].astype(object)
+    ev.loc[[first, last], "user_id"] = ""
+    monkeypatch.setenv(validation.BATCH_ROWS_ENV, "200")
+    spec, lake = write_slice(tmp_path / "src", ev, items), str(tmp_path / "lake")
+    raw = events.ingest(spec, lake)
+    batches = validation.plan(raw)
+    assert len(batches) >= 5 and sum(map(len, batches)) == len(set(day))
+    with pytest.raises(DataValidationError) as err:
+        validation.validate(raw, lake)
+    lines = [m for m in str(err.value).splitlines() if "expect_column_values_to_not_be_null" in m]
+    assert len(lines) == 1, str(err.value)
+    assert "column 'user_id'" in lines[0] and f"2 of {len(ev)} rows" in lines[0]
+    assert f"data row {first}" in lines[0] and f"data row {last}" in lines[0]
+    assert f"in partitions day={day[first]}, day={day[last]}" in lines[0]
+    assert not list((tmp_path / "lake").glob("02_validated/*"))
+
+    checked = [validation.check_days(raw, days) for days in batches]
+    assert sum(bool(found) for found in checked) == 2  # the first batch and the last
+    with pytest.raises(DataValidationError) as again:
+        validation.validate(raw, lake, checked=checked)
+    assert str(again.value).replace(str(tmp_path), "") == str(err.value).replace(str(tmp_path), "")
+
+
+def test_validation_batches_are_whole_days_within_the_row_budget():
+    days = {"2014-01-05": 3, "2014-01-01": 3, "2014-01-03": 1, "2014-01-02": 1, "2014-01-09": 1}
+    assert validation.day_batches(days, 4) == [  # filled in day order
+        ["2014-01-01", "2014-01-02"],
+        ["2014-01-03", "2014-01-05"],
+        ["2014-01-09"],
+    ]
+    assert validation.day_batches(days, 10**6) == [sorted(days)]
+    assert [len(b) for b in validation.day_batches(days, 1)] == [1] * 5  # a day is never split
+    assert validation.day_batches({}, 10) == []
