@@ -139,7 +139,7 @@ def main() -> None:
         first = nightly(spec=str(spec), lake=str(local), **NIGHT)
         assert first.results[0].decision.promote, first.results[0].decision
         good = storage.join(str(local / "02_validated"), f"chaos-{first.data_hash}", "events")
-        validated = storage.read_days(good)
+        validated = storage.read_partitioned(good)
         tally["records_lost"] += len(ev) - len(validated)
 
         os.environ["INTERESTFLOW_MODEL_PREFIX"] = "chaoskill"
@@ -186,7 +186,7 @@ def main() -> None:
                 "registry changed:",
                 {k: (registry.get(k), now.get(k)) for k in set(now) | set(registry) if registry.get(k) != now.get(k)},
             )
-        tally["records_lost"] += len(validated) - len(storage.read_days(good))
+        tally["records_lost"] += len(validated) - len(storage.read_partitioned(good))
 
         # 5: the gate on random metric pairs, and racing manual promotions.
         rng, gate_wrong = random.Random(0), 0

@@ -15,6 +15,7 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
       # window: {start: 2017-11-25, end: 2017-12-04}   # optional: events outside it are warned about
       # max_user_events_per_hour: 1000                 # optional: more from one user is warned about (bots)
       # max_user_share: 0.2                            # optional: a user with more of all events is warned about
+      # partition: day      # or month: how 01_raw and 02_validated keep the events (month for a long, sparse history)
     items:
       uri: ../../shared/data/amazon_beauty/items.csv
       columns: {item_id: item_id, title: title, categories: categories, brand: brand, price: price}
@@ -34,8 +35,8 @@ onto the contract (DESIGN.md §3), so a new log needs a spec, not code::
     privacy:
       pseudonymise_users: false   # true: user ids become keyed hashes at ingest (see below)
 
-Output (01_raw): ``events/``, Parquet partitioned by the event's UTC day
-(``events/day=2014-03-02/part-0.parquet``, components/storage.py: write_days), with
+Output (01_raw): ``events/``, Parquet partitioned by the event's UTC day or month
+(``events/day=2014-03-02/part-0.parquet``, components/storage.py: write_partitioned), with
 ``user_id, item_id, ts, event_type, value, seq``,
 ``text`` and ``summary`` where the spec maps them (a review's words, stripped; empty is null),
 and ``ts_source`` (the timestamp as written in the source, for validation reports)
@@ -149,6 +150,9 @@ class SourceSpec:
     """A user with more than this share of all events is warned about (a bot, a test account)."""
     from_events: bool = False
     """items only: no catalogue file; the item columns are read from the event file."""
+    partition: str = "day"
+    """events only: 01_raw and 02_validated keep the events by UTC ``day`` (a shop's nightly
+    log) or ``month`` (a long, sparse history: a file a day would hold an event or two)."""
 
     def __post_init__(self):
         fmt = self.format or _infer_format(self.uri)
@@ -236,6 +240,7 @@ SPEC_SCHEMA = {
         "window": {"start": (str, int, float, "date"), "end": (str, int, float, "date")},
         "max_user_events_per_hour": int,
         "max_user_share": (float, int),
+        "partition": ("day", "month"),
     },
     "items": {**_SOURCE, "from_events": bool},
     "filters": {"k_core": int},
@@ -711,10 +716,10 @@ def _ingest(spec_path: str | Path, root: str, secret: SecretLookup | None) -> Ra
             ignored["events"] = [c for c in ignored["events"] if c not in spec.items.columns.values()]
         if spec.k_core:
             events = k_core(events, spec.k_core)
-        days = storage.write_days(events, lake.file(uri, lake.EVENTS))
+        parts = storage.write_partitioned(events, lake.file(uri, lake.EVENTS), spec.events.partition)
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
         return {
-            "days": len(days),
+            "partitions": len(parts),
             "spec": spec.name,
             "events_uri": spec.events.uri,
             "items_uri": spec.items.uri,

@@ -69,7 +69,7 @@ def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
     """Write 03_features/<key>: ``items.parquet`` and ``users.parquet``; reused when complete."""
 
     def compute(uri: str) -> dict:
-        events = storage.read_days(lake.file(validated.uri, lake.EVENTS))
+        events = storage.read_partitioned(lake.file(validated.uri, lake.EVENTS))
         items = storage.read_parquet(lake.file(validated.uri, "items.parquet"))
         items, users = build_vocab_and_sequences(events, items)
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
@@ -165,7 +165,7 @@ def embed_reviews(features: FeatureLayer, root: str, batch_size: int = 64, num_t
         return replace(features, review_uri=None, review_stats=None)
 
     def compute(uri: str) -> dict:
-        ev = storage.read_days(lake.file(features.validated.uri, lake.EVENTS))
+        ev = storage.read_partitioned(lake.file(features.validated.uri, lake.EVENTS))
         for c in ("text", "summary"):
             if c not in ev:
                 ev[c] = pd.Series(pd.NA, index=ev.index, dtype="string")

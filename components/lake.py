@@ -9,8 +9,8 @@ looks complete, and a re-run with the same input reuses it.
 Layers and their keys (``<key>`` = ``<spec name>-<data hash>``, the hash of the spec and
 its source files)::
 
-    01_raw/<key>                         events/ (by event day: day=YYYY-MM-DD/part-0.parquet), items.parquet
-    02_validated/<key>                   events/ (by event day), items.parquet, warnings.json
+    01_raw/<key>                         events/ (by event day: day=YYYY-MM-DD/part-0.parquet, or month), items.parquet
+    02_validated/<key>                   events/ (as in 01_raw), items.parquet, warnings.json
     03_features/<key>                    items.parquet (vocabulary), users.parquet (sequences)
     03_features/<key>/text-<model>       item_text.parquet (MiniLM vectors per item)
     03_features/<key>/reviews-<model>    reviews.parquet (review texts, MiniLM vectors, per event)
@@ -45,7 +45,7 @@ from components.behaviour import Behaviour
 
 MARKER = "_SUCCESS"
 EVENTS = "events"
-"""01_raw's and 02_validated's event table: a folder of day partitions (storage.write_days)."""
+"""01_raw's and 02_validated's event table: a folder of day (or month) partitions (storage.write_partitioned)."""
 EVENTS_LAYOUT = 2
 """Their layout's version (1: one events.parquet): a layer of layout 1 is built again."""
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")

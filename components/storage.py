@@ -246,64 +246,73 @@ def write_json(obj: Any, uri: str) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
-# -- event-day partitions (01_raw, 02_validated: DESIGN.md §2) ----------------------------------
-DAYS_MANIFEST = "_days.json"
-NO_DAY = "none"
+# -- event-time partitions (01_raw, 02_validated: DESIGN.md §2) ---------------------------------
+PARTITION_BY = {"day": "D", "month": "M"}
+"""The partition granularities, as numpy datetime units: a shop's nightly log by day; a long,
+sparse history (Beauty: 12 years of reviews, one or two a day) by month."""
+MANIFEST = "_partitions.json"
+NO_TIME = "none"
 """The partition of rows without a timestamp (validation rejects them, naming the partition)."""
-_NS_PER_DAY = 86_400 * 10**9
-_NAT_DAY = np.iinfo(np.int64).min
+_NAT = np.iinfo(np.int64).min
 _IO_THREADS = 8  # partition files written and read at once: S3 round trips overlap
 
 
-def day_codes(ts: pd.Series) -> np.ndarray:
-    """Each timestamp's UTC day, as days since 1970-01-01 (a missing one: the smallest int64)."""
-    t = pd.DatetimeIndex(ts)
-    return np.where(t.isna(), _NAT_DAY, t.asi8 // _NS_PER_DAY)
+def partition_codes(ts: pd.Series, by: str = "day") -> np.ndarray:
+    """Each timestamp's UTC day (or month) since 1970-01 as an integer; a missing one: the
+    smallest int64."""
+    return pd.DatetimeIndex(ts).asi8.view("datetime64[ns]").astype(f"datetime64[{PARTITION_BY[by]}]").view(np.int64)
 
 
-def day_name(code: int) -> str:
-    """A :func:`day_codes` code as its partition's day: ``2014-03-02``, or :data:`NO_DAY`."""
-    return NO_DAY if code == _NAT_DAY else str(np.datetime64(int(code), "D"))
+def partition_name(code: int, by: str = "day") -> str:
+    """A :func:`partition_codes` code as its partition: ``day=2014-03-02``, ``month=2014-03``,
+    ``day=none``."""
+    return f"{by}={NO_TIME if code == _NAT else np.datetime64(int(code), PARTITION_BY[by])}"
 
 
-def write_days(df: pd.DataFrame, uri: str, ts: str = "ts") -> dict[str, int]:
-    """Write ``df`` as Parquet partitioned by the UTC day of column ``ts``:
-    ``<uri>/day=2014-03-02/part-0.parquet`` (``day=none``: rows without a timestamp), then
-    ``<uri>/_days.json`` (day -> rows), last, which names the partitions to read.
+def write_partitioned(df: pd.DataFrame, uri: str, by: str = "day", ts: str = "ts") -> dict[str, int]:
+    """Write ``df`` as Parquet partitioned by the UTC day (``by="month"``: month) of column
+    ``ts``: ``<uri>/day=2014-03-02/part-0.parquet`` (``day=none``: rows without a timestamp),
+    then ``<uri>/_partitions.json`` (partition -> rows), last, which names the files to read.
 
-    Every row keeps its position in ``df`` (column ``_row``), so :func:`read_days` gives back
-    exactly ``df``, and a report's data row stays the same whichever partition holds it.
-    Returns the manifest."""
-    codes = day_codes(df[ts])
-    order = np.argsort(codes, kind="stable")  # by day; within a day, in the frame's order
-    days, start, count = np.unique(codes[order], return_index=True, return_counts=True)
+    Every row keeps its position in ``df`` (column ``_row``), so :func:`read_partitioned`
+    gives back exactly ``df``, and a report's data row stays the same whichever partition
+    holds it. Returns partition -> rows."""
+    codes = partition_codes(df[ts], by)
+    order = np.argsort(codes, kind="stable")  # by partition; within one, in the frame's order
+    values, start, count = np.unique(codes[order], return_index=True, return_counts=True)
     table = pa.Table.from_pandas(df.assign(_row=np.arange(len(df), dtype=np.int64)), preserve_index=False)
     table = table.take(pa.array(order))
-    manifest = {day_name(d): int(n) for d, n in zip(days, count, strict=True)} or {NO_DAY: 0}
+    rows = {partition_name(v, by): int(n) for v, n in zip(values, count, strict=True)} or {f"{by}={NO_TIME}": 0}
 
-    def write(day: str, at: int, n: int) -> None:
+    def write(name: str, at: int, n: int) -> None:
         buf = io.BytesIO()
         pq.write_table(table.slice(at, n), buf)
-        write_bytes(join(uri, f"day={day}", "part-0.parquet"), buf.getvalue())
+        write_bytes(join(uri, name, "part-0.parquet"), buf.getvalue())
 
     with ThreadPoolExecutor(_IO_THREADS) as pool:  # an empty frame: one empty file keeps the columns
-        list(pool.map(write, manifest, [int(s) for s in start] or [0], manifest.values()))
-    write_json(manifest, join(uri, DAYS_MANIFEST))
-    return manifest
+        list(pool.map(write, rows, [int(a) for a in start] or [0], rows.values()))
+    write_json({"by": by, "rows": rows}, join(uri, MANIFEST))
+    return rows
 
 
 def partitions(uri: str) -> dict[str, int]:
-    """The partitions of a :func:`write_days` folder: day -> rows."""
-    return read_json(join(uri, DAYS_MANIFEST))
+    """The partitions of a :func:`write_partitioned` folder: ``day=2014-03-02`` -> rows."""
+    return read_json(join(uri, MANIFEST))["rows"]
 
 
-def read_days(
-    uri: str, columns: list[str] | None = None, days: list[str] | None = None, data_rows: bool = False
+def partitioned_by(uri: str) -> str:
+    """``day`` or ``month``: how a :func:`write_partitioned` folder is partitioned."""
+    return read_json(join(uri, MANIFEST))["by"]
+
+
+def read_partitioned(
+    uri: str, columns: list[str] | None = None, names: list[str] | None = None, data_rows: bool = False
 ) -> pd.DataFrame:
-    """A :func:`write_days` folder back as the frame that was written (its rows in their order,
-    a fresh index); ``columns``: only these; ``days``: only these partitions; ``data_rows``: the
-    index is each row's position in the frame written (for reports on some of its days)."""
-    paths = [join(uri, f"day={d}", "part-0.parquet") for d in (partitions(uri) if days is None else days)]
+    """A :func:`write_partitioned` folder back as the frame that was written (its rows in their
+    order, a fresh index); ``columns``: only these; ``names``: only these partitions;
+    ``data_rows``: the index is each row's position in the frame written (for reports on
+    some of its partitions)."""
+    paths = [join(uri, name, "part-0.parquet") for name in (partitions(uri) if names is None else names)]
     cols = None if columns is None else [*columns, "_row"]
     if is_s3(uri):
         with ThreadPoolExecutor(_IO_THREADS) as pool:

@@ -29,8 +29,8 @@ MAX_EXAMPLES = 5
 OUTSIDE_CATALOGUE = "item_id_outside_catalogue"  # derived for the suite: the item id where the catalogue lacks it
 BATCH_ROWS_ENV = "INTERESTFLOW_VALIDATION_BATCH_ROWS"
 BATCH_ROWS = 1_000_000
-"""Events per Great Expectations batch (whole days, $INTERESTFLOW_VALIDATION_BATCH_ROWS): a run
-costs about 0.1 s whatever its size, so one a day would take minutes over a long history."""
+"""Events per Great Expectations batch (whole partitions, $INTERESTFLOW_VALIDATION_BATCH_ROWS): a
+run costs about 0.1 s whatever its size, so one a day would take minutes over a long history."""
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +53,7 @@ class Finding:
     at_rows: list = field(default_factory=list)
     """The data rows of the first unexpected values (GE's partial index list)."""
     partitions: list = field(default_factory=list)
-    """The event-day partitions (``day=...``) those rows are in."""
+    """The partitions of the layers (``day=2014-03-02``) those rows are in."""
 
     def message(self) -> str:
         where = f"column '{self.column}'" if self.column else "table"
@@ -66,10 +66,10 @@ class Finding:
         )
 
     def where_in_lake(self) -> str:
-        """ "; in partition day=2014-03-02": the day partitions of the examples' rows."""
+        """Where the examples lie: "; in partition day=2014-03-02"."""
         if not self.partitions:
             return ""
-        names = ", ".join(f"day={d}" for d in self.partitions[:MAX_EXAMPLES])
+        names = ", ".join(self.partitions[:MAX_EXAMPLES])
         more = f" and {len(self.partitions) - MAX_EXAMPLES} more" if len(self.partitions) > MAX_EXAMPLES else ""
         return f"; in partition{'s' if len(self.partitions) > 1 else ''} {names}{more}"
 
@@ -137,47 +137,48 @@ def run_suite(name: str, df: pd.DataFrame, source: str, parameters: dict | None 
     return findings
 
 
-def day_batches(days: dict[str, int], budget: int) -> list[list[str]]:
-    """A layer's event days (storage.partitions: day -> rows) in batches of whole days, in day
-    order, of up to ``budget`` rows each (a larger day is a batch of its own)."""
-    batches: list[list[str]] = []
+def batches(partitions: dict[str, int], budget: int) -> list[list[str]]:
+    """A layer's partitions (storage.partitions: name -> rows) in batches of whole partitions,
+    in time order, of up to ``budget`` rows each (a larger partition is a batch of its own)."""
+    out: list[list[str]] = []
     rows = 0
-    for day, n in sorted(days.items()):
-        if not batches or (rows and rows + n > budget):
-            batches.append([])
+    for name, n in sorted(partitions.items()):
+        if not out or (rows and rows + n > budget):
+            out.append([])
             rows = 0
-        batches[-1].append(day)
+        out[-1].append(name)
         rows += n
-    return batches
+    return out
 
 
 def plan(raw: RawLayer) -> list[list[str]]:
-    """The batches of day partitions the events suite runs over (:func:`check_days` each):
-    $INTERESTFLOW_VALIDATION_BATCH_ROWS events a batch at most, whole days."""
-    return day_batches(
-        storage.partitions(lake.file(raw.uri, lake.EVENTS)), int(os.environ.get(BATCH_ROWS_ENV, BATCH_ROWS))
-    )
+    """The batches of 01_raw's partitions the events suite runs over (:func:`check_days` each):
+    $INTERESTFLOW_VALIDATION_BATCH_ROWS events a batch at most, whole partitions."""
+    parts = storage.partitions(lake.file(raw.uri, lake.EVENTS))
+    return batches(parts, int(os.environ.get(BATCH_ROWS_ENV, BATCH_ROWS)))
 
 
-def check_days(raw: RawLayer, days: list[str], now: datetime | None = None) -> list[Finding]:
-    """The events suite on one batch of 01_raw's day partitions, read from the lake on its own
-    (the flow submits each batch as a task: on Dask, a worker reads its days itself)."""
-    events = storage.read_days(lake.file(raw.uri, lake.EVENTS), days=days, data_rows=True)
+def check_days(raw: RawLayer, names: list[str], now: datetime | None = None) -> list[Finding]:
+    """The events suite on one batch of 01_raw's partitions (days or months), read from the
+    lake on its own (the flow submits each batch as a task: on Dask, a worker reads them itself)."""
+    uri = lake.file(raw.uri, lake.EVENTS)
+    events = storage.read_partitioned(uri, names=names, data_rows=True)
     catalogue = storage.read_parquet(lake.file(raw.uri, "items.parquet"), columns=["item_id"])["item_id"]
-    return _check_events(events, catalogue, raw.events_source, pd.Timestamp(now or datetime.now(UTC)))
+    when = pd.Timestamp(now or datetime.now(UTC))
+    return _check_events(events, catalogue, raw.events_source, when, storage.partitioned_by(uri))
 
 
-def _check_events(events: pd.DataFrame, catalogue: pd.Series, source: str, now: pd.Timestamp) -> list[Finding]:
+def _check_events(events: pd.DataFrame, catalogue: pd.Series, source: str, now: pd.Timestamp, by: str) -> list[Finding]:
     """The events suite on ``events`` (indexed by data row) with the referential rule's derived
-    column; each finding names the day partitions of its example rows."""
+    column; each finding names the partitions (``by`` day or month) of its example rows."""
     events = events.copy()
-    events[OUTSIDE_CATALOGUE] = events["item_id"].where(
-        ~events["item_id"].astype(str).isin(catalogue.dropna().astype(str))
-    )
+    known = catalogue.dropna().astype(str)
+    events[OUTSIDE_CATALOGUE] = events["item_id"].where(~events["item_id"].astype(str).isin(known))
     events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
     found = run_suite("events", events, source, {"now": now, "min_ts": MIN_TS})
     for f in found:
-        f.partitions = sorted({storage.day_name(c) for c in storage.day_codes(events.loc[f.at_rows, "ts"])})
+        codes = storage.partition_codes(events.loc[f.at_rows, "ts"], by)
+        f.partitions = sorted({storage.partition_name(c, by) for c in codes})
     return found
 
 
@@ -437,16 +438,18 @@ def validate(
 
 
 def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: list | None) -> dict:
-    events = storage.read_days(lake.file(raw.uri, lake.EVENTS))
+    events = storage.read_partitioned(lake.file(raw.uri, lake.EVENTS))
     items = storage.read_parquet(lake.file(raw.uri, "items.parquet"))
     findings = run_suite("items", items, raw.items_source)
     n_suite = {"items": len(findings)}
-    if checked is None:  # each batch's days out of the frame in memory: what check_days reads
-        codes = storage.day_codes(events["ts"])
-        names = pd.Series([storage.day_name(c) for c in np.unique(codes)], index=np.unique(codes))
-        day = names.reindex(codes).to_numpy()
+    by = storage.partitioned_by(lake.file(raw.uri, lake.EVENTS))
+    if checked is None:  # each batch's partitions out of the frame in memory: what check_days reads
+        codes = storage.partition_codes(events["ts"], by)
+        values = np.unique(codes)
+        part = pd.Series([storage.partition_name(c, by) for c in values], index=values).reindex(codes).to_numpy()
         checked = [
-            _check_events(events[np.isin(day, days)], items["item_id"], raw.events_source, now) for days in plan(raw)
+            _check_events(events[np.isin(part, names)], items["item_id"], raw.events_source, now, by)
+            for names in plan(raw)
         ]
     findings += merge(checked, len(events))
     n_suite["events"] = len(findings) - n_suite["items"]
@@ -498,13 +501,13 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: li
     events = events.drop(columns=["ts_source"])
     events["value"] = events["value"].astype("float64")
     items["price"] = items["price"].astype("float64")
-    days = storage.write_days(events, lake.file(uri, lake.EVENTS))
+    parts = storage.write_partitioned(events, lake.file(uri, lake.EVENTS), by)
     storage.write_parquet(items, lake.file(uri, "items.parquet"))
     storage.write_json(warnings, lake.file(uri, "warnings.json"))
     return {
         "n_events": len(events),
         "n_items": len(items),
-        "days": len(days),
+        "partitions": len(parts),
         "validated_at": str(now),
         "suites": suites,
         "other_checks_failed": len(findings) - sum(n_suite.values()),

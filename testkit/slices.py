@@ -25,6 +25,7 @@ events:
   columns: {{user_id: user_id, item_id: item_id, ts: timestamp}}
   ts_unit: s
   event_type: review
+  partition: month
   order_by: seq_pos
 items:
   uri: {items}

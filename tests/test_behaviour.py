@@ -80,7 +80,7 @@ def test_the_catalogue_is_derived_from_the_events(tmp_path):
     assert items["item_id"].tolist() == list("abcde")
     assert items["categories"].tolist() == ["c1", "c1", "c2", "c2", "c3"]
     assert raw.behaviour == Behaviour(target=("purchase",), exclude="target")
-    ev = storage.read_days(lake.file(raw.uri, lake.EVENTS))
+    ev = storage.read_partitioned(lake.file(raw.uri, lake.EVENTS))
     assert set(ev["event_type"]) == {"view", "favorite", "cart", "purchase"}
     assert raw.ignored_columns["events"] == []  # the category column is used, by the catalogue
 

@@ -30,7 +30,7 @@ items:
   columns: {item_id: sku, title: name}
 """)
     raw = events.ingest(spec, str(tmp_path / "lake"))
-    ev = storage.read_days(storage.join(raw.uri, "events"))
+    ev = storage.read_partitioned(storage.join(raw.uri, "events"))
     assert ev["user_id"].tolist() == ["1", "2"]  # ids become strings
     assert ev["ts"].iloc[1] == pd.Timestamp("2024-01-03 11:30", tz="UTC")
     assert ev["event_type"].tolist() == ["view", "purchase"] and ev["value"].tolist() == [0.0, 9.5]

@@ -44,7 +44,7 @@ def run_nightly(env, task_runner=None, **kw):
 
 @pytest.mark.slow
 def test_nightly_produces_a_champion_and_recommendations(flow_env, monkeypatch):
-    """The whole night, its fold trainings and its validation batches (whole event days, 300
+    """The whole night, its fold trainings and its validation batches (whole event months, 300
     events a batch here) on prefect-dask's runner over a real local Dask cluster (2 worker
     processes, a thread each): one fold trains in each worker, and the workers run Great
     Expectations. (The other flow tests run on the default thread pool.)"""
@@ -74,7 +74,7 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env, monkeypatch):
     assert len(ran) == 2 and all(ran.values()), ran  # one fold in each worker process
     assert any(validated.values()), validated
     (raw,) = Path(flow_env["lake"]).glob(f"01_raw/*-{out.data_hash}")
-    assert len(validation.day_batches(storage.partitions(str(raw / lake.EVENTS)), 300)) > 1
+    assert len(validation.batches(storage.partitions(str(raw / lake.EVENTS)), 300)) > 1
     assert os.environ.get("OMP_NUM_THREADS") == omp  # the workers' one thread each stays theirs
     r = out.results[0]
     assert len(r.report.fold_metrics) == 2
@@ -212,7 +212,7 @@ def test_a_shop_log_trains_for_purchases_end_to_end(tmp_path, harness):
 
     # Recommendations keep viewed items and leave out only what each shopper bought.
     ds = pipeline.data_path(spec, str(tmp_path / "lake"), 1, 0)
-    events = storage.read_days(lake.file(ds.features.validated.uri, lake.EVENTS))
+    events = storage.read_partitioned(lake.file(ds.features.validated.uri, lake.EVENTS))
     recs = storage.read_parquet(out.recommendations.uri)
     bought = set(zip(*events[events.event_type == "purchase"][["user_id", "item_id"]].to_numpy().T, strict=True))
     touched = set(zip(events.user_id, events.item_id, strict=True))

@@ -26,13 +26,13 @@ def test_user_ids_are_keyed_hashes_and_the_key_matters(tmp_path, monkeypatch):
     spec = private_slice(tmp_path)
     monkeypatch.setenv("INTERESTFLOW_PSEUDONYM_KEY", SECRET)
     a = events.ingest(spec, str(tmp_path / "lake"))
-    ids = storage.read_days(storage.join(a.uri, "events"))["user_id"]
+    ids = storage.read_partitioned(storage.join(a.uri, "events"))["user_id"]
     assert ids.str.fullmatch(r"u_[0-9a-f]{20}").all() and MARKER not in set(ids)
     again = events.ingest(spec, str(tmp_path / "lake"))
     assert again.uri == a.uri  # same key, same pseudonyms, same layer
     monkeypatch.setenv("INTERESTFLOW_PSEUDONYM_KEY", "another key")
     b = events.ingest(spec, str(tmp_path / "lake"))
-    other = storage.read_days(storage.join(b.uri, "events"))["user_id"]
+    other = storage.read_partitioned(storage.join(b.uri, "events"))["user_id"]
     assert b.data_hash != a.data_hash and not set(other) & set(ids)
 
 

@@ -102,7 +102,7 @@ def test_the_unmapped_personal_column_never_reaches_the_lake_or_mlflow(built, ca
         assert NAME.encode() not in path.read_bytes(), path
     store = [home() / "mlflow.db", *(p for p in (home() / "mlartifacts").rglob("*") if p.is_file())]
     assert store and not any(NAME.encode() in p.read_bytes() for p in store)
-    text = storage.read_days(lake.file(built["ds"].features.validated.uri, lake.EVENTS))
+    text = storage.read_partitioned(lake.file(built["ds"].features.validated.uri, lake.EVENTS))
     assert "text" in text and "summary" in text and "reviewerName" not in text
 
 

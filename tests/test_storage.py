@@ -62,10 +62,10 @@ def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path, mon
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_day_partitions_give_back_exactly_the_frame_written(where, seaweed, tmp_path):
-    """01_raw and 02_validated keep events by UTC day (DESIGN.md §2); reading them back gives
-    the frame that was written (its row order, types, rows without a timestamp, no rows at
-    all), on disk and on S3, exactly as one Parquet file does."""
+def test_partitions_give_back_exactly_the_frame_written(where, seaweed, tmp_path):
+    """01_raw and 02_validated keep events by UTC day or month (DESIGN.md §2); reading them
+    back gives the frame that was written (its row order, types, rows without a timestamp, no
+    rows at all), on disk and on S3, exactly as one Parquet file does."""
     root = str(tmp_path) if where == "local" else seaweed
     ts = ["2014-03-02 23:59:59", None, "2014-03-01 00:00:00", "1969-12-31 10:00:00", "2014-03-02 00:00:00"]
     df = pd.DataFrame(
@@ -76,23 +76,28 @@ def test_day_partitions_give_back_exactly_the_frame_written(where, seaweed, tmp_
             "seq": [0.0, 1.0, 2.0, 3.0, 4.0],
         }
     )
-    for name, frame in (("some", df), ("none", df.iloc[:0])):
-        one, by_day = storage.join(root, name, "one.parquet"), storage.join(root, name, "events")
+    for name, frame, by in (("days", df, "day"), ("months", df, "month"), ("none", df.iloc[:0], "day")):
+        one, parts = storage.join(root, name, "one.parquet"), storage.join(root, name, "events")
         storage.write_parquet(frame, one)
-        manifest = storage.write_days(frame, by_day)
-        pd.testing.assert_frame_equal(storage.read_days(by_day), storage.read_parquet(one))
-        assert storage.partitions(by_day) == manifest
-    assert manifest == {storage.NO_DAY: 0}
-    assert storage.partitions(storage.join(root, "some", "events")) == {
-        "none": 1,
-        "1969-12-31": 1,
-        "2014-03-01": 1,
-        "2014-03-02": 2,
+        written = storage.write_partitioned(frame, parts, by)
+        pd.testing.assert_frame_equal(storage.read_partitioned(parts), storage.read_parquet(one))
+        assert storage.partitions(parts) == written and storage.partitioned_by(parts) == by
+    assert written == {"day=none": 0}
+    assert storage.partitions(storage.join(root, "days", "events")) == {
+        "day=none": 1,
+        "day=1969-12-31": 1,
+        "day=2014-03-01": 1,
+        "day=2014-03-02": 2,
     }
-    part = storage.join(root, "some", "events", "day=2014-03-02", "part-0.parquet")
+    assert storage.partitions(storage.join(root, "months", "events")) == {
+        "month=none": 1,
+        "month=1969-12": 1,
+        "month=2014-03": 3,
+    }
+    part = storage.join(root, "days", "events", "day=2014-03-02", "part-0.parquet")
     assert storage.read_parquet(part)["seq"].tolist() == [0.0, 4.0]  # a day's rows, in their order
-    seq = storage.read_days(storage.join(root, "some", "events"), columns=["seq"])["seq"]
-    assert seq.tolist() == df["seq"].tolist()
+    some = storage.read_partitioned(storage.join(root, "days", "events"), ["seq"], ["day=2014-03-02"], data_rows=True)
+    assert some["seq"].to_dict() == {0: 0.0, 4: 4.0}  # indexed by their rows in the frame written
 
 
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):

@@ -26,7 +26,7 @@ def run(tmp_path, ev, items):
 def test_good_slice_passes(tmp_path, small_slice):
     out, lake = run(tmp_path, *small_slice)
     assert is_complete(out.uri)
-    assert len(storage.read_days(storage.join(out.uri, "events"))) == len(small_slice[0])
+    assert len(storage.read_partitioned(storage.join(out.uri, "events"))) == len(small_slice[0])
 
 
 def _in_order(bad) -> re.Pattern:
@@ -52,7 +52,11 @@ def test_bad_input_is_rejected_or_warned_with_a_clear_message(tmp_path, small_sl
         elif bad.corrupts != "spec":  # handled without a word: the data is good as it is
             n = len(small_slice[0] if bad.corrupts == "events" else small_slice[1])
             layer = storage.join(out.uri, bad.corrupts)  # the events by day; the items one file
-            rows = storage.read_days(layer) if bad.corrupts == "events" else storage.read_parquet(layer + ".parquet")
+            rows = (
+                storage.read_partitioned(layer)
+                if bad.corrupts == "events"
+                else storage.read_parquet(layer + ".parquet")
+            )
             assert len(rows) == n
         assert is_complete(out.uri)
         assert not (lake / "quarantine").exists()
@@ -114,6 +118,7 @@ def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_p
     ev.loc[[first, last], "user_id"] = ""
     monkeypatch.setenv(validation.BATCH_ROWS_ENV, "200")
     spec, lake = write_slice(tmp_path / "src", ev, items), str(tmp_path / "lake")
+    spec.write_text(spec.read_text().replace("partition: month", "partition: day"))  # the slices' history: by month
     raw = events.ingest(spec, lake)
     batches = validation.plan(raw)
     assert len(batches) >= 5 and sum(map(len, batches)) == len(set(day))
@@ -124,6 +129,7 @@ def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_p
     assert "column 'user_id'" in lines[0] and f"2 of {len(ev)} rows" in lines[0]
     assert f"data row {first}" in lines[0] and f"data row {last}" in lines[0]
     assert f"in partitions day={day[first]}, day={day[last]}" in lines[0]
+    assert len(storage.partitions(f"{raw.uri}/events")) == len(set(day))
     assert not list((tmp_path / "lake").glob("02_validated/*"))
 
     checked = [validation.check_days(raw, days) for days in batches]
@@ -133,13 +139,13 @@ def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_p
     assert str(again.value).replace(str(tmp_path), "") == str(err.value).replace(str(tmp_path), "")
 
 
-def test_validation_batches_are_whole_days_within_the_row_budget():
-    days = {"2014-01-05": 3, "2014-01-01": 3, "2014-01-03": 1, "2014-01-02": 1, "2014-01-09": 1}
-    assert validation.day_batches(days, 4) == [  # filled in day order
-        ["2014-01-01", "2014-01-02"],
-        ["2014-01-03", "2014-01-05"],
-        ["2014-01-09"],
+def test_validation_batches_are_whole_partitions_within_the_row_budget():
+    days = {"day=2014-01-05": 3, "day=2014-01-01": 3, "day=2014-01-03": 1, "day=2014-01-02": 1, "day=2014-01-09": 1}
+    assert validation.batches(days, 4) == [  # filled in time order
+        ["day=2014-01-01", "day=2014-01-02"],
+        ["day=2014-01-03", "day=2014-01-05"],
+        ["day=2014-01-09"],
     ]
-    assert validation.day_batches(days, 10**6) == [sorted(days)]
-    assert [len(b) for b in validation.day_batches(days, 1)] == [1] * 5  # a day is never split
-    assert validation.day_batches({}, 10) == []
+    assert validation.batches(days, 10**6) == [sorted(days)]
+    assert [len(b) for b in validation.batches(days, 1)] == [1] * 5  # a partition is never split
+    assert validation.batches({}, 10) == []
