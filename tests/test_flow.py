@@ -44,7 +44,7 @@ def run_nightly(env, task_runner=None, **kw):
 
 @pytest.mark.slow
 def test_nightly_produces_a_champion_and_recommendations(flow_env, monkeypatch):
-    """The whole night, its fold trainings and its validation batches (whole event months, 300
+    """The whole night, its fold trainings and its validation batches (whole event months, 2,000
     events a batch here) on prefect-dask's runner over a real local Dask cluster (2 worker
     processes, a thread each): one fold trains in each worker, and the workers run Great
     Expectations. (The other flow tests run on the default thread pool.)"""
@@ -68,13 +68,13 @@ def test_nightly_produces_a_champion_and_recommendations(flow_env, monkeypatch):
         Client(cluster) as client,
     ):
         assert not any(client.run(trained_here).values()) and not any(client.run(validated_here).values())
-        monkeypatch.setenv(validation.BATCH_ROWS_ENV, "300")
+        monkeypatch.setenv(validation.BATCH_ROWS_ENV, "2000")
         out = run_nightly(flow_env, task_runner=task_runner("dask", address=cluster.scheduler_address))
         ran, validated = client.run(trained_here), client.run(validated_here)
     assert len(ran) == 2 and all(ran.values()), ran  # one fold in each worker process
     assert any(validated.values()), validated
     (raw,) = Path(flow_env["lake"]).glob(f"01_raw/*-{out.data_hash}")
-    assert len(validation.batches(storage.partitions(str(raw / lake.EVENTS)), 300)) > 1
+    assert len(validation.batches(storage.partitions(str(raw / lake.EVENTS)), 2000)) > 1
     assert os.environ.get("OMP_NUM_THREADS") == omp  # the workers' one thread each stays theirs
     r = out.results[0]
     assert len(r.report.fold_metrics) == 2
