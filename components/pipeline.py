@@ -375,11 +375,11 @@ def evaluate(dataset: DatasetLayer, final: ModelResult, folds: list[ModelResult]
         for path, fig in plots.cv_folds(fold_metrics).items():
             tracking.log_figure(final.run_id, fig, path)
     log.info(
-        "evaluate %s: test NDCG@10 %.4f, HR@10 %.4f on %d users (popularity %.4f, recent interactions %.4f)",
+        "evaluate %s: test NDCG@10 %.4f, HR@10 %.4f on %s (popularity %.4f, recent interactions %.4f)",
         final.family,
         test["ndcg10"],
         test["hr10"],
-        dataset.n_eval_users,
+        f"{dataset.n_eval_users} users" if sample is None else f"the sample of {sample:,} users",
         pop["ndcg10"],
         recent["ndcg10"],
     )

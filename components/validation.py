@@ -170,12 +170,13 @@ def check_days(raw: RawLayer, names: list[str], now: datetime | None = None) -> 
 
 def _check_events(events: pd.DataFrame, catalogue: pd.Series, source: str, now: pd.Timestamp, by: str) -> list[Finding]:
     """The events suite on ``events`` (indexed by data row) with the referential rule's derived
-    column; each finding names the partitions (``by`` day or month) of its example rows."""
-    events = events.copy()
+    column (added for the suite, then dropped); each finding names the partitions (``by`` day
+    or month) of its example rows."""
     known = catalogue.dropna().astype(str)
     events[OUTSIDE_CATALOGUE] = events["item_id"].where(~events["item_id"].astype(str).isin(known))
     events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
     found = run_suite("events", events, source, {"now": now, "min_ts": MIN_TS})
+    events.drop(columns=[OUTSIDE_CATALOGUE], inplace=True)
     for f in found:
         codes = storage.partition_codes(events.loc[f.at_rows, "ts"], by)
         f.partitions = sorted({storage.partition_name(c, by) for c in codes})
@@ -445,12 +446,12 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: li
     by = storage.partitioned_by(lake.file(raw.uri, lake.EVENTS))
     if checked is None:  # each batch's partitions out of the frame in memory: what check_days reads
         codes = storage.partition_codes(events["ts"], by)
-        values = np.unique(codes)
-        part = pd.Series([storage.partition_name(c, by) for c in values], index=values).reindex(codes).to_numpy()
-        checked = [
-            _check_events(events[np.isin(part, names)], items["item_id"], raw.events_source, now, by)
-            for names in plan(raw)
-        ]
+        code_of = {storage.partition_name(c, by): c for c in np.unique(codes)}
+        checked = []
+        for names in plan(raw):
+            rows = np.isin(codes, [code_of[n] for n in names if n in code_of])  # integers: fast
+            batch = events if rows.all() else events[rows]
+            checked.append(_check_events(batch, items["item_id"], raw.events_source, now, by))
     findings += merge(checked, len(events))
     n_suite["events"] = len(findings) - n_suite["items"]
     suites = {
