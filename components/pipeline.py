@@ -84,9 +84,8 @@ def check_days(raw: RawLayer, root: str) -> list[list[validation_.Finding]] | No
     """The events suite over 01_raw's batches of day partitions (validation.plan), one
     validation.check_days each: the flow submits them as tasks to its task runner. None when
     02_validated is there already."""
-    if lake.done(lake.validated_uri(root, raw), lake.EVENTS_LAYOUT):
-        return None
-    return [validation_.check_days(raw, days) for days in validation_.plan(raw)]
+    batches = validation_.pending(raw, root)
+    return None if batches is None else [validation_.check_days(raw, days) for days in batches]
 
 
 def validate(raw: RawLayer, root: str, checked: list[list[validation_.Finding]] | None = None) -> ValidatedLayer:

@@ -158,6 +158,12 @@ def plan(raw: RawLayer) -> list[list[str]]:
     return batches(parts, int(os.environ.get(BATCH_ROWS_ENV, BATCH_ROWS)))
 
 
+def pending(raw: RawLayer, root: str) -> list[list[str]] | None:
+    """The batches of :func:`plan` still to check, or None when 02_validated for ``raw`` is
+    complete (validate will reuse it)."""
+    return None if lake.done(lake.validated_uri(root, raw), lake.EVENTS_LAYOUT) else plan(raw)
+
+
 def check_days(raw: RawLayer, names: list[str], now: datetime | None = None) -> list[Finding]:
     """The events suite on one batch of 01_raw's partitions (days or months), read from the
     lake on its own (the flow submits each batch as a task: on Dask, a worker reads them itself)."""

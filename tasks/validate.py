@@ -1,7 +1,6 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from components import lake as lake_
 from components import pipeline, validation
 from components.lake import RawLayer, ValidatedLayer
 
@@ -15,9 +14,10 @@ def check_day_batch(raw: RawLayer, days: list[str]) -> list[validation.Finding]:
 def check_days(raw: RawLayer, lake: str) -> list[list[validation.Finding]] | None:
     """Every batch of day partitions as its own task, submitted together: they run in parallel
     on the flow's task runner (on Dask's workers with the dask runner). None: validated before."""
-    if lake_.done(lake_.validated_uri(lake, raw), lake_.EVENTS_LAYOUT):
+    batches = validation.pending(raw, lake)
+    if batches is None:
         return None
-    runs = [check_day_batch.submit(raw, days) for days in validation.plan(raw)]
+    runs = [check_day_batch.submit(raw, days) for days in batches]
     return [r.result() for r in runs]
 
 
