@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 
 from components import lake, storage, text
@@ -30,52 +31,70 @@ def time_ordered(events: pd.DataFrame) -> pd.DataFrame:
     return events.sort_values(["user_id", "ts", "seq"], kind="stable")
 
 
-def build_vocab_and_sequences(events: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_vocab_and_sequences(
+    events: pd.DataFrame | pl.DataFrame, items: pd.DataFrame
+) -> tuple[pd.DataFrame, pa.Table]:
     """Returns (items with ``item_idx``, users with ``user_idx`` and their time-ordered
     ``items``, ``ts`` (unix seconds), ``types`` (event type codes, components/behaviour.py)
-    and ``values`` (the events' value, NaN where none))."""
+    and ``values`` (the events' value, NaN where none)). ``events``: a frame in source order,
+    or the rows of a partitioned layer with their source position ``_row``
+    (:func:`components.storage.read_partitioned_rows`)."""
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
-    index = pd.Series(items["item_idx"].to_numpy(), index=items["item_id"].astype(str))
-    ev = time_ordered(events.assign(item_idx=events["item_id"].astype(str).map(index).to_numpy()))
-    ts = ev["ts"].astype("datetime64[ns, UTC]").astype("int64") // 10**9
-    # One user's events are one run of rows in ``ev`` (sorted by user id): cut the columns at
-    # the runs' offsets with Arrow, which makes the per-user arrays in C++ (no Python loop
-    # over users: 1.1 million of them at Beauty x50).
-    codes, user_ids = pd.factorize(ev["user_id"], sort=True)
-    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(np.bincount(codes, minlength=len(user_ids)))
+    vocab = pl.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(), "item_idx": items["item_idx"].to_numpy()})
+    codes = pl.DataFrame({"event_type": list(TYPE_CODES), "code": list(TYPE_CODES.values())}).cast({"code": pl.Int8})
+    ev = events if isinstance(events, pl.DataFrame) else pl.from_pandas(events).with_row_index("_row")
+    # Polars sorts and groups on all cores, with no Python loop over users (1.1 million at
+    # Beauty x50): the order of time_ordered, ties broken by the source position.
+    users = (
+        ev.lazy()
+        .select("user_id", "item_id", "ts", "seq", "event_type", "value", "_row")
+        .join(vocab.lazy(), on="item_id", how="left")
+        .join(codes.lazy(), on="event_type", how="left")
+        .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
+        .group_by("user_id", maintain_order=True)
+        .agg(
+            items=pl.col("item_idx"),
+            ts=pl.col("ts").dt.epoch("ns") // 10**9,
+            types=pl.col("code"),
+            values=pl.col("value").cast(pl.Float32).fill_null(float("nan")),
+            outside=pl.col("item_idx").null_count(),
+        )
+        .collect()
+    )
+    if users["outside"].sum():  # validation keeps such events out of 02_validated: a caller's mistake
+        unknown = ev.join(vocab, on="item_id", how="anti")["item_id"]
+        raise ValueError(f"{len(unknown)} event(s) name items outside the catalogue: {unknown.head(5).to_list()}")
+    small = users.height == 0 or users["items"].list.len().sum() < 2**31  # int32 offsets, as written before
 
-    small = offsets[-1] < 2**31  # int32 offsets, the list type written before; else large lists
-    lists, cut = (pa.ListArray, pa.array(offsets, pa.int32())) if small else (pa.LargeListArray, pa.array(offsets))
+    def lists(column: str, kind: pa.DataType) -> pa.Array:
+        return users[column].to_arrow().cast(pa.list_(kind) if small else pa.large_list(kind))
 
-    def per_user(values: np.ndarray) -> pd.Series:
-        return lists.from_arrays(cut, pa.array(values)).to_pandas()
-
-    users = pd.DataFrame(
+    table = pa.table(
         {
-            "user_id": np.asarray(user_ids, dtype=object),
-            "items": per_user(ev["item_idx"].to_numpy(np.int64)),
-            "ts": per_user(ts.to_numpy(np.int64)),
-            "types": per_user(ev["event_type"].astype(str).map(TYPE_CODES).to_numpy(np.int8)),
-            "values": per_user(ev["value"].astype("float64").to_numpy(np.float32)),
+            "user_idx": pa.array(np.arange(users.height, dtype=np.int64)),
+            "user_id": users["user_id"].to_arrow().cast(pa.large_string()),
+            "items": lists("items", pa.int64()),
+            "ts": lists("ts", pa.int64()),
+            "types": lists("types", pa.int8()),
+            "values": lists("values", pa.float32()),
         }
     )
-    users.insert(0, "user_idx", np.arange(len(users), dtype=np.int64))
-    return items, users
+    return items, table
 
 
 def build_features(validated: ValidatedLayer, root: str) -> FeatureLayer:
     """Write 03_features/<key>: ``items.parquet`` and ``users.parquet``; reused when complete."""
 
     def compute(uri: str) -> dict:
-        events = storage.read_partitioned(lake.file(validated.uri, lake.EVENTS))
+        events = storage.read_partitioned_rows(lake.file(validated.uri, lake.EVENTS))
         items = storage.read_parquet(lake.file(validated.uri, "items.parquet"))
         items, users = build_vocab_and_sequences(events, items)
         storage.write_parquet(items, lake.file(uri, "items.parquet"))
-        storage.write_parquet(users, lake.file(uri, "users.parquet"))
-        counts = events["event_type"].astype(str).value_counts()  # recorded in the marker, for people
-        return {"n_users": len(users), "n_items": len(items), "event_types": {k: int(v) for k, v in counts.items()}}
+        storage.write_table(users, lake.file(uri, "users.parquet"))
+        counts = events["event_type"].value_counts(sort=True)  # recorded in the marker, for people
+        types = {str(k): int(v) for k, v in counts.iter_rows()}
+        return {"n_users": users.num_rows, "n_items": len(items), "event_types": types}
 
     uri = lake.features_uri(root, validated)
     info, _ = lake.build(uri, compute, layout=FEATURES_LAYOUT)

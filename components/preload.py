@@ -187,6 +187,7 @@ def serve(control_fd: int) -> None:
     """The server's loop, one thread (it forks): a launch on the control socket forks a
     child; a child's end is reported on its launch's connection; the control socket's end
     (the parent is gone) ends the server, not the trainings."""
+    polars_exit = _import_polars()
     for name in PRELOAD:
         importlib.import_module(name)
     control = socket.socket(fileno=control_fd)
@@ -213,6 +214,8 @@ def serve(control_fd: int) -> None:
                     os.close(wake_w)
                     for other in running.values():
                         other.close()
+                    for handler in polars_exit:
+                        atexit.unregister(handler)
                     _child(conn, fds[1], fds[2])
                     return  # the child leaves the loop: the interpreter exits as after `python -m`
                 os.close(fds[1])
@@ -230,6 +233,25 @@ def serve(control_fd: int) -> None:
                         with contextlib.suppress(OSError):  # the launcher may be gone
                             conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
                         conn.close()
+
+
+def _import_polars() -> list:
+    """Import Polars (MLflow imports it too) and return the exit handlers it registers. Its
+    handler waits for Polars' spill-file cleaner thread, which a forked child does not have
+    (fork copies one thread): a child unregisters it, or its exit would wait forever."""
+    found = []
+    register = atexit.register
+
+    def capture(handler, *args, **kwargs):
+        found.append(handler)
+        return register(handler, *args, **kwargs)
+
+    atexit.register = capture
+    try:
+        importlib.import_module("polars")
+    finally:
+        atexit.register = register
+    return found
 
 
 def _child(conn: socket.socket, out: int, err: int) -> None:

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -233,6 +234,11 @@ def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = 
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    write_table(table, uri)
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """An Arrow table as one Parquet file."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_bytes(uri, buf.getvalue())
@@ -305,6 +311,13 @@ def partitioned_by(uri: str) -> str:
     return read_json(join(uri, MANIFEST))["by"]
 
 
+def read_partitioned_rows(uri: str, columns: list[str] | None = None, names: list[str] | None = None) -> pl.DataFrame:
+    """The rows of a :func:`write_partitioned` folder as a Polars frame, with ``_row`` (each
+    row's position in the frame written), in file order: for stages that sort or group them
+    anyway. ``columns``: only these; ``names``: only these partitions."""
+    return _read_partitions(uri, columns, names)[0]
+
+
 def read_partitioned(
     uri: str, columns: list[str] | None = None, names: list[str] | None = None, data_rows: bool = False
 ) -> pd.DataFrame:
@@ -312,17 +325,27 @@ def read_partitioned(
     order, a fresh index); ``columns``: only these; ``names``: only these partitions;
     ``data_rows``: the index is each row's position in the frame written (for reports on
     some of its partitions)."""
+    rows, written = _read_partitions(uri, columns, names)
+    rows = rows.sort("_row")
+    table = rows.drop("_row").to_arrow()
+    # Back to the types written (Polars reads text as large strings), with the frame's own
+    # pandas metadata, so the frame comes back with the dtypes it had.
+    fields = [written.field(c) for c in table.column_names]
+    df = table.cast(pa.schema(fields, metadata=written.metadata)).to_pandas()
+    if data_rows:
+        df.index = pd.Index(rows["_row"].to_numpy())
+    return df
+
+
+def _read_partitions(uri: str, columns: list[str] | None, names: list[str] | None) -> tuple[pl.DataFrame, pa.Schema]:
+    """(the rows, unordered, with ``_row``; the Arrow schema written). Polars reads the files,
+    on its own threads (at Beauty x50, 10M rows in 133 files: 0.6 s; pyarrow's dataset 5 s)."""
     paths = [join(uri, name, "part-0.parquet") for name in (partitions(uri) if names is None else names)]
     cols = None if columns is None else [*columns, "_row"]
     if is_s3(uri):
         with ThreadPoolExecutor(_IO_THREADS) as pool:
-            tables = list(pool.map(lambda p: pq.read_table(io.BytesIO(read_bytes(p)), columns=cols), paths))
-        table = pa.concat_tables(tables)
-    else:  # pyarrow reads the files on its own threads
-        table = pq.ParquetDataset([str(local_path(p)) for p in paths], partitioning=None).read(columns=cols)
-    row = table.column("_row").to_numpy()
-    order = np.argsort(row, kind="stable")
-    df = table.drop_columns("_row").take(pa.array(order)).to_pandas()
-    if data_rows:
-        df.index = pd.Index(row[order])
-    return df
+            blobs = list(pool.map(read_bytes, paths))
+        rows = pl.concat([pl.read_parquet(io.BytesIO(b), columns=cols) for b in blobs], how="vertical")
+        return rows, pq.read_schema(io.BytesIO(blobs[0]))
+    local = [str(local_path(p)) for p in paths]
+    return pl.read_parquet(local, columns=cols, hive_partitioning=False), pq.read_schema(local[0])

@@ -21,7 +21,8 @@ def hand_made():
         }
     )
     items = pd.DataFrame({"item_id": list("edcba"), "title": None, "categories": None, "brand": None, "price": np.nan})
-    return features.build_vocab_and_sequences(ev, items)
+    items, users = features.build_vocab_and_sequences(ev, items)
+    return items, users.to_pandas()
 
 
 def test_vocab_is_sorted_and_sequences_follow_time_then_source_order():

@@ -27,6 +27,10 @@ def main(argv):
         time.sleep(60)
     if argv[0] == "raise":
         raise ValueError("the probe failed")
+    if argv[0] == "polars":
+        import polars as pl
+        print("sorted", pl.DataFrame({"a": [3, 1, 2]}).sort("a")["a"].to_list(), flush=True)
+        return
     if argv[0] != "0":
         sys.exit(int(argv[0]))
 
@@ -59,6 +63,13 @@ def test_a_forked_process_is_what_python_m_would_start(probe, tmp_path):
     assert code == 0 and err == "to stderr\n"
     assert out.splitlines() == ["env launch-1", f"cwd {tmp_path}", "argv probe_mod 0 --flag", "session True"]
     assert probe("0", PROBE_VALUE="launch-2").stdout.read().decode().startswith("env launch-2")  # its own env
+
+
+def test_a_forked_process_uses_polars_and_exits(probe):
+    # The server has Polars imported (MLflow imports it); its exit handler waits for a thread
+    # that a forked child does not have, and hung every child's exit until the child dropped it.
+    out, _, code = _run(probe("polars"))
+    assert code == 0 and out.splitlines()[-1] == "sorted [1, 2, 3]"
 
 
 def test_exit_codes_tracebacks_kills_and_timeouts_come_back_as_from_popen(probe):
