@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from components import lake, storage
-from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
+from components.behaviour import Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -178,9 +179,11 @@ def _check_events(events: pd.DataFrame, catalogue: pd.Series, source: str, now: 
     """The events suite on ``events`` (indexed by data row) with the referential rule's derived
     column (added for the suite, then dropped); each finding names the partitions (``by`` day
     or month) of its example rows."""
-    known = catalogue.dropna().astype(str)
-    events[OUTSIDE_CATALOGUE] = events["item_id"].where(~events["item_id"].astype(str).isin(known))
-    events.loc[events["item_id"].isna(), OUTSIDE_CATALOGUE] = None  # a null id is its own finding
+    # Polars' hash set: pandas' isin on Arrow strings builds a Python list of the catalogue's
+    # ids per call (x50: 58 s of the 84).
+    ids = pl.from_pandas(events["item_id"].astype("string"))
+    inside = ids.is_in(pl.from_pandas(catalogue.dropna().astype("string")).implode())
+    events[OUTSIDE_CATALOGUE] = events["item_id"].where(~inside.fill_null(True).to_numpy())  # a null id: its own rule
     found = run_suite("events", events, source, {"now": now, "min_ts": MIN_TS})
     events.drop(columns=[OUTSIDE_CATALOGUE], inplace=True)
     for f in found:
@@ -217,11 +220,12 @@ def _ts_unit_check(events: pd.DataFrame, raw: RawLayer, now: pd.Timestamp) -> li
     would put them inside: the message names that unit (epoch milliseconds read as seconds)."""
     from components.events import UNITS_PER_SECOND
 
-    if not raw.ts_unit or events.empty:
+    ts = events["ts"]
+    outside = ts.isna() | (ts < MIN_TS) | (ts > now)
+    if not raw.ts_unit or not outside.any():
         return []
     num = pd.to_numeric(events["ts_source"], errors="coerce")
-    ts = events["ts"]
-    bad = num.notna() & (ts.isna() | (ts < MIN_TS) | (ts > now))
+    bad = num.notna() & outside
     if not bad.any():
         return []
     span = (MIN_TS.timestamp(), now.timestamp())
@@ -312,29 +316,39 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
     training. (Per-group counts have no GE expectation.)"""
     if events.empty or "user_id" not in events:
         return []
-    per_user = events.groupby("user_id").size()
-    if behaviour.target:  # the leave-one-out rule itself (Behaviour.targets), on each user's ordered types
-        ordered = events.sort_values(["user_id", "ts", "seq"], kind="stable")
-        codes = ordered["event_type"].astype(str).map(TYPE_CODES).fillna(PAD_TYPE).astype(int)
-        has = codes.groupby(ordered["user_id"]).agg(
-            lambda c: behaviour.targets(c.to_numpy(), MIN_EVENTS_FOR_TARGETS - 2)[1] >= 0
-        )
-        short = per_user[~has.reindex(per_user.index, fill_value=False)]
+    # Per user in Polars, no Python loop over users: their events in time order (ties in the
+    # source's order), each event's position, and where their target events are.
+    ordered = (
+        pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
+        .with_row_index("_row")
+        .drop_nulls("user_id")
+        .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
+        .with_columns(pos=pl.int_range(pl.len()).over("user_id"), target=pl.col("event_type").is_in(behaviour.target))
+    )
+    per_user = (
+        ordered.group_by("user_id")
+        .agg(n=pl.len(), targets=pl.col("target").sum(), second=pl.col("pos").filter("target").tail(2).first())
+        .sort("user_id")
+    )
+    if behaviour.target:  # the leave-one-out rule itself (Behaviour.targets): two target events, the first
+        # of them after at least MIN_EVENTS_FOR_TARGETS - 2 others
+        has = (pl.col("targets") >= 2) & (pl.col("second") >= MIN_EVENTS_FOR_TARGETS - 2)
+        short = per_user.filter(~has)["user_id"]
         rule = "user_target_events_at_least_2"
         guards = (
             f"users without two {'/'.join(behaviour.target)} events (the first after another event) have no "
             "held-out target; kept for training only"
         )
     else:
-        short = per_user[per_user < MIN_EVENTS_FOR_TARGETS]
+        short = per_user.filter(pl.col("n") < MIN_EVENTS_FOR_TARGETS)["user_id"]
         rule = f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}"
         guards = (
             f"users with fewer than {MIN_EVENTS_FOR_TARGETS} events have no held-out target; kept for training only"
         )
-    if short.empty:
+    if short.is_empty():
         return []
-    examples = [_short(u) for u in short.index[:MAX_EXAMPLES]]
-    return [Finding("events", source, "warning", rule, "user_id", guards, len(short), len(per_user), examples)]
+    examples = [_short(u) for u in short.head(MAX_EXAMPLES)]
+    return [Finding("events", source, "warning", rule, "user_id", guards, len(short), per_user.height, examples)]
 
 
 def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
@@ -367,9 +381,11 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                     [f"user {u}: ts {t}" for u, t in ex.itertuples(index=False)],
                 )
             )
-    per_user = events["user_id"].value_counts()
-    heavy = per_user[per_user > raw.max_user_share * len(events)]
-    if len(heavy):
+    # Counts per user and per user-hour by Polars (x50: pandas' groupby took 6 s of them).
+    ids = pl.from_pandas(events[["user_id", "ts"]]).drop_nulls("user_id")  # a null id is the suite's to report
+    per_user = ids.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])
+    heavy = per_user.filter(pl.col("len") > raw.max_user_share * len(events))
+    if heavy.height:
         out.append(
             Finding(
                 "events",
@@ -378,18 +394,17 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                 f"user_share_of_events_at_most_{raw.max_user_share:g}",
                 "user_id",
                 "a user holding an implausible share of all events (a bot, a test account, a crawler); kept",
-                len(heavy),
-                len(per_user),
+                heavy.height,
+                per_user.height,
                 [
                     f"user {u}: {n / len(events):.1%} of {len(events)} events"
-                    for u, n in heavy.head(MAX_EXAMPLES).items()
+                    for u, n in heavy.head(MAX_EXAMPLES).rows()
                 ],
             )
         )
-    hour = ts.dt.floor("h")
-    per_hour = events.assign(hour=hour).groupby(["user_id", "hour"]).size()
-    burst = per_hour[per_hour > raw.max_user_events_per_hour]
-    if len(burst):
+    per_hour = ids.drop_nulls("ts").group_by("user_id", pl.col("ts").dt.truncate("1h")).len()
+    burst = per_hour.filter(pl.col("len") > raw.max_user_events_per_hour).sort(["user_id", "ts"])
+    if burst.height:
         out.append(
             Finding(
                 "events",
@@ -398,9 +413,12 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                 f"user_events_per_hour_at_most_{raw.max_user_events_per_hour}",
                 "user_id",
                 "a user with an implausible burst of events (a bot or a replayed session); kept",
-                int(burst.index.get_level_values(0).nunique()),
-                int(events["user_id"].nunique()),
-                [f"user {u}: {n} events in the hour from {h}" for (u, h), n in burst.head(MAX_EXAMPLES).items()],
+                burst["user_id"].n_unique(),
+                per_user.height,
+                [
+                    f"user {u}: {n} events in the hour from {pd.Timestamp(h)}"
+                    for u, h, n in burst.head(MAX_EXAMPLES).rows()
+                ],
             )
         )
     b = raw.behaviour
