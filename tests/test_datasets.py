@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import datasets, features
+from components import datasets, features, storage
+from components.behaviour import TYPE_CODES
 from components.datasets import Dataset
 
 
@@ -30,6 +31,32 @@ def test_vocab_is_sorted_and_sequences_follow_time_then_source_order():
     assert items["item_id"].tolist() == list("abcde") and items["item_idx"].tolist() == [0, 1, 2, 3, 4]
     u1 = users.set_index("user_id").loc["u1", "items"].tolist()
     assert u1 == [2, 1, 0, 3, 4]  # c, then b before a (same day, source order), d, e
+
+
+def test_sequences_from_a_partitioned_layer_equal_those_from_the_frame(tmp_path):
+    """03_features reads the rows of 02_validated's partitions in file order, with their source
+    positions (Polars); the sequences are those of the frame in source order."""
+    ts = pd.to_datetime([1, 2, 2, 3, 40, 1, 2, 35, 1, 2], unit="D", utc=True)
+    ev = pd.DataFrame(
+        {
+            "user_id": pd.array(["u2", "u1", "u1", "u1", "u1", "u3", "u2", "u2", "u1", "u3"], dtype="string"),
+            "item_id": pd.array(["c", "a", "b", "d", "e", "a", "b", "c", "a", "e"], dtype="string"),
+            "ts": ts,
+            "event_type": pd.array(["view", "cart", "view", "purchase", "view"] * 2, dtype="string"),
+            "value": [1.0, np.nan, 2.0, 3.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0],
+            "seq": np.zeros(10),  # every tie left to the source order
+        }
+    )
+    items = pd.DataFrame({"item_id": list("edcba"), "title": None, "categories": None, "brand": None, "price": np.nan})
+    _, expected = features.build_vocab_and_sequences(ev, items)
+    layer = str(tmp_path / "events")
+    storage.write_partitioned(ev, layer, "month")  # two months: rows leave their source order
+    _, got = features.build_vocab_and_sequences(storage.read_partitioned_rows(layer), items)
+    assert got.schema == expected.schema
+    pd.testing.assert_frame_equal(got.to_pandas(), expected.to_pandas())
+    u1 = expected.to_pandas().set_index("user_id").loc["u1"]
+    assert u1["items"].tolist() == [0, 0, 1, 3, 4]  # a (day 1), a then b (day 2, source order), d, e
+    assert np.isnan(u1["values"][1]) and u1["types"].tolist()[1:3] == [TYPE_CODES["cart"], TYPE_CODES["view"]]
 
 
 @pytest.fixture

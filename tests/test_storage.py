@@ -98,6 +98,9 @@ def test_partitions_give_back_exactly_the_frame_written(where, seaweed, tmp_path
     assert storage.read_parquet(part)["seq"].tolist() == [0.0, 4.0]  # a day's rows, in their order
     some = storage.read_partitioned(storage.join(root, "days", "events"), ["seq"], ["day=2014-03-02"], data_rows=True)
     assert some["seq"].to_dict() == {0: 0.0, 4: 4.0}  # indexed by their rows in the frame written
+    rows = storage.read_partitioned_rows(storage.join(root, "days", "events"), ["user_id", "seq"])  # Polars, unordered
+    assert rows.columns == ["user_id", "seq", "_row"] and sorted(rows["_row"].to_list()) == [0, 1, 2, 3, 4]
+    assert rows.sort("_row")["user_id"].to_list() == ["a", "b", None, "c", "a"]
 
 
 def test_wrong_credentials_fail_clearly(seaweed, monkeypatch):
