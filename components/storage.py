@@ -283,20 +283,26 @@ def write_partitioned(df: pd.DataFrame, uri: str, by: str = "day", ts: str = "ts
     Every row keeps its position in ``df`` (column ``_row``), so :func:`read_partitioned`
     gives back exactly ``df``, and a report's data row stays the same whichever partition
     holds it. Returns partition -> rows."""
-    codes = partition_codes(df[ts], by)
-    order = np.argsort(codes, kind="stable")  # by partition; within one, in the frame's order
-    values, start, count = np.unique(codes[order], return_index=True, return_counts=True)
     table = pa.Table.from_pandas(df.assign(_row=np.arange(len(df), dtype=np.int64)), preserve_index=False)
-    table = table.take(pa.array(order))
-    rows = {partition_name(v, by): int(n) for v, n in zip(values, count, strict=True)} or {f"{by}={NO_TIME}": 0}
+    # Polars splits the rows by partition, each in the frame's order (x50: 1.6 s; pyarrow's
+    # take of the rows sorted by partition: 9.5 s); each part goes back to the frame's schema.
+    code = "_partition"
+    frame = pl.from_arrow(table).with_columns(pl.Series(code, partition_codes(df[ts], by)))
+    parts = {
+        key: part
+        for (key,), part in frame.partition_by(code, maintain_order=True, include_key=False, as_dict=True).items()
+    }
+    if not parts:  # an empty frame: one empty file keeps the columns
+        parts = {_NAT: frame.drop(code)}
+    rows = {partition_name(c, by): parts[c].height for c in sorted(parts)}
 
-    def write(name: str, at: int, n: int) -> None:
+    def write(c: int) -> None:
         buf = io.BytesIO()
-        pq.write_table(table.slice(at, n), buf)
-        write_bytes(join(uri, name, "part-0.parquet"), buf.getvalue())
+        pq.write_table(parts[c].to_arrow().cast(table.schema), buf)
+        write_bytes(join(uri, partition_name(c, by), "part-0.parquet"), buf.getvalue())
 
-    with ThreadPoolExecutor(_IO_THREADS) as pool:  # an empty frame: one empty file keeps the columns
-        list(pool.map(write, rows, [int(a) for a in start] or [0], rows.values()))
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        list(pool.map(write, sorted(parts)))
     write_json({"by": by, "rows": rows}, join(uri, MANIFEST))
     return rows
 
