@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import polars as pl
 
 from components.models.contract import EVENT_TYPES, N_TYPE_CODES, PAD_TYPE, TYPE_CODES
 
@@ -98,6 +99,15 @@ class Behaviour:
         if len(pos) >= 2 and pos[-2] >= min_history:
             return int(pos[-2]), int(pos[-1])
         return -1, -1
+
+    def has_targets(self, min_history: int = 1) -> pl.Expr:
+        """:meth:`targets` as a Polars aggregation over one user's time-ordered events
+        (columns ``event_type`` and ``pos``, the event's position): true where the user has
+        both targets. Validation runs it over every user at once; ``tests/test_behaviour.py``
+        checks that both give the same answer."""
+        kinds = list(self.target) if self.target else list(EVENT_TYPES)
+        pos = pl.col("pos").filter(pl.col("event_type").is_in(kinds))
+        return ((pos.len() >= 2) & (pos.tail(2).first() >= min_history)).fill_null(False)
 
     def weight_ranks(self) -> np.ndarray:
         """(N_TYPE_CODES,) each type's weight as a dense rank (0 = padding): orders like the

@@ -323,17 +323,15 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
         .with_row_index("_row")
         .drop_nulls("user_id")
         .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
-        .with_columns(pos=pl.int_range(pl.len()).over("user_id"), target=pl.col("event_type").is_in(behaviour.target))
+        .with_columns(pos=pl.int_range(pl.len()).over("user_id"))
     )
     per_user = (
         ordered.group_by("user_id")
-        .agg(n=pl.len(), targets=pl.col("target").sum(), second=pl.col("pos").filter("target").tail(2).first())
+        .agg(n=pl.len(), has=behaviour.has_targets(MIN_EVENTS_FOR_TARGETS - 2))  # the leave-one-out rule itself
         .sort("user_id")
     )
-    if behaviour.target:  # the leave-one-out rule itself (Behaviour.targets): two target events, the first
-        # of them after at least MIN_EVENTS_FOR_TARGETS - 2 others
-        has = (pl.col("targets") >= 2) & (pl.col("second") >= MIN_EVENTS_FOR_TARGETS - 2)
-        short = per_user.filter(~has)["user_id"]
+    if behaviour.target:
+        short = per_user.filter(~pl.col("has"))["user_id"]
         rule = "user_target_events_at_least_2"
         guards = (
             f"users without two {'/'.join(behaviour.target)} events (the first after another event) have no "
