@@ -80,17 +80,17 @@ def ingest(spec: str, root: str, secret: events.SecretLookup | None = None) -> R
     return raw
 
 
-def check_days(raw: RawLayer, root: str) -> list[list[validation_.Finding]] | None:
-    """The events suite over 01_raw's batches of day partitions (validation.plan), one
-    validation.check_days each: the flow submits them as tasks to its task runner. None when
+def check_batches(raw: RawLayer, root: str) -> list[list[validation_.Finding]] | None:
+    """The events suite over 01_raw's batches of partitions (validation.plan), one
+    validation.check_batch each: the flow submits them as tasks to its task runner. None when
     02_validated is there already."""
     batches = validation_.pending(raw, root)
-    return None if batches is None else [validation_.check_days(raw, days) for days in batches]
+    return None if batches is None else [validation_.check_batch(raw, names) for names in batches]
 
 
 def validate(raw: RawLayer, root: str, checked: list[list[validation_.Finding]] | None = None) -> ValidatedLayer:
-    """02_validated: the expectation suites (the events suite's findings per batch of days:
-    ``checked``, from :func:`check_days`); a critical failure stops here (quarantine/)."""
+    """02_validated: the expectation suites (the events suite's findings per batch of partitions:
+    ``checked``, from :func:`check_batches`); a critical failure stops here (quarantine/)."""
     validated = validation_.validate(raw, root, checked=checked)
     f = lake.facts(validated.uri)
     suites = "; ".join(
@@ -968,7 +968,7 @@ class Stages:
     functions; flows/nightly.py builds one of Prefect tasks with the same signatures."""
 
     ingest: Callable = ingest
-    check_days: Callable = check_days
+    check_batches: Callable = check_batches
     validate: Callable = validate
     features: Callable = build_features
     item_text: Callable = embed_items
@@ -993,7 +993,7 @@ def data_path(spec: str, root: str, folds: int, seed: int, stages: Stages = PLAI
     """01_raw -> 02_validated -> 03_features (+ item and review text) -> 04_datasets; finished
     layers are reused."""
     raw = stages.ingest(spec, root)
-    validated = stages.validate(raw, root, stages.check_days(raw, root))
+    validated = stages.validate(raw, root, stages.check_batches(raw, root))
     feats = stages.item_text(stages.features(validated, root), root)
     if raw.review_columns:  # a log with review text (no empty task in a run without)
         feats = stages.review_text(feats, root)

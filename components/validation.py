@@ -153,7 +153,7 @@ def batches(partitions: dict[str, int], budget: int) -> list[list[str]]:
 
 
 def plan(raw: RawLayer) -> list[list[str]]:
-    """The batches of 01_raw's partitions the events suite runs over (:func:`check_days` each):
+    """The batches of 01_raw's partitions the events suite runs over (:func:`check_batch` each):
     $INTERESTFLOW_VALIDATION_BATCH_ROWS events a batch at most, whole partitions."""
     parts = storage.partitions(lake.file(raw.uri, lake.EVENTS))
     return batches(parts, int(os.environ.get(BATCH_ROWS_ENV, BATCH_ROWS)))
@@ -165,7 +165,7 @@ def pending(raw: RawLayer, root: str) -> list[list[str]] | None:
     return None if lake.done(lake.validated_uri(root, raw), lake.EVENTS_LAYOUT) else plan(raw)
 
 
-def check_days(raw: RawLayer, names: list[str], now: datetime | None = None) -> list[Finding]:
+def check_batch(raw: RawLayer, names: list[str], now: datetime | None = None) -> list[Finding]:
     """The events suite on one batch of 01_raw's partitions (days or months), read from the
     lake on its own (the flow submits each batch as a task: on Dask, a worker reads them itself)."""
     uri = lake.file(raw.uri, lake.EVENTS)
@@ -445,7 +445,7 @@ def validate(
 ) -> ValidatedLayer:
     """Validate the 01_raw layer ``raw``; write 02_validated (reused when complete).
 
-    ``checked``: the findings of :func:`check_days` for every batch of :func:`plan`, where the
+    ``checked``: the findings of :func:`check_batch` for every batch of :func:`plan`, where the
     caller ran them (the flow, as tasks); None: run here, on the events read once.
     Raises DataValidationError on a critical failure after writing ``quarantine/<key>/``
     (the batch and the report).
@@ -466,7 +466,7 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: li
     findings = run_suite("items", items, raw.items_source)
     n_suite = {"items": len(findings)}
     by = storage.partitioned_by(lake.file(raw.uri, lake.EVENTS))
-    if checked is None:  # each batch's partitions out of the frame in memory: what check_days reads
+    if checked is None:  # each batch's partitions out of the frame in memory: what check_batch reads
         codes = storage.partition_codes(events["ts"], by)
         code_of = {storage.partition_name(c, by): c for c in np.unique(codes)}
         checked = []

@@ -38,13 +38,13 @@ from tasks.report import publish
 from tasks.reviews import analyse_reviews
 from tasks.train import train_final, train_folds
 from tasks.tune import tune_trials
-from tasks.validate import check_days, validate
+from tasks.validate import check_batches, validate
 
 # The pipeline's stages as Prefect tasks: the flows run components/pipeline.py's one data path
 # through these (retries, logs, artifacts), the benchmarks and tests run it with pipeline.PLAIN.
 TASKS = pipeline.Stages(
     ingest=ingest,
-    check_days=check_days,
+    check_batches=check_batches,
     validate=validate,
     features=build_features,
     item_text=embed_items,

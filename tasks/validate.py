@@ -5,19 +5,19 @@ from components import pipeline, validation
 from components.lake import RawLayer, ValidatedLayer
 
 
-@task(name="check-days", task_run_name="check-{raw.spec}-{days[0]}")
-def check_day_batch(raw: RawLayer, days: list[str]) -> list[validation.Finding]:
-    """The events suite on one batch of day partitions, which the task reads from the lake."""
-    return validation.check_days(raw, days)
+@task(name="check-batch", task_run_name="check-{raw.spec}-{names[0]}")
+def check_batch(raw: RawLayer, names: list[str]) -> list[validation.Finding]:
+    """The events suite on one batch of partitions (days or months), which the task reads from the lake."""
+    return validation.check_batch(raw, names)
 
 
-def check_days(raw: RawLayer, lake: str) -> list[list[validation.Finding]] | None:
-    """Every batch of day partitions as its own task, submitted together: they run in parallel
+def check_batches(raw: RawLayer, lake: str) -> list[list[validation.Finding]] | None:
+    """Every batch of partitions as its own task, submitted together: they run in parallel
     on the flow's task runner (on Dask's workers with the dask runner). None: validated before."""
     batches = validation.pending(raw, lake)
     if batches is None:
         return None
-    runs = [check_day_batch.submit(raw, days) for days in batches]
+    runs = [check_batch.submit(raw, names) for names in batches]
     return [r.result() for r in runs]
 
 

@@ -108,7 +108,7 @@ def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_p
     """The layers keep events by day and validation runs the suite over batches of whole days
     (here 200 rows a batch: several batches). Two null user ids on two days in different
     batches: one finding, both counted, both rows shown, each day named; nothing validated.
-    The batches as the flow runs them (validation.check_days each, reading its own days from
+    The batches as the flow runs them (validation.check_batch each, reading its own partitions from
     the lake) find exactly what validate finds on the frame it holds."""
     ev, items = small_slice
     ev = ev.copy()
@@ -132,7 +132,7 @@ def test_a_bad_row_in_one_day_partition_is_named_by_its_day_across_batches(tmp_p
     assert len(storage.partitions(f"{raw.uri}/events")) == len(set(day))
     assert not list((tmp_path / "lake").glob("02_validated/*"))
 
-    checked = [validation.check_days(raw, days) for days in batches]
+    checked = [validation.check_batch(raw, names) for names in batches]
     assert sum(bool(found) for found in checked) == 2  # the first batch and the last
     with pytest.raises(DataValidationError) as again:
         validation.validate(raw, lake, checked=checked)
