@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-import polars as pl
 
 from components.models.contract import EVENT_TYPES, N_TYPE_CODES, PAD_TYPE, TYPE_CODES
 
@@ -100,14 +99,28 @@ class Behaviour:
             return int(pos[-2]), int(pos[-1])
         return -1, -1
 
-    def has_targets(self, min_history: int = 1) -> pl.Expr:
-        """:meth:`targets` as a Polars aggregation over one user's time-ordered events
-        (columns ``event_type`` and ``pos``, the event's position): true where the user has
-        both targets. Validation runs it over every user at once; ``tests/test_behaviour.py``
-        checks that both give the same answer."""
-        kinds = list(self.target) if self.target else list(EVENT_TYPES)
-        pos = pl.col("pos").filter(pl.col("event_type").is_in(kinds))
-        return ((pos.len() >= 2) & (pos.tail(2).first() >= min_history)).fill_null(False)
+    def target_positions(
+        self, codes: np.ndarray, offsets: np.ndarray, min_history: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`targets` for every user at once: ``codes`` holds every user's time-ordered
+        event type codes one after the other, user u's from ``offsets[u]`` to
+        ``offsets[u + 1]``. Per user, the (validation, test) target positions, -1 where the user
+        has none (no Python loop over users: 1.1 million of them at Beauty x50)."""
+        n = len(offsets) - 1
+        user = np.repeat(np.arange(n), np.diff(offsets))
+        hits = np.flatnonzero(self.is_target(codes))  # target events, by user then position
+        last = np.ones(len(hits), dtype=bool)  # each user's last target event
+        last[:-1] = user[hits[1:]] != user[hits[:-1]]
+        lasts = np.flatnonzero(last)
+        has_two = (lasts > 0) & (user[hits[lasts - 1]] == user[hits[lasts]])  # an earlier target of the same user
+        lasts = lasts[has_two]
+        owners = user[hits[lasts]]
+        val_pos = hits[lasts - 1] - offsets[owners]
+        ok = val_pos >= min_history  # the validation target's earlier events
+        val, test = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        val[owners[ok]] = val_pos[ok]
+        test[owners[ok]] = hits[lasts[ok]] - offsets[owners[ok]]
+        return val, test
 
     def weight_ranks(self) -> np.ndarray:
         """(N_TYPE_CODES,) each type's weight as a dense rank (0 = padding): orders like the

@@ -20,7 +20,7 @@ import pandas as pd
 import polars as pl
 
 from components import lake, storage
-from components.behaviour import Behaviour
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -316,29 +316,28 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
     training. (Per-group counts have no GE expectation.)"""
     if events.empty or "user_id" not in events:
         return []
-    # Per user in Polars, no Python loop over users: their events in time order (ties in the
-    # source's order), each event's position, and where their target events are.
+    # Each user's events in time order (ties in the source's order) by Polars, then the
+    # leave-one-out rule itself over every user at once (Behaviour.target_positions).
     ordered = (
         pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
         .with_row_index("_row")
         .drop_nulls("user_id")
         .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
-        .with_columns(pos=pl.int_range(pl.len()).over("user_id"))
     )
-    per_user = (
-        ordered.group_by("user_id")
-        .agg(n=pl.len(), has=behaviour.has_targets(MIN_EVENTS_FOR_TARGETS - 2))  # the leave-one-out rule itself
-        .sort("user_id")
-    )
+    per_user = ordered.group_by("user_id", maintain_order=True).len()  # in user id order
     if behaviour.target:
-        short = per_user.filter(~pl.col("has"))["user_id"]
+        codes = ordered["event_type"].replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
+        offsets = np.zeros(per_user.height + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(per_user["len"].to_numpy(), dtype=np.int64)
+        _, test = behaviour.target_positions(codes.fill_null(PAD_TYPE).to_numpy(), offsets, MIN_EVENTS_FOR_TARGETS - 2)
+        short = per_user["user_id"].filter(pl.Series(test < 0))
         rule = "user_target_events_at_least_2"
         guards = (
             f"users without two {'/'.join(behaviour.target)} events (the first after another event) have no "
             "held-out target; kept for training only"
         )
     else:
-        short = per_user.filter(pl.col("n") < MIN_EVENTS_FOR_TARGETS)["user_id"]
+        short = per_user.filter(pl.col("len") < MIN_EVENTS_FOR_TARGETS)["user_id"]
         rule = f"user_event_count_at_least_{MIN_EVENTS_FOR_TARGETS}"
         guards = (
             f"users with fewer than {MIN_EVENTS_FOR_TARGETS} events have no held-out target; kept for training only"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from components import datasets, evaluation, events, features, lake, storage
-from components.behaviour import EVENT_TYPES, PAD_TYPE, TYPE_CODES, Behaviour
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.datasets import Dataset
 from components.models import MODELS, SideInputs
@@ -371,19 +371,15 @@ def test_targets_are_kept_in_contract_order():
 
 @pytest.mark.parametrize("target", [("purchase",), ("cart", "purchase"), ()])
 def test_the_target_rule_over_every_user_at_once_is_the_rule_per_user(target):
-    """Validation's warning about users without targets (Behaviour.has_targets, Polars over all
-    users) says what the splits do per user (Behaviour.targets), on random typed sequences."""
-    import polars as pl
-
+    """The splits and validation's warning about users without targets apply the rule to every
+    user at once (Behaviour.target_positions); it says what the rule per user says
+    (Behaviour.targets), on random typed sequences."""
     b = Behaviour(target=target)
     rng = np.random.default_rng(0)
-    rows = []
-    for u in range(300):
-        for pos, t in enumerate(rng.choice(list(EVENT_TYPES), size=rng.integers(1, 9))):
-            rows.append((u, pos, str(t)))
-    frame = pl.DataFrame(rows, schema=["user", "pos", "event_type"], orient="row")
-    got = dict(frame.group_by("user").agg(has=b.has_targets(MIN_EVENTS_FOR_TARGETS - 2)).iter_rows())
-    for u, one in frame.group_by("user"):
-        codes = np.array([TYPE_CODES[t] for t in one.sort("pos")["event_type"]])
-        assert got[u[0]] == (b.targets(codes, MIN_EVENTS_FOR_TARGETS - 2)[1] >= 0), (u, codes)
-    assert 0 < sum(got.values()) < len(got)  # both answers occur
+    per_user = [rng.integers(0, PAD_TYPE + 1, size=rng.integers(1, 9)) for _ in range(300)]  # PAD_TYPE: unknown types
+    flat = np.concatenate(per_user)
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in per_user])])
+    val, test = b.target_positions(flat, offsets, MIN_EVENTS_FOR_TARGETS - 2)
+    expected = [b.targets(c, MIN_EVENTS_FOR_TARGETS - 2) for c in per_user]
+    assert list(zip(val.tolist(), test.tolist(), strict=True)) == expected
+    assert 0 < int((test >= 0).sum()) < len(per_user)  # both answers occur
