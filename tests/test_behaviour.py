@@ -13,7 +13,6 @@ import torch
 
 from components import datasets, evaluation, events, features, lake, storage
 from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
-from components.config import MIN_EVENTS_FOR_TARGETS
 from components.datasets import Dataset
 from components.models import MODELS, SideInputs
 
@@ -367,19 +366,3 @@ def test_weights_order_the_recent_baseline_by_rank_not_size():
 
 def test_targets_are_kept_in_contract_order():
     assert Behaviour(target=("purchase", "cart")).target == ("cart", "purchase")
-
-
-@pytest.mark.parametrize("target", [("purchase",), ("cart", "purchase"), ()])
-def test_the_target_rule_over_every_user_at_once_is_the_rule_per_user(target):
-    """The splits and validation's warning about users without targets apply the rule to every
-    user at once (Behaviour.target_positions); it says what the rule per user says
-    (Behaviour.targets), on random typed sequences."""
-    b = Behaviour(target=target)
-    rng = np.random.default_rng(0)
-    per_user = [rng.integers(0, PAD_TYPE + 1, size=rng.integers(1, 9)) for _ in range(300)]  # PAD_TYPE: unknown types
-    flat = np.concatenate(per_user)
-    offsets = np.concatenate([[0], np.cumsum([len(c) for c in per_user])])
-    val, test = b.target_positions(flat, offsets, MIN_EVENTS_FOR_TARGETS - 2)
-    expected = [b.targets(c, MIN_EVENTS_FOR_TARGETS - 2) for c in per_user]
-    assert list(zip(val.tolist(), test.tolist(), strict=True)) == expected
-    assert 0 < int((test >= 0).sum()) < len(per_user)  # both answers occur
