@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 
 from components import lake, storage
 from components.batches import flatten
@@ -50,15 +49,10 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
     """Write 04_datasets/<key>-k<folds>-s<seed>/splits.parquet; reused when complete."""
 
     def compute(uri: str) -> dict:
-        users = storage.read_table(lake.file(features.uri, "users.parquet"), ["user_idx", "items", "types"])
-        # The lists straight from Arrow, flat with their offsets: no array object per user.
-        lengths = pc.list_value_length(users["items"]).to_numpy()
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(lengths)
-        items = pc.list_flatten(users["items"]).to_numpy()
-        types = pc.list_flatten(users["types"]).to_numpy()
-        val, test = features.validated.raw.behaviour.target_positions(types, offsets, MIN_EVENTS_FOR_TARGETS - 2)
+        users = storage.read_parquet(lake.file(features.uri, "users.parquet"))
+        val, test = target_positions(list(users["types"]), features.validated.raw.behaviour)
         eligible = test >= 0
+        items, offsets = flatten(list(users["items"]))
 
         def item_at(pos: np.ndarray) -> np.ndarray:  # each user's item at ``pos`` (-1 where pos is)
             if not len(items):
@@ -67,7 +61,7 @@ def build_datasets(features: FeatureLayer, root: str, folds: int = 3, seed: int 
 
         splits = pd.DataFrame(
             {
-                "user_idx": users["user_idx"].to_numpy(),
+                "user_idx": users["user_idx"],
                 "fold": assign_folds(len(users), eligible, folds, seed),
                 "val_pos": val,
                 "test_pos": test,

@@ -225,14 +225,9 @@ def download_file(uri: str, path: str | Path) -> Path:
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The file as a frame; ``columns``: only these."""
-    return read_table(uri, columns).to_pandas()
-
-
-def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """The file as an Arrow table; ``columns``: only these."""
     if is_s3(uri):
-        return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
-    return pq.read_table(local_path(uri), columns=columns)
+        return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns).to_pandas()
+    return pq.read_table(local_path(uri), columns=columns).to_pandas()
 
 
 def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = None) -> None:
