@@ -28,11 +28,30 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import polars as pl
 
 from components.models.contract import EVENT_TYPES, N_TYPE_CODES, PAD_TYPE, TYPE_CODES
 
-__all__ = ["EVENT_TYPES", "EXCLUDE", "N_TYPE_CODES", "PAD_TYPE", "TYPE_CODES", "Behaviour"]
+__all__ = [
+    "EVENT_TYPES",
+    "EXCLUDE",
+    "N_TYPE_CODES",
+    "PAD_TYPE",
+    "SEQUENCE_ORDER",
+    "TYPE_CODES",
+    "Behaviour",
+    "in_sequence_order",
+]
 EXCLUDE = ("interacted", "target", "none")
+SEQUENCE_ORDER = ["user_id", "ts", "seq"]
+"""How events make up each user's sequence: by user, then time; events at the same time in
+the order the source recorded them (``seq``, components/events.py), then in the frame's order."""
+
+
+def in_sequence_order(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
+    """``events`` sorted into the users' sequences (:data:`SEQUENCE_ORDER`, the last ties by
+    their position ``_row`` in the frame; missing times last, as pandas sorts them)."""
+    return events.sort([*SEQUENCE_ORDER, "_row"], nulls_last=True)
 
 
 @dataclass(frozen=True)

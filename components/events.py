@@ -652,7 +652,7 @@ def _numeric_or_text(s: pd.Series) -> pd.Series:
         return s  # true/false, times and durations are not numbers (validation says so)
     # A bool can hide only in these inferred kinds (a C pass over the column; the Python test
     # per value that follows runs only on such mixed columns: at x50 it took 6 s of an all-null one)
-    mixed = s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("boolean", "mixed", "mixed-integer")
+    mixed = s.dtype == object and kinds.infer_dtype(s, skipna=True) in ("boolean", "mixed", "mixed-integer")
     if mixed and s.map(lambda v: isinstance(v, bool)).any():
         return s
     num = pd.to_numeric(s, errors="coerce")

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from components import lake, storage, text
-from components.behaviour import TYPE_CODES
+from components.behaviour import SEQUENCE_ORDER, TYPE_CODES, in_sequence_order
 from components.lake import FeatureLayer, ValidatedLayer
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ FEATURES_LAYOUT = 2
 def time_ordered(events: pd.DataFrame) -> pd.DataFrame:
     """Events per user in time order; ties keep the order the source recorded (``seq``, see
     components/events.py). A user's n-th row here is position n of their sequence."""
-    return events.sort_values(["user_id", "ts", "seq"], kind="stable")
+    return events.sort_values(SEQUENCE_ORDER, kind="stable")
 
 
 def build_vocab_and_sequences(
@@ -46,12 +46,14 @@ def build_vocab_and_sequences(
     ev = events if isinstance(events, pl.DataFrame) else pl.from_pandas(events).with_row_index("_row")
     # Polars sorts and groups on all cores, with no Python loop over users (1.1 million at
     # Beauty x50): the order of time_ordered, ties broken by the source position.
-    users = (
+    joined = (
         ev.lazy()
         .select("user_id", "item_id", "ts", "seq", "event_type", "value", "_row")
         .join(vocab.lazy(), on="item_id", how="left")
         .join(codes.lazy(), on="event_type", how="left")
-        .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
+    )
+    users = (
+        in_sequence_order(joined)
         .group_by("user_id", maintain_order=True)
         .agg(
             items=pl.col("item_idx"),

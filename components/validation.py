@@ -20,7 +20,7 @@ import pandas as pd
 import polars as pl
 
 from components import lake, storage
-from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour, in_sequence_order
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -318,12 +318,8 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
         return []
     # Each user's events in time order (ties in the source's order) by Polars, then the
     # leave-one-out rule itself over every user at once (Behaviour.target_positions).
-    ordered = (
-        pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
-        .with_row_index("_row")
-        .drop_nulls("user_id")
-        .sort(["user_id", "ts", "seq", "_row"], nulls_last=True)
-    )
+    frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
+    ordered = in_sequence_order(frame.with_row_index("_row").drop_nulls("user_id"))
     per_user = ordered.group_by("user_id", maintain_order=True).len()  # in user id order
     if behaviour.target:
         codes = ordered["event_type"].replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
