@@ -63,17 +63,20 @@ so a new key never reuses layers made with the old one.
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import hmac
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -366,7 +369,7 @@ def check_ready(spec_path: str | Path, scheduled: datetime) -> None:
     retry_s, deadline = rule.retry_minutes * 60, (scheduled + pd.Timedelta(hours=rule.deadline_hours)).to_pydatetime()
     src = spec.events
     for f in (src,) if spec.items.from_events else (src, spec.items):
-        if not storage.exists(f.uri) or not _read_source_bytes(f):  # not there, or its copy not begun
+        if not storage.exists(f.uri) or not any(_source_blocks(f, 1)):  # not there, or its copy not begun
             raise InputNotReady(f"source file {f.uri} is not there yet (the spec's freshness rule)", retry_s, deadline)
     if rule.max_age_hours is None:
         return
@@ -411,16 +414,18 @@ def pseudonymise(ids: pd.Series, key: bytes) -> pd.Series:
 
 
 def source_hash(spec: DatasetSpec) -> str:
-    """Hash of the spec text and both source files' bytes: the key of every lake layer."""
+    """Hash of the spec text and both source files' bytes: the key of every lake layer. The
+    files are hashed block by block, never held whole."""
     h = hashlib.sha256(spec.spec_text.encode())
     for src in (spec.events,) if spec.items.from_events else (spec.events, spec.items):
-        h.update(_read_source_bytes(src))
+        for block in _source_blocks(src):
+            h.update(block)
     return h.hexdigest()[:16]
 
 
-def _read_source_bytes(src: SourceSpec) -> bytes:
+def _source_blocks(src: SourceSpec, block: int = storage.BLOCK) -> Iterator[bytes]:
     try:
-        return storage.read_bytes(src.uri)
+        yield from storage.iter_bytes(src.uri, block)
     except FileNotFoundError as e:
         raise SpecError(f"source file {src.uri} does not exist") from e
     except storage.S3NotConfigured as e:
@@ -428,41 +433,64 @@ def _read_source_bytes(src: SourceSpec) -> bytes:
 
 
 def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFrame:
-    """The source file as a frame (CSV as text); ``columns``: only these."""
-    data = _read_source_bytes(src)
-    if not data:
-        raise SpecError(f"source file {src.uri} is empty")
+    """The source file as a frame (CSV as text); ``columns``: only these. CSV and Parquet are
+    read from the file in chunks (Polars' streaming engine; pyarrow's record batches), never
+    first held whole as bytes; an S3 source is downloaded to a temporary file first."""
     try:
-        if src.format == "parquet":
-            return pq.read_table(io.BytesIO(data), columns=columns).to_pandas()
-        if src.format == "jsonl":
-            return _read_jsonl(src, data, columns)
-        sep = "\t" if src.uri.lower().endswith(".tsv") else ","
-        compression = "gzip" if src.uri.lower().endswith(".gz") else ("bz2" if src.uri.endswith(".bz2") else None)
-        df = pd.read_csv(
-            io.BytesIO(data),
-            sep=sep,
-            compression=compression,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            encoding="utf-8",
-            usecols=columns,
-        )
+        with storage.local_copy(src.uri) as path:
+            if not path.stat().st_size:
+                raise SpecError(f"source file {src.uri} is empty")
+            if src.format == "parquet":
+                return _read_parquet(path, columns)
+            if src.format == "jsonl":
+                return _read_jsonl(src, path.read_bytes(), columns)
+            return _read_csv(src, path, columns)
+    except FileNotFoundError as e:
+        raise SpecError(f"source file {src.uri} does not exist") from e
+    except storage.S3NotConfigured as e:
+        raise SpecError(f"source file {e}") from e
     except UnicodeDecodeError as e:
         raise SpecError(f"source file {src.uri}: not UTF-8 text ({e})") from e
     except SpecError:
         raise
     except Exception as e:  # gzip/parquet/csv decoding errors all mean: unreadable file
         raise SpecError(f"source file {src.uri} cannot be read as {src.format}: {type(e).__name__}: {e}") from e
-    header = (df == pd.Series(df.columns, index=df.columns)).all(axis=1)
-    if len(df.columns) > 1 and header.any():  # files concatenated with their header lines
-        rows = list(header[header].index)
-        raise SpecError(
-            f"source file {src.uri}: data row {rows[0]} (line {rows[0] + 2}) repeats the header line "
-            f"{','.join(map(str, df.columns))}; {len(rows)} such row(s) (files concatenated with their headers?)"
-        )
-    return df
+
+
+def _read_parquet(path: Path, columns: list[str] | None) -> pd.DataFrame:
+    """Record batch by record batch (row groups, not the whole file at once), with the file's
+    schema and pandas metadata: the frame that pandas wrote, as ``pq.read_table`` gives it."""
+    f = pq.ParquetFile(path)
+    schema = f.schema_arrow
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    return pa.Table.from_batches(f.iter_batches(columns=columns), schema=schema).to_pandas()
+
+
+def _read_csv(src: SourceSpec, path: Path, columns: list[str] | None) -> pd.DataFrame:
+    """Every value as text (empty: null), by Polars' streaming engine in chunks (gzip is
+    decompressed whole first: Polars cannot stream it). Polars' errors name no line, so on an
+    error pandas reads the file again, only to name the line and the fault."""
+    name = src.uri.lower()
+    sep = "\t" if name.endswith((".tsv", ".tsv.gz", ".tsv.bz2")) else ","
+    source: Path | bytes = path
+    if name.endswith(".bz2"):  # Polars reads gzip and zstd, not bzip2
+        source = bz2.decompress(path.read_bytes())
+    scan = pl.scan_csv(source, separator=sep, infer_schema=False, null_values=[""], encoding="utf8")
+    try:
+        frame = (scan.select(columns) if columns else scan).collect(engine="streaming")
+    except Exception:
+        pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8", usecols=columns)  # raises, naming the line
+        raise  # pandas read it: Polars' own error, then
+    names = frame.columns
+    if len(names) > 1:  # files concatenated with their header lines
+        header = frame.with_row_index("_i").filter(pl.all_horizontal(pl.col(c) == c for c in names))["_i"]
+        if len(header):
+            raise SpecError(
+                f"source file {src.uri}: data row {header[0]} (line {header[0] + 2}) repeats the header line "
+                f"{','.join(names)}; {len(header)} such row(s) (files concatenated with their headers?)"
+            )
+    return frame.to_arrow().to_pandas()
 
 
 def _read_jsonl(src: SourceSpec, data: bytes, columns: list[str] | None) -> pd.DataFrame:

@@ -19,7 +19,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,46 @@ def read_bytes(uri: str) -> bytes:
     return local_path(uri).read_bytes()
 
 
+BLOCK = 8 << 20  # bytes a block of :func:`iter_bytes`
+
+
+def iter_bytes(uri: str, block: int = BLOCK) -> Iterator[bytes]:
+    """The file's bytes in blocks of at most ``block``: a large file hashed without holding it whole."""
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            body = s3_client(uri).get_object(Bucket=bucket, Key=key)["Body"]
+        except s3_client(uri).exceptions.NoSuchKey as e:
+            raise FileNotFoundError(uri) from e
+        with body:
+            yield from body.iter_chunks(block)
+        return
+    with local_path(uri).open("rb") as f:
+        while data := f.read(block):
+            yield data
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path to read ``uri`` from, for readers that stream a file (Polars, pyarrow): the
+    file itself, or an S3 object downloaded in parts (boto3) to a temporary file, removed after."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise FileNotFoundError(uri)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="interestflow-") as tmp:
+        path = Path(tmp) / name(uri)
+        try:
+            download_file(uri, path)
+        except Exception as e:
+            if _not_found(e):
+                raise FileNotFoundError(uri) from e
+            raise
+        yield path
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: nobody ever sees a half-written file."""
     if is_s3(uri):
@@ -197,11 +239,16 @@ def exists(uri: str) -> bool:
         try:
             s3_client(uri).head_object(Bucket=bucket, Key=key)
             return True
-        except Exception as e:  # botocore ClientError 404
-            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except Exception as e:
+            if _not_found(e):
                 return False
             raise
     return local_path(uri).exists()
+
+
+def _not_found(error: BaseException) -> bool:
+    """botocore's ClientError for a missing key (a HEAD or a download answers 404)."""
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 def upload_file(path: str | Path, uri: str) -> None:

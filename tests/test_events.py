@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from components import events, storage
@@ -100,6 +104,55 @@ def test_empty_and_truncated_files_are_spec_errors(tmp_path):
     )
     with pytest.raises(events.SpecError, match=r"(e.csv.gz cannot be read|i.csv is empty)"):
         events.ingest(tmp_path / "s.yaml", str(tmp_path / "lake"))
+
+
+def test_sources_are_read_in_chunks_as_they_were_written_and_a_bad_line_is_named(tmp_path, monkeypatch):
+    """CSV by Polars' streaming engine, Parquet batch by batch (here many row groups), and the
+    data hash block by block: the same frames and key as a whole read; a ragged CSV row is
+    named by its line (Polars' own error names none)."""
+    rng = np.random.default_rng(0)
+    n = 30_000
+    ev = pd.DataFrame(
+        {
+            "u": [f" u{k} " if k % 97 == 0 else f"u{k}" for k in rng.integers(0, 500, n)],
+            "i": rng.integers(0, 200, n).astype(str),
+            "t": (1_700_000_000 + rng.integers(0, 86_400 * 30, n)).astype(str),
+            "v": np.where(rng.random(n) < 0.1, None, "1.5"),  # empty in the CSV, null in Parquet
+        }
+    )
+    ev.to_csv(tmp_path / "e.csv", index=False)
+    ev.to_parquet(tmp_path / "e.parquet", row_group_size=1_000)
+    pd.DataFrame({"i": [str(k) for k in range(200)], "name": "x"}).to_csv(tmp_path / "i.csv", index=False)
+    text = (
+        "name: t\nevents: {{uri: {}, columns: {{user_id: u, item_id: i, ts: t, value: v}}, ts_unit: s, "
+        "event_type: view}}\nitems: {{uri: i.csv, columns: {{item_id: i, title: name}}}}\n"
+    )
+    (tmp_path / "csv.yaml").write_text(text.format("e.csv"))
+    (tmp_path / "pq.yaml").write_text(text.format("e.parquet"))
+    csv, parquet = events.load_spec(tmp_path / "csv.yaml"), events.load_spec(tmp_path / "pq.yaml")
+
+    def whole(uri: str) -> bytes:
+        raise AssertionError(f"{uri} read whole")
+
+    monkeypatch.setattr(storage, "read_bytes", whole)
+    assert pq.ParquetFile(tmp_path / "e.parquet").num_row_groups == 30
+    text = pd.read_csv(tmp_path / "e.csv", dtype=str, keep_default_na=False, na_values=[""])
+    pd.testing.assert_frame_equal(events._read_table(csv.events), text)
+    pd.testing.assert_frame_equal(events._read_table(parquet.events), pd.read_parquet(tmp_path / "e.parquet"))
+    a, b = events.read_events(csv.events), events.read_events(parquet.events)
+    pd.testing.assert_frame_equal(a, b)  # text and typed sources, the same events
+    assert a.attrs["ids"]["user_id"]["padded"]["rows"] == (ev["u"] != ev["u"].str.strip()).sum()
+
+    monkeypatch.setattr(storage, "BLOCK", 4096)  # many blocks: the same key as one whole read
+    whole_hash = hashlib.sha256(csv.spec_text.encode())
+    for name in ("e.csv", "i.csv"):
+        whole_hash.update((tmp_path / name).read_bytes())
+    assert list(storage.iter_bytes(str(tmp_path / "i.csv"), 64))[0] == (tmp_path / "i.csv").read_bytes()[:64]
+    assert events.source_hash(csv) == whole_hash.hexdigest()[:16]
+
+    (tmp_path / "e.csv").write_text("u,i,t,v\nx,a,1700000000,1\ny,a,1700000001,1,extra\n")
+    with pytest.raises(events.SpecError, match=r"e.csv cannot be read as csv: .*line 3, saw 5"):
+        events.read_events(csv.events)
 
 
 def test_k_core_filter():

@@ -37,8 +37,18 @@ def test_s3_round_trip_and_missing_keys(seaweed):
     assert not storage.exists(uri)
     storage.write_json({"a": 1}, uri)
     assert storage.exists(uri) and storage.read_json(uri) == {"a": 1}
+    missing = storage.join(seaweed, "t", "nope")
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(storage.join(seaweed, "t", "nope"))
+        storage.read_bytes(missing)
+    with pytest.raises(FileNotFoundError):
+        next(storage.iter_bytes(missing))
+    with pytest.raises(FileNotFoundError), storage.local_copy(missing):
+        pass
+    written = storage.read_bytes(uri)
+    assert b"".join(storage.iter_bytes(uri, 3)) == written
+    with storage.local_copy(uri) as path:  # downloaded to a temporary file, removed after
+        assert path.read_bytes() == written
+    assert not path.exists()
 
 
 def test_data_stages_read_s3_sources_and_write_an_s3_lake(seaweed, tmp_path, monkeypatch):
