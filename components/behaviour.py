@@ -40,7 +40,7 @@ __all__ = [
     "SEQUENCE_ORDER",
     "TYPE_CODES",
     "Behaviour",
-    "in_sequence_order",
+    "sequence_order",
 ]
 EXCLUDE = ("interacted", "target", "none")
 SEQUENCE_ORDER = ["user_id", "ts", "seq"]
@@ -48,10 +48,26 @@ SEQUENCE_ORDER = ["user_id", "ts", "seq"]
 the order the source recorded them (``seq``, components/events.py), then in the frame's order."""
 
 
-def in_sequence_order(events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame | pl.LazyFrame:
-    """``events`` sorted into the users' sequences (:data:`SEQUENCE_ORDER`, the last ties by
-    their position ``_row`` in the frame; missing times last, as pandas sorts them)."""
-    return events.sort([*SEQUENCE_ORDER, "_row"], nulls_last=True)
+def sequence_order(events: pl.DataFrame) -> tuple[pl.Series, pl.Series, np.ndarray]:
+    """The users' sequences in ``events`` (its rows with a user id): the user ids in id order,
+    the rows' positions in ``events`` in sequence order (:data:`SEQUENCE_ORDER`, the last ties
+    by the rows' source position ``_row``; missing times last, as pandas sorts them), and each
+    user's offsets into those positions (user k: ``order[offsets[k]:offsets[k + 1]]``).
+
+    A hash group-by and a sort within each user's events, then a sort of the user ids: linear
+    in the events, where one sort of every event by (user, time) grows as n log n (Beauty x50:
+    3.2 s against 7.2 s, and the growth from x1 to x50 was above 1.05)."""
+    user, *within = SEQUENCE_ORDER
+    grouped = (
+        events.with_columns(_pos=pl.int_range(pl.len(), dtype=pl.Int64))
+        .drop_nulls(user)
+        .group_by(user)
+        .agg(pl.col("_pos").sort_by([*within, "_row"], nulls_last=True))
+        .sort(user)
+    )
+    offsets = np.zeros(grouped.height + 1, dtype=np.int64)
+    np.cumsum(grouped["_pos"].list.len().to_numpy(), out=offsets[1:])
+    return grouped[user], grouped["_pos"].explode(empty_as_null=False), offsets
 
 
 @dataclass(frozen=True)
@@ -125,9 +141,13 @@ class Behaviour:
         event type codes one after the other, user u's from ``offsets[u]`` to
         ``offsets[u + 1]``. Per user, the (validation, test) target positions, -1 where the user
         has none (no Python loop over users: 1.1 million of them at Beauty x50)."""
-        n = len(offsets) - 1
-        user = np.repeat(np.arange(n), np.diff(offsets))
-        hits = np.flatnonzero(self.is_target(codes))  # target events, by user then position
+        n, lengths = len(offsets) - 1, np.diff(offsets)
+        targets = self.is_target(codes)
+        if targets.all():  # every event a target (one-type logs): each user's last two, O(users)
+            ok = (lengths >= 2) & (lengths - 2 >= min_history)
+            return np.where(ok, lengths - 2, -1), np.where(ok, lengths - 1, -1)
+        user = np.repeat(np.arange(n), lengths)
+        hits = np.flatnonzero(targets)  # target events, by user then position
         last = np.ones(len(hits), dtype=bool)  # each user's last target event
         last[:-1] = user[hits[1:]] != user[hits[:-1]]
         lasts = np.flatnonzero(last)

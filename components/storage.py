@@ -272,9 +272,14 @@ def download_file(uri: str, path: str | Path) -> Path:
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The file as a frame; ``columns``: only these."""
-    if is_s3(uri):
-        return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns).to_pandas()
-    return pq.read_table(local_path(uri), columns=columns).to_pandas()
+    return read_table(uri, columns).to_pandas()
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The file as an Arrow table (list columns stay flat values and offsets, no array object
+    per row); ``columns``: only these."""
+    source = io.BytesIO(read_bytes(uri)) if is_s3(uri) else local_path(uri)
+    return pq.read_table(source, columns=columns)
 
 
 def write_parquet(df: pd.DataFrame, uri: str, metadata: dict[str, str] | None = None) -> None:

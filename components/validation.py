@@ -20,7 +20,7 @@ import pandas as pd
 import polars as pl
 
 from components import lake, storage
-from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour, in_sequence_order
+from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour, sequence_order
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -310,21 +310,33 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) -> list[Finding]:
+def _per_user(events: pd.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, np.ndarray]:
+    """What the per-user checks below count from, by Polars: the events (with ``_row``), the
+    events per user in user id order (a null id is the suite's to report), and the users'
+    sequences (components/behaviour.py:sequence_order: the rows' positions, each user's
+    offsets into them). x50: pandas' groupby took 6 s of these counts."""
+    frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
+    frame = frame.with_row_index("_row")
+    users, order, offsets = sequence_order(frame)
+    return frame, pl.DataFrame({"user_id": users, "len": np.diff(offsets)}), order, offsets
+
+
+def _short_histories(
+    frame: pl.DataFrame,
+    per_user: pl.DataFrame,
+    order: pl.Series,
+    offsets: np.ndarray,
+    source: str,
+    behaviour: Behaviour,
+) -> list[Finding]:
     """Warn about users without two target events (with one event type: fewer than
     MIN_EVENTS_FOR_TARGETS events): they have no validation or test target and only add to
-    training. (Per-group counts have no GE expectation.)"""
-    if events.empty or "user_id" not in events:
+    training. (Per-group counts have no GE expectation.) The leave-one-out rule itself runs
+    over every user at once (Behaviour.target_positions)."""
+    if per_user.is_empty():
         return []
-    # Each user's events in time order (ties in the source's order) by Polars, then the
-    # leave-one-out rule itself over every user at once (Behaviour.target_positions).
-    frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
-    ordered = in_sequence_order(frame.with_row_index("_row").drop_nulls("user_id"))
-    per_user = ordered.group_by("user_id", maintain_order=True).len()  # in user id order
     if behaviour.target:
-        codes = ordered["event_type"].replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
-        offsets = np.zeros(per_user.height + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum(per_user["len"].to_numpy(), dtype=np.int64)
+        codes = frame["event_type"][order].replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
         _, test = behaviour.target_positions(codes.fill_null(PAD_TYPE).to_numpy(), offsets, MIN_EVENTS_FOR_TARGETS - 2)
         short = per_user["user_id"].filter(pl.Series(test < 0))
         rule = "user_target_events_at_least_2"
@@ -344,7 +356,9 @@ def _short_histories(events: pd.DataFrame, source: str, behaviour: Behaviour) ->
     return [Finding("events", source, "warning", rule, "user_id", guards, len(short), per_user.height, examples)]
 
 
-def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
+def _behaviour_checks(
+    events: pd.DataFrame, frame: pl.DataFrame, per_user: pl.DataFrame, raw: RawLayer
+) -> list[Finding]:
     """What shop logs need beside the suites: events outside the declared window, users with
     bot-like bursts (warnings), and no event of the target types at all (critical)."""
     if events.empty or events["ts"].isna().all():
@@ -374,10 +388,8 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                     [f"user {u}: ts {t}" for u, t in ex.itertuples(index=False)],
                 )
             )
-    # Counts per user and per user-hour by Polars (x50: pandas' groupby took 6 s of them).
-    ids = pl.from_pandas(events[["user_id", "ts"]]).drop_nulls("user_id")  # a null id is the suite's to report
-    per_user = ids.group_by("user_id").len().sort(["len", "user_id"], descending=[True, False])
     heavy = per_user.filter(pl.col("len") > raw.max_user_share * len(events))
+    heavy = heavy.sort(["len", "user_id"], descending=[True, False])
     if heavy.height:
         out.append(
             Finding(
@@ -395,7 +407,7 @@ def _behaviour_checks(events: pd.DataFrame, raw: RawLayer) -> list[Finding]:
                 ],
             )
         )
-    per_hour = ids.drop_nulls("ts").group_by("user_id", pl.col("ts").dt.truncate("1h")).len()
+    per_hour = frame.drop_nulls(["user_id", "ts"]).group_by("user_id", pl.col("ts").dt.truncate("1h")).len()
     burst = per_hour.filter(pl.col("len") > raw.max_user_events_per_hour).sort(["user_id", "ts"])
     if burst.height:
         out.append(
@@ -491,8 +503,9 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: li
         )
     findings += _id_checks(raw, {"events": len(events), "items": len(items)})
     findings += _ts_unit_check(events, raw, now)
-    findings += _short_histories(events, raw.events_source, raw.behaviour)
-    findings += _behaviour_checks(events, raw)
+    frame, per_user, order, offsets = _per_user(events)
+    findings += _short_histories(frame, per_user, order, offsets, raw.events_source, raw.behaviour)
+    findings += _behaviour_checks(events, frame, per_user, raw)
     sources = {"events": raw.events_source, "items": raw.items_source}
     for table, columns in (raw.ignored_columns or {}).items():
         if columns:  # a file's columns that the spec does not map: harmless, but say so

@@ -153,14 +153,16 @@ def test_above_a_size_the_test_figures_come_from_a_fixed_sample_of_users(monkeyp
 @pytest.mark.parametrize("target", [(), ("purchase",)])
 def test_target_positions_for_every_user_at_once_are_each_users_own(target):
     """The vectorised leave-one-out positions equal Behaviour.targets user by user: users with
-    no events, one target, targets too early, and many."""
+    no events, one target, targets too early, and many; with every event a target (its own,
+    per-user path) and with one target type among three."""
+    from components.batches import flatten
     from components.behaviour import TYPE_CODES, Behaviour
 
     rng = np.random.default_rng(0)
     codes = np.array([TYPE_CODES[t] for t in ("view", "cart", "purchase")], dtype=np.int8)
     types = [codes[rng.integers(0, 3, size=int(rng.integers(0, 12)))] for _ in range(500)]
     behaviour = Behaviour(target=target)
-    val, test = datasets.target_positions(types, behaviour)
+    val, test = behaviour.target_positions(*flatten(types), datasets.MIN_EVENTS_FOR_TARGETS - 2)
     expected = [behaviour.targets(t, datasets.MIN_EVENTS_FOR_TARGETS - 2) for t in types]
     assert list(zip(val.tolist(), test.tolist(), strict=True)) == expected
     assert (test >= 0).any() and (test < 0).any()
