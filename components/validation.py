@@ -310,34 +310,59 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_user(events: pd.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Series, np.ndarray]:
-    """What the per-user checks below count from, by Polars: the events (with ``_row``), the
-    events per user in user id order (a null id is the suite's to report), and the users'
-    sequences (components/behaviour.py:sequence_order: the rows' positions, each user's
-    offsets into them). x50: pandas' groupby took 6 s of these counts."""
-    frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
-    frame = frame.with_row_index("_row")
-    users, order, offsets = sequence_order(frame)
-    return frame, pl.DataFrame({"user_id": users, "len": np.diff(offsets)}), order, offsets
+@dataclass(frozen=True)
+class _Users:
+    """What the per-user checks below count from, by Polars (x50: pandas' groupby took 6 s of
+    these counts): the events (with ``_row``), the events per user in user id order (a null
+    id is the suite's to report), and the users' sequences
+    (components/behaviour.py:sequence_order: the rows' positions, each user's offsets)."""
+
+    frame: pl.DataFrame
+    counts: pl.DataFrame
+    order: pl.Series
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, events: pd.DataFrame) -> _Users:
+        frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
+        frame = frame.with_row_index("_row")
+        users, order, offsets = sequence_order(frame)
+        return cls(frame, pl.DataFrame({"user_id": users, "len": np.diff(offsets)}), order, offsets)
+
+    def per_hour(self) -> pl.DataFrame:
+        """Events per user and clock hour (``user_id``, ``ts``: the hour, ``len``) in user id
+        then hour order: the runs of one hour in each user's sequence, where times ascend
+        (missing ones last, left out), in one pass (x50: a group-by on user id and hour took
+        3.2 s)."""
+        ts = self.frame["ts"][self.order]
+        known = ts.is_not_null().to_numpy()
+        hour = ts.filter(known).dt.truncate("1h")
+        owner = np.repeat(np.arange(self.counts.height), np.diff(self.offsets))[known]
+        ns = hour.to_physical().to_numpy()
+        first = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (ns[1:] != ns[:-1])][: len(ns)])
+        return pl.DataFrame(
+            {
+                "user_id": self.counts["user_id"].gather(owner[first]),
+                "ts": hour.gather(first),
+                "len": np.diff(np.r_[first, len(ns)]).astype(np.int64),
+            }
+        )
 
 
-def _short_histories(
-    frame: pl.DataFrame,
-    per_user: pl.DataFrame,
-    order: pl.Series,
-    offsets: np.ndarray,
-    source: str,
-    behaviour: Behaviour,
-) -> list[Finding]:
+def _short_histories(users: _Users, source: str, behaviour: Behaviour) -> list[Finding]:
     """Warn about users without two target events (with one event type: fewer than
     MIN_EVENTS_FOR_TARGETS events): they have no validation or test target and only add to
     training. (Per-group counts have no GE expectation.) The leave-one-out rule itself runs
     over every user at once (Behaviour.target_positions)."""
+    per_user = users.counts
     if per_user.is_empty():
         return []
     if behaviour.target:
-        codes = frame["event_type"][order].replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
-        _, test = behaviour.target_positions(codes.fill_null(PAD_TYPE).to_numpy(), offsets, MIN_EVENTS_FOR_TARGETS - 2)
+        codes = users.frame["event_type"][users.order]
+        codes = codes.replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
+        _, test = behaviour.target_positions(
+            codes.fill_null(PAD_TYPE).to_numpy(), users.offsets, MIN_EVENTS_FOR_TARGETS - 2
+        )
         short = per_user["user_id"].filter(pl.Series(test < 0))
         rule = "user_target_events_at_least_2"
         guards = (
@@ -356,9 +381,7 @@ def _short_histories(
     return [Finding("events", source, "warning", rule, "user_id", guards, len(short), per_user.height, examples)]
 
 
-def _behaviour_checks(
-    events: pd.DataFrame, frame: pl.DataFrame, per_user: pl.DataFrame, raw: RawLayer
-) -> list[Finding]:
+def _behaviour_checks(events: pd.DataFrame, users: _Users, raw: RawLayer) -> list[Finding]:
     """What shop logs need beside the suites: events outside the declared window, users with
     bot-like bursts (warnings), and no event of the target types at all (critical)."""
     if events.empty or events["ts"].isna().all():
@@ -388,6 +411,7 @@ def _behaviour_checks(
                     [f"user {u}: ts {t}" for u, t in ex.itertuples(index=False)],
                 )
             )
+    per_user = users.counts
     heavy = per_user.filter(pl.col("len") > raw.max_user_share * len(events))
     heavy = heavy.sort(["len", "user_id"], descending=[True, False])
     if heavy.height:
@@ -407,8 +431,7 @@ def _behaviour_checks(
                 ],
             )
         )
-    per_hour = frame.drop_nulls(["user_id", "ts"]).group_by("user_id", pl.col("ts").dt.truncate("1h")).len()
-    burst = per_hour.filter(pl.col("len") > raw.max_user_events_per_hour).sort(["user_id", "ts"])
+    burst = users.per_hour().filter(pl.col("len") > raw.max_user_events_per_hour)  # by user id, then hour
     if burst.height:
         out.append(
             Finding(
@@ -503,9 +526,9 @@ def _validate(raw: RawLayer, root: str, uri: str, now: pd.Timestamp, checked: li
         )
     findings += _id_checks(raw, {"events": len(events), "items": len(items)})
     findings += _ts_unit_check(events, raw, now)
-    frame, per_user, order, offsets = _per_user(events)
-    findings += _short_histories(frame, per_user, order, offsets, raw.events_source, raw.behaviour)
-    findings += _behaviour_checks(events, frame, per_user, raw)
+    users = _Users.of(events)
+    findings += _short_histories(users, raw.events_source, raw.behaviour)
+    findings += _behaviour_checks(events, users, raw)
     sources = {"events": raw.events_source, "items": raw.items_source}
     for table, columns in (raw.ignored_columns or {}).items():
         if columns:  # a file's columns that the spec does not map: harmless, but say so

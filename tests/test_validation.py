@@ -149,3 +149,28 @@ def test_validation_batches_are_whole_partitions_within_the_row_budget():
     assert validation.batches(days, 10**6) == [sorted(days)]
     assert [len(b) for b in validation.batches(days, 1)] == [1] * 5  # a partition is never split
     assert validation.batches({}, 10) == []
+
+
+def test_events_per_user_and_hour_are_a_group_by_s_counts():
+    """The per-hour counts of the bot check, taken as runs along the users' sequences, equal
+    a group-by on (user id, clock hour): users interleaved, missing ids and times, ties."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(0)
+    n = 5_000
+    ts = pd.to_datetime(1_600_000_000 + rng.integers(0, 86_400 * 3, n), unit="s", utc=True).astype(
+        "datetime64[ns, UTC]"
+    )
+    events = pd.DataFrame(
+        {
+            "user_id": pd.array(rng.choice([*(f"u{k}" for k in range(60)), None], n), dtype="string"),
+            "ts": pd.Series(ts).mask(rng.random(n) < 0.05),
+            "seq": rng.integers(0, 3, n).astype("float64"),
+            "event_type": "view",
+        }
+    )
+    got = validation._Users.of(events).per_hour()
+    frame = pl.from_pandas(events[["user_id", "ts"]]).drop_nulls()
+    want = frame.group_by("user_id", pl.col("ts").dt.truncate("1h")).len().sort(["user_id", "ts"])
+    assert got.height > 1_000 and got.equals(want.cast({"len": pl.Int64}))
