@@ -123,7 +123,8 @@ class Behaviour:
         return self.target_table()  # built once: is_target runs per user (splits, exclusion)
 
     def is_target(self, codes: np.ndarray) -> np.ndarray:
-        return self._targets[np.asarray(codes, dtype=np.int64)]
+        codes = np.asarray(codes)  # int8 codes index the table as they are (x50: a copy to int64 took 0.17 s)
+        return self._targets[codes if codes.dtype.kind in "iu" else codes.astype(np.int64)]
 
     def targets(self, codes: np.ndarray, min_history: int = 1) -> tuple[int, int]:
         """(validation, test) target positions in one user's time-ordered event types, or
