@@ -423,7 +423,7 @@ def source_hash(spec: DatasetSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _source_blocks(src: SourceSpec, block: int = storage.BLOCK) -> Iterator[bytes]:
+def _source_blocks(src: SourceSpec, block: int | None = None) -> Iterator[bytes]:
     try:
         yield from storage.iter_bytes(src.uri, block)
     except FileNotFoundError as e:

@@ -178,8 +178,10 @@ def read_bytes(uri: str) -> bytes:
 BLOCK = 8 << 20  # bytes a block of :func:`iter_bytes`
 
 
-def iter_bytes(uri: str, block: int = BLOCK) -> Iterator[bytes]:
-    """The file's bytes in blocks of at most ``block``: a large file hashed without holding it whole."""
+def iter_bytes(uri: str, block: int | None = None) -> Iterator[bytes]:
+    """The file's bytes in blocks of at most ``block`` (default :data:`BLOCK`): a large file
+    hashed without holding it whole."""
+    block = block or BLOCK
     if is_s3(uri):
         bucket, key = _split_s3(uri)
         try:
