@@ -482,6 +482,9 @@ def _read_csv(src: SourceSpec, path: Path, columns: list[str] | None) -> pd.Data
     except Exception:
         pd.read_csv(path, sep=sep, dtype=str, encoding="utf-8", usecols=columns)  # raises, naming the line
         raise  # pandas read it: Polars' own error, then
+    # Polars reads a blank line as a row of nulls, where pandas skips it: a row with no value
+    # at all (a blank line, or one of separators only) is not an event; it is left out.
+    frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))
     names = frame.columns
     if len(names) > 1:  # files concatenated with their header lines
         header = frame.with_row_index("_i").filter(pl.all_horizontal(pl.col(c) == c for c in names))["_i"]
