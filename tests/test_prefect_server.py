@@ -217,6 +217,15 @@ def mlflow_ui(server):
     )
     try:
         wait_until_up(f"{url}/health", proc, root / "mlflow-ui.log")
+        # MLflow 3.18 race: the first runs search imports mlflow.server.auth (handlers.py,
+        # search_runs_impl) while a concurrent assistant-config request reads the half-imported
+        # module: a 500 "partially initialized module 'mlflow.server.auth'". One search first,
+        # alone, finishes that import before the browser's concurrent requests.
+        search = json.dumps({"experiment_ids": ["0"], "max_results": 1}).encode()
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/runs/search", data=search, headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=60).read()
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
