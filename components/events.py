@@ -69,6 +69,7 @@ import hmac
 import io
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -423,13 +424,20 @@ def source_hash(spec: DatasetSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _source_blocks(src: SourceSpec, block: int | None = None) -> Iterator[bytes]:
+@contextmanager
+def _source(src: SourceSpec) -> Iterator[None]:
+    """A missing source file, or an S3 one without S3 settings, as a SpecError."""
     try:
-        yield from storage.iter_bytes(src.uri, block)
+        yield
     except FileNotFoundError as e:
         raise SpecError(f"source file {src.uri} does not exist") from e
     except storage.S3NotConfigured as e:
         raise SpecError(f"source file {e}") from e
+
+
+def _source_blocks(src: SourceSpec, block: int | None = None) -> Iterator[bytes]:
+    with _source(src):
+        yield from storage.iter_bytes(src.uri, block)
 
 
 def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFrame:
@@ -437,7 +445,7 @@ def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFra
     read from the file in chunks (Polars' streaming engine; pyarrow's record batches), never
     first held whole as bytes; an S3 source is downloaded to a temporary file first."""
     try:
-        with storage.local_copy(src.uri) as path:
+        with _source(src), storage.local_copy(src.uri) as path:
             if not path.stat().st_size:
                 raise SpecError(f"source file {src.uri} is empty")
             if src.format == "parquet":
@@ -445,10 +453,6 @@ def _read_table(src: SourceSpec, columns: list[str] | None = None) -> pd.DataFra
             if src.format == "jsonl":
                 return _read_jsonl(src, path.read_bytes(), columns)
             return _read_csv(src, path, columns)
-    except FileNotFoundError as e:
-        raise SpecError(f"source file {src.uri} does not exist") from e
-    except storage.S3NotConfigured as e:
-        raise SpecError(f"source file {e}") from e
     except UnicodeDecodeError as e:
         raise SpecError(f"source file {src.uri}: not UTF-8 text ({e})") from e
     except SpecError:
