@@ -41,11 +41,18 @@ __all__ = [
     "TYPE_CODES",
     "Behaviour",
     "sequence_order",
+    "type_codes",
 ]
 EXCLUDE = ("interacted", "target", "none")
 SEQUENCE_ORDER = ["user_id", "ts", "seq"]
 """How events make up each user's sequence: by user, then time; events at the same time in
 the order the source recorded them (``seq``, components/events.py), then in the frame's order."""
+
+
+def type_codes(column: str = "event_type") -> pl.Expr:
+    """The event type names in ``column`` as their int8 codes (:data:`TYPE_CODES`), a Polars
+    expression; a name outside the contract, or none, is null."""
+    return pl.col(column).replace_strict(TYPE_CODES, default=None, return_dtype=pl.Int8)
 
 
 def sequence_order(events: pl.DataFrame) -> tuple[pl.Series, pl.Series, np.ndarray]:

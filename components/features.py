@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from components import lake, storage, text
-from components.behaviour import SEQUENCE_ORDER, TYPE_CODES, sequence_order
+from components.behaviour import SEQUENCE_ORDER, sequence_order, type_codes
 from components.lake import FeatureLayer, ValidatedLayer
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ def build_vocab_and_sequences(
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     vocab = pl.DataFrame({"item_id": items["item_id"].astype(str).to_numpy(), "item_idx": items["item_idx"].to_numpy()})
-    codes = pl.DataFrame({"event_type": list(TYPE_CODES), "code": list(TYPE_CODES.values())}).cast({"code": pl.Int8})
     ev = events if isinstance(events, pl.DataFrame) else pl.from_pandas(events).with_row_index("_row")
     # Polars joins, groups and sorts on all cores, with no Python loop over users (1.1 million
     # at Beauty x50): the order of time_ordered, ties broken by the source position.
@@ -50,7 +49,7 @@ def build_vocab_and_sequences(
         ev.lazy()
         .select("user_id", "item_id", "ts", "seq", "event_type", "value", "_row")
         .join(vocab.lazy(), on="item_id", how="left")
-        .join(codes.lazy(), on="event_type", how="left")
+        .with_columns(code=type_codes())
         .collect()
     )
     if outside := joined["item_idx"].null_count():  # validation keeps such events out of 02_validated

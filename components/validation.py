@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 import polars as pl
 
 from components import lake, storage
-from components.behaviour import PAD_TYPE, TYPE_CODES, Behaviour, sequence_order
+from components.behaviour import PAD_TYPE, Behaviour, sequence_order, type_codes
 from components.config import MIN_EVENTS_FOR_TARGETS
 from components.lake import RawLayer, ValidatedLayer
 
@@ -313,21 +314,24 @@ def _report_md(findings: list[Finding], data_hash: str) -> str:
 @dataclass(frozen=True)
 class _Users:
     """What the per-user checks below count from, by Polars (x50: pandas' groupby took 6 s of
-    these counts): the events (with ``_row``), the events per user in user id order (a null
-    id is the suite's to report), and the users' sequences
-    (components/behaviour.py:sequence_order: the rows' positions, each user's offsets)."""
+    these counts): the events, and their users' sequences (components/behaviour.py:
+    sequence_order: the user ids, the rows' positions, each user's offsets; a null id is the
+    suite's to report)."""
 
     frame: pl.DataFrame
-    counts: pl.DataFrame
+    ids: pl.Series
     order: pl.Series
     offsets: np.ndarray
 
     @classmethod
     def of(cls, events: pd.DataFrame) -> _Users:
         frame = pl.from_pandas(events[["user_id", "ts", "seq", "event_type"]].astype({"event_type": "string"}))
-        frame = frame.with_row_index("_row")
-        users, order, offsets = sequence_order(frame)
-        return cls(frame, pl.DataFrame({"user_id": users, "len": np.diff(offsets)}), order, offsets)
+        return cls(frame, *sequence_order(frame.with_row_index("_row")))
+
+    @cached_property
+    def counts(self) -> pl.DataFrame:
+        """``user_id``, ``len``: each user's events, in user id order."""
+        return pl.DataFrame({"user_id": self.ids, "len": np.diff(self.offsets)})
 
     def per_hour(self) -> pl.DataFrame:
         """Events per user and clock hour (``user_id``, ``ts``: the hour, ``len``) in user id
@@ -337,12 +341,12 @@ class _Users:
         ts = self.frame["ts"][self.order]
         known = ts.is_not_null().to_numpy()
         hour = ts.filter(known).dt.truncate("1h")
-        owner = np.repeat(np.arange(self.counts.height), np.diff(self.offsets))[known]
+        owner = np.repeat(np.arange(len(self.ids)), np.diff(self.offsets))[known]
         ns = hour.to_physical().to_numpy()
         first = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (ns[1:] != ns[:-1])][: len(ns)])
         return pl.DataFrame(
             {
-                "user_id": self.counts["user_id"].gather(owner[first]),
+                "user_id": self.ids.gather(owner[first]),
                 "ts": hour.gather(first),
                 "len": np.diff(np.r_[first, len(ns)]).astype(np.int64),
             }
@@ -358,8 +362,7 @@ def _short_histories(users: _Users, source: str, behaviour: Behaviour) -> list[F
     if per_user.is_empty():
         return []
     if behaviour.target:
-        codes = users.frame["event_type"][users.order]
-        codes = codes.replace_strict(TYPE_CODES, default=PAD_TYPE, return_dtype=pl.Int64)
+        codes = users.frame.select(type_codes()).to_series()[users.order]
         _, test = behaviour.target_positions(
             codes.fill_null(PAD_TYPE).to_numpy(), users.offsets, MIN_EVENTS_FOR_TARGETS - 2
         )
