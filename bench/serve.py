@@ -56,7 +56,7 @@ def register(lake_root: Path, family: str, spec: str, out: Path, data_lake: str)
     data = Dataset.load(layer)
     if not (np.array_equal(rec.item_ids, data.item_ids) and np.array_equal(rec.user_ids, data.user_ids)):
         sys.exit(f"{path} was not trained on {spec}'s ids")
-    version = text.model_version() if rec.model.uses_text else None
+    version = text.model_version() if rec.model.reads_text(rec.model.config) else None
     rec.serving = ServingTables.from_dataset(
         data, data.view("final"), lake.catalogue_uri(str(out), layer.features.validated.raw.spec), version
     )

@@ -1141,6 +1141,8 @@ def tune(spec: str, root: str, s: tuning.TuneSettings, tags: dict | None = None,
     study = tuning.open_study(name, s.study)
     if again := tuning.recover(study):
         log.info("tune %s: trials %s were left running by a stopped run: their settings run again", name, again)
+    for p in tuning.enqueue(study, s.family, s.enqueue, s.model):
+        log.info("tune %s: queued %s", name, json.dumps(p, sort_keys=True))
     run_id = tracking.find_run({"interestflow.study": name, "interestflow.stage": "tune"}) or tracking.create_run(
         f"tune-{name}",
         {

@@ -284,7 +284,7 @@ def extended(base: Recommender, table: pd.DataFrame, model_version: str | None) 
     if not len(new):
         return rec
     reason = None
-    if not base.model.uses_text:
+    if not base.model.reads_text(base.model.config):
         reason = "id-only"
     elif tables is None or tables.text_version != model_version:
         reason = f"text encoder {model_version} is not the model's {tables.text_version if tables else None}"

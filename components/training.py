@@ -188,9 +188,11 @@ def side_inputs(cls, data: Dataset, view: View, config=None) -> SideInputs:
         "repeats": data.behaviour.exclude != "interacted",
         "item_counts": torch.as_tensor(evaluation.item_counts(view, data.n_items)),  # the sampled softmax's proposal
     }
-    if not cls.uses_text:
+    if not cls.reads_text(config or cls.Config()):
         if config is not None and config.review_text:
-            raise ValueError(f"{cls.__name__} does not read item text: review_text needs a text-aware family (bert)")
+            raise ValueError(
+                f"{cls.__name__} does not read item text: review_text needs bert, or lstm or cnn with text: true"
+            )
         return SideInputs(**behaviour)
     if data.item_text is None:
         raise ValueError(
@@ -311,7 +313,7 @@ def fit(request: dict) -> dict:
                 data,
                 view,
                 request.get("catalogue_uri"),
-                _text_version(request["dataset"]) if cls.uses_text else None,
+                _text_version(request["dataset"]) if cls.reads_text(model_cfg) else None,
                 keep=max(STORED_EVENTS, max_len),
             ),
         )

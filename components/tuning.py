@@ -92,6 +92,8 @@ class TuneSettings:
     """Epoch budget, patience and the rest of each trial's training."""
     model: dict = field(default_factory=dict)
     """Family config overrides every trial keeps (not searched), e.g. {"objective": "masked"}."""
+    enqueue: tuple[dict, ...] = ()
+    """Settings the study tries before its sampler's own (:func:`enqueue`)."""
     study: StudyConfig = StudyConfig()
 
 
@@ -161,6 +163,32 @@ def recover(study: optuna.Study) -> list[int]:
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
     return [t.number for t in stale]
+
+
+def enqueue(study: optuna.Study, family: str, settings: tuple[dict, ...], fixed: dict | None = None) -> list[dict]:
+    """Queue ``settings`` (each searched fields and values; the fields left out are drawn) as the
+    study's next trials (Optuna's ``enqueue_trial``): today's defaults, say, so that the study
+    never ends below them, or settings known to work on another log. Settings the study
+    already has, run or queued, are not queued again. Raises ValueError, queuing nothing,
+    for a field the family does not search, a value outside its range, or settings the
+    family refuses (with ``fixed``, the overrides every trial keeps). Returns those queued."""
+    space = distributions(family)
+    for p in settings:
+        where = f"tune {family}: enqueued settings {json.dumps(p, sort_keys=True)}"
+        if unknown := sorted(set(p) - set(space)):
+            raise ValueError(f"{where}: {unknown} not searched (the search space: {sorted(space)})")
+        for name, value in p.items():
+            d = space[name]
+            inside = value in d.choices if isinstance(d, CategoricalDistribution) else d.low <= value <= d.high
+            if not inside:
+                bounds = list(d.choices) if isinstance(d, CategoricalDistribution) else [d.low, d.high]
+                raise ValueError(f"{where}: {name}={value!r} is outside the search space {bounds}")
+        MODELS[family].Config(**{**(fixed or {}), **p})  # raises ValueError: a combination the family refuses
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    for p in settings:
+        study.enqueue_trial(p, skip_if_exists=True)
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t.params or t.system_attrs.get("fixed_params", {}) for t in queued if t.number not in before]
 
 
 class Pruning:

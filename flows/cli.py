@@ -314,6 +314,8 @@ def add_flow_options(parser: argparse.ArgumentParser, flow, exclude=(), defaults
             items = _resolve(spec.get("items", {}), defs)
             kw["nargs"] = "+"
             kw["type"] = _SCALARS.get(items.get("type"), _json_or_text)
+            if items.get("type") == "object":
+                kw["metavar"] = "JSON"
             if "enum" in items:
                 kw["choices"] = items["enum"]
         elif kind == "object":

@@ -377,6 +377,7 @@ def tune(
     strategy: Strategy = "auto",
     precision: Precision = "auto",
     model: dict | None = None,
+    enqueue: list[dict] | None = None,
     random_trials: int = 5,
     prune: bool = True,
     prune_after_trials: int = 2,
@@ -402,6 +403,8 @@ def tune(
         strategy: Lightning strategy (auto: ddp when devices x nodes > 1).
         precision: auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision.
         model: Config overrides every trial keeps (not searched), e.g. {"objective": "masked"}.
+        enqueue: Settings to try first, each a JSON object of searched fields (the rest are drawn), e.g.
+            today's defaults; settings the study already has are not queued again.
         random_trials: Trials drawn at random before the TPE sampler models the results.
         prune: End a trial whose validation curve is below the median of earlier trials at the same epoch.
         prune_after_trials: Finished trials before any trial is pruned.
@@ -426,6 +429,7 @@ def tune(
             precision=precision,
         ),
         model=model or {},
+        enqueue=tuple(enqueue or ()),
         study=tuning.StudyConfig(
             random_trials=random_trials,
             prune=prune,

@@ -37,10 +37,14 @@ def side_inputs(seed=0) -> SideInputs:
 def build(family, **overrides):
     cls = MODELS[family]
     torch.manual_seed(0)
-    side = None
-    if cls.uses_text:
+    side, config = None, cls.Config(**{"dim": 8, **overrides})
+    if cls.reads_text(config):
         side = SideInputs(item_text=torch.nn.functional.normalize(torch.randn(N_ITEMS, 384), dim=1))
-    return cls(cls.Config(**{"dim": 8, **overrides}), N_ITEMS, N_USERS, side)
+    return cls(config, N_ITEMS, N_USERS, side)
+
+
+TEXT_OPTIONAL = [f for f in MODELS if "text" in MODELS[f].Config.__dataclass_fields__]
+"""Families whose item text is an option (``text: true``)."""
 
 
 def test_registry_names_are_the_families():
@@ -159,6 +163,33 @@ def test_loss_falls_within_a_few_steps(family):
         loss.backward()
         opt.step()
     assert loss.item() < 0.8 * first.item()
+
+
+@pytest.mark.parametrize("family", TEXT_OPTIONAL)
+def test_an_optional_text_input_is_read_when_asked_trained_and_saved_with_the_weights(family):
+    """``text: true``: the items' text is a side input (read by training, not otherwise), its
+    projection learns with the rest, the scores follow the text, and the model is rebuilt from
+    its config and weights alone."""
+    cls = MODELS[family]
+    assert not cls.reads_text(cls.Config()) and cls.reads_text(cls.Config(text=True))
+    assert not any(k.startswith("text.") for k in build(family).state_dict())
+    _, batch = tiny_batch()
+    model = build(family, text=True)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    first = model.loss(batch)
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model.loss(batch)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.8 * first.item() and model.text.proj.weight.grad.abs().sum() > 0
+    served = cls(model.config, N_ITEMS, N_USERS)  # no side inputs: the text comes with the weights
+    served.load_state_dict(model.state_dict())
+    other = model.state_dict() | {"text.text": side_inputs(seed=1).item_text}
+    with torch.no_grad():
+        assert torch.equal(served.eval().score(batch), model.eval().score(batch))
+        served.load_state_dict(other)
+        assert not torch.allclose(served.score(batch), model.score(batch))
 
 
 @pytest.mark.parametrize("family", MODELS)

@@ -274,7 +274,7 @@ def test_bert_reads_the_review_mixed_item_vectors(built):
     with pytest.raises(ValueError, match="review_text"):
         cls.Config(review_text=True, fusion="id")
     mf = MODELS["mf"]
-    with pytest.raises(ValueError, match="review_text needs a text-aware family"):
+    with pytest.raises(ValueError, match="review_text needs bert, or lstm or cnn with text: true"):
         side_inputs(mf, data, view, mf.Config(review_text=True))
 
 

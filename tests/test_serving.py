@@ -50,7 +50,10 @@ def served(tmp_path_factory):
 
         model = cls(config, data.n_items, data.n_users, side_inputs(cls, data, data.view("final"), config))
         tables = ServingTables.from_dataset(
-            data, data.view("final"), lake.catalogue_uri(lake_root, "serveslice"), version if cls.uses_text else None
+            data,
+            data.view("final"),
+            lake.catalogue_uri(lake_root, "serveslice"),
+            version if cls.reads_text(config) else None,
         )
         recs[family] = Recommender(
             family, config.__dict__, model.state_dict(), data.item_ids, data.user_ids, data.behaviour, tables

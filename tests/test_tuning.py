@@ -39,6 +39,30 @@ def test_a_search_range_is_either_bounds_or_choices():
             Search(**bad)
 
 
+def test_enqueued_settings_are_checked_queued_once_and_tried_first():
+    """``--enqueue``: settings outside the search space are refused before anything is queued;
+    queued settings are the next trials' (fields left out are drawn); the same settings
+    given again (a resumed study) are not queued twice."""
+    study = optuna.create_study(direction="maximize")
+    space = tuning.distributions("bert")
+    for bad, says in (
+        ({"width": 64}, r"\['width'\] not searched"),
+        ({"dim": 96}, r"dim=96 is outside the search space \[32, 64, 128, 256\]"),
+        ({"dropout": 0.95}, r"dropout=0.95 is outside the search space \[0.1, 0.7\]"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            tuning.enqueue(study, "bert", ({"dim": 128}, bad))
+        assert not study.trials
+    with pytest.raises(ValueError, match="id_dropout"):  # the family refuses it with the fixed overrides
+        tuning.enqueue(study, "bert", ({"id_dropout": 0.2},), {"fusion": "text"})
+    settings = ({"dim": 128, "dropout": 0.5}, {"dim": 256, "heads": 4})
+    assert tuning.enqueue(study, "bert", settings) == list(settings)
+    assert tuning.enqueue(study, "bert", settings) == []
+    first, second = study.ask(space), study.ask(space)
+    assert (first.params["dim"], first.params["dropout"]) == (128, 0.5) and set(first.params) == set(space)
+    assert (second.params["dim"], second.params["heads"]) == (256, 4)
+
+
 # On the shipped Taobao log (purchase targets, viewed items rankable): GOOD's validation
 # NDCG@10 is about 0.12 from its second epoch; STUCK's stays 0 for four (2026-12-07).
 GOOD = {"dim": 64, "lr": 0.05, "alpha": 20.0, "reg": 0.2}
@@ -59,11 +83,10 @@ def test_a_two_trial_study_prunes_the_worse_and_the_next_nightly_trains_with_the
         trials=2,
         folds=1,
         train=TrainConfig(max_epochs=4, patience=4),
+        enqueue=(GOOD, STUCK),
         study=tuning.StudyConfig(prune_after_trials=1, prune_warmup_epochs=0),
     )
     study = tuning.open_study(tuning.study_name("taobao_shipped", "mf"), s.study)
-    study.enqueue_trial(GOOD)
-    study.enqueue_trial(STUCK)
 
     launched, real_launch, real_view, real_test = {}, training.launch, Dataset.view, evaluation.test_report
 

@@ -3,7 +3,8 @@
 Tang & Wang, "Personalized Top-N Sequential Recommendation via Convolutional Sequence
 Embedding", WSDM 2018. Trained here with next-item full cross-entropy over the catalogue
 (the paper used sampled negatives with BCE), a sampled softmax being the option for
-large catalogues.
+large catalogues. ``text: true`` adds to each item's input and output vectors a projection of
+its frozen text embedding (:class:`~components.models.contract.TextProjection`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs, TextProjection
 from components.models.loss import sampled_or_full_ce
 
 
@@ -38,10 +39,15 @@ class CNNConfig(FamilyConfig):
     """Default learning rate for this family (the flow's ``lr`` overrides it)."""
     weight_decay: float = 0.3
     """Default decoupled weight decay (AdamW) for this family."""
+    text: bool = False
+    """Add to each item's input and output vectors a learned projection of its frozen text
+    embedding (needs the item-text layer)."""
+    text_dim: int = 384
+    """Size of the item text embeddings (MiniLM: 384)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if min(self.dim, self.window, self.n_h, self.n_v) < 1 or not 0 <= self.dropout < 1:
+        if min(self.dim, self.window, self.n_h, self.n_v, self.text_dim) < 1 or not 0 <= self.dropout < 1:
             raise ValueError("CNNConfig: sizes must be >= 1 and 0 <= dropout < 1")
 
 
@@ -56,6 +62,7 @@ class CNN(Family):
         "dropout": Search(0.1, 0.6),
         "lr": Search(1e-3, 1e-2, log=True),
         "weight_decay": Search(0.01, 1.0, log=True),
+        "text": Search(choices=(False, True)),
     }
     USER_ROWS = ("user.weight",)
 
@@ -74,13 +81,29 @@ class CNN(Family):
         self.behaviour = self.behaviour_embedding(c.dim)
         self.repeat = self.repeat_term(enabled=not self.negatives)
         self.intent = self.intent_embedding(2 * c.dim)
+        # One projection for both: its first dim columns join the input vectors, the rest the output ones.
+        self.text = TextProjection(n_items, c.text_dim, 3 * c.dim, (side or SideInputs()).item_text) if c.text else None
+
+    @classmethod
+    def reads_text(cls, config: CNNConfig) -> bool:
+        return config.text
+
+    def _text(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """Each item's text vector for the input (n_items, dim) and the output (n_items, 2·dim)."""
+        if self.text is None:
+            return None, None
+        t = self.text()
+        return t[:, : self.config.dim], t[:, self.config.dim :]
 
     def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query."""
         # The convolutions are computed as matmuls over unfolded windows with the Conv2d
         # modules' own weights (same result, same state dict): oneDNN's kernels for these
         # tiny (h, dim) filters made the backward pass 2.3x slower on CPU.
-        e = self.embed(window)  # (N, L, d)
+        text_in = self._text()[0]
+        e = (
+            self.embed(window) if text_in is None else self.embed(window) + F.pad(text_in, (0, 0, 0, 1))[window]
+        )  # (N, L, d)
         if types is not None:
             e = e + self.behaviour(types)
         v = torch.einsum("nlj,fl->nfj", e, self.vertical.weight[:, 0, :, 0]) + self.vertical.bias[None, :, None]
@@ -92,10 +115,11 @@ class CNN(Family):
         return torch.cat([z, self.user(users)], dim=1)
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
-        return q @ self.items.weight.T + self.bias
+        return q @ self.item_vectors().T + self.bias
 
     def item_vectors(self) -> torch.Tensor:
-        return self.items.weight
+        text_out = self._text()[1]
+        return self.items.weight if text_out is None else self.items.weight + text_out
 
     def score(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], self.event_types(batch)
@@ -122,7 +146,9 @@ class CNN(Family):
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         if types is None:
             q = self(windows[valid], users[:, None].expand_as(target)[valid])
-            return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.negatives, log_q=self.log_q)
+            return sampled_or_full_ce(
+                q, target[valid], self.item_vectors(), self.bias, self.negatives, log_q=self.log_q
+            )
         valid &= self.predicted(types[:, 1:], target)
         intents = self.intents(types[:, 1:], target)
         tw = self._windows(types[:, :-1], PAD_TYPE)[valid]
@@ -130,4 +156,4 @@ class CNN(Family):
         extra = (
             self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
         )
-        return sampled_or_full_ce(q, target[valid], self.items.weight, self.bias, self.negatives, extra, self.log_q)
+        return sampled_or_full_ce(q, target[valid], self.item_vectors(), self.bias, self.negatives, extra, self.log_q)

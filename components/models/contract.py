@@ -31,9 +31,10 @@ A family declares what ``interestflow tune`` may search (``search_space``: a
 :class:`Search` range per field of its ``Config``) beside its config, in its own file;
 components/tuning.py turns the ranges into an Optuna study.
 
-A family that reads item text sets ``uses_text = True``; training then passes
-:class:`SideInputs` (the items' text embeddings and strings, their training counts). Every
-family takes the same ``side`` argument and the others ignore it.
+A family that reads item text sets ``uses_text = True`` (bert), or reads it where its config
+says so (lstm and cnn with ``text: true``, through :class:`TextProjection`): training then
+passes :class:`SideInputs` the items' text embeddings and strings (:meth:`Family.reads_text`
+decides). Every family takes the same ``side`` argument and ignores what it does not read.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class Family(nn.Module):
 
     Config: ClassVar[type[FamilyConfig]]
     uses_text: ClassVar[bool] = False
-    """True: training passes the items' text in :class:`SideInputs`."""
+    """True: the family always reads the items' text (:meth:`reads_text`)."""
     search_space: ClassVar[dict[str, Search]] = {}
     """What ``interestflow tune`` searches: a range per field of ``Config``."""
 
@@ -179,6 +180,13 @@ class Family(nn.Module):
         # Training only, so not in the state dict (a registered model is rebuilt without it).
         counts = torch.zeros(n_items) if side.item_counts is None else torch.as_tensor(side.item_counts).float()
         self.register_buffer("log_q", torch.log((counts + 1) / (counts + 1).sum()), persistent=False)
+
+    @classmethod
+    def reads_text(cls, config: FamilyConfig) -> bool:
+        """Whether the family, so configured, reads the items' text: training then passes it in
+        :class:`SideInputs`, and new catalogue items can be scored by it. Default:
+        ``uses_text``; a family whose text input is optional overrides this."""
+        return cls.uses_text
 
     @property
     def negatives(self) -> int:
@@ -371,6 +379,28 @@ class Family(nn.Module):
     def max_len(self) -> int:
         """How many of the most recent items a batch should carry."""
         return self.config.max_len
+
+
+class TextProjection(nn.Module):
+    """The items' frozen text embeddings and a learned projection of them into a family's item
+    space, added to its id embeddings: lstm's and cnn's ``text: true`` (bert's ``fusion: sum``
+    is the same sum, with its own fusions around it). An item's vector then starts from what
+    its text shares with other items' instead of from noise, which helps most the items with
+    few interactions (Hou et al., UniSRec, KDD 2022, feed text to a sequence model this way).
+
+    The text is a buffer, saved with the weights: a registered model needs no text encoder."""
+
+    def __init__(self, n_items: int, text_dim: int, dim: int, text: torch.Tensor | None = None):
+        super().__init__()
+        t = torch.zeros(n_items, text_dim) if text is None else torch.as_tensor(text).float()
+        if t.shape != (n_items, text_dim):
+            raise ValueError(f"item_text must be ({n_items}, {text_dim}), got {tuple(t.shape)}")
+        self.register_buffer("text", t)
+        self.proj = nn.Linear(text_dim, dim)
+
+    def forward(self) -> torch.Tensor:
+        """(n_items, dim) each item's projected text vector."""
+        return self.proj(self.text)
 
 
 class RepeatTerm(nn.Module):

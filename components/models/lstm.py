@@ -4,7 +4,9 @@ Hidasi et al., "Session-based Recommendations with Recurrent Neural Networks", I
 (GRU4Rec), with an LSTM cell and the full cross-entropy over all items that Klenitskiy &
 Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?", RecSys
 2023, show beats sampled objectives by a wide margin. ``sampled`` negatives are an option
-for catalogues too large for a full softmax.
+for catalogues too large for a full softmax. ``text: true`` adds to each item's id embedding
+a projection of its frozen text embedding (:class:`~components.models.contract.TextProjection`),
+in the input and the output layer alike.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import Family, FamilyConfig, Search, SideInputs
+from components.models.contract import Family, FamilyConfig, Search, SideInputs, TextProjection
 from components.models.loss import sampled_or_full_ce
 
 
@@ -33,11 +35,16 @@ class LSTMConfig(FamilyConfig):
     sampled: int = 0
     """0: full cross-entropy (a sampled softmax above ``sampled_above`` items); N > 0: a sampled softmax with N
     popularity-drawn negatives and logQ correction (components/models/loss.py: sampled_ce)."""
+    text: bool = False
+    """Add to each item's id embedding a learned projection of its frozen text embedding
+    (needs the item-text layer)."""
+    text_dim: int = 384
+    """Size of the item text embeddings (MiniLM: 384)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if min(self.dim, self.hidden, self.layers) < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("LSTMConfig: dim, hidden, layers >= 1 and 0 <= dropout < 1")
+        if min(self.dim, self.hidden, self.layers, self.text_dim) < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("LSTMConfig: dim, hidden, layers, text_dim >= 1 and 0 <= dropout < 1")
 
 
 class LSTM(Family):
@@ -50,6 +57,7 @@ class LSTM(Family):
         "dropout": Search(0.0, 0.5),
         "lr": Search(1e-3, 1e-2, log=True),
         "max_len": Search(choices=(20, 50, 100)),
+        "text": Search(choices=(False, True)),
     }
 
     def __init__(self, config: LSTMConfig, n_items: int, n_users: int, side: SideInputs | None = None):
@@ -62,11 +70,23 @@ class LSTM(Family):
         self.behaviour = self.behaviour_embedding(config.dim)
         self.repeat = self.repeat_term(enabled=not self.negatives)
         self.intent = self.intent_embedding(config.dim)
+        self.text = (
+            TextProjection(n_items, config.text_dim, config.dim, (side or SideInputs()).item_text)
+            if config.text
+            else None
+        )
+
+    @classmethod
+    def reads_text(cls, config: LSTMConfig) -> bool:
+        return config.text
 
     def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) item indices (and their event types), left-padded -> (B, L, dim) next-item
         query at every position."""
-        x = self.items(seq)
+        if self.text is None:
+            x = self.items(seq)
+        else:  # the padding row stays zero
+            x = torch.cat([self.item_vectors(), self.items.weight[self.n_items :]])[seq]
         if types is not None:
             x = x + self.behaviour(types)
         h, _ = self.lstm(self.drop(x))  # (B, L, hidden); left padding is read first
@@ -76,7 +96,8 @@ class LSTM(Family):
         return q @ self.item_vectors().T + self.bias  # (N, n_items)
 
     def item_vectors(self) -> torch.Tensor:
-        return self.items.weight[: self.n_items]
+        ids = self.items.weight[: self.n_items]
+        return ids if self.text is None else ids + self.text()
 
     def score(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], self.event_types(batch)
@@ -94,7 +115,7 @@ class LSTM(Family):
         q = self(seq[:, :-1], None if types is None else types[:, :-1])  # (B, L-1, dim): item t+1 from events <= t
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        table = self.items.weight[: self.n_items]
+        table = self.item_vectors()
         if types is None:
             return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.negatives, log_q=self.log_q)
         valid &= self.predicted(types[:, 1:], target)
