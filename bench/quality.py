@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=40)
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="the flow's seed (folds, weights, shuffling)")
+    ap.add_argument("--precision", default="auto", help="Lightning precision (auto: 32-true on CPU, bf16-mixed on GPU)")
     ap.add_argument(
         "--tuned",
         metavar="LAKE",
@@ -63,6 +64,7 @@ def main() -> None:
         max_epochs=args.max_epochs,
         patience=args.patience,
         seed=args.seed,
+        precision=args.precision,
         model=model,
         dry_run=True,
     )
