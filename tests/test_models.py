@@ -192,6 +192,30 @@ def test_an_optional_text_input_is_read_when_asked_trained_and_saved_with_the_we
         assert not torch.allclose(served.score(batch), model.score(batch))
 
 
+@pytest.mark.parametrize("family", TEXT_OPTIONAL)
+def test_with_text_a_new_item_is_scored_by_its_text_and_without_it_cannot_be(family):
+    """New catalogue items (``Recommender.with_items``): rows for every item-indexed entry, put
+    after the known items; a model of the larger catalogue loads them and scores the new
+    items; the same model without text refuses."""
+    with pytest.raises(NotImplementedError, match="ids alone"):
+        build(family).new_item_rows(side_inputs().item_text[:2])
+    model = build(family, text=True).eval()
+    new_text = side_inputs(seed=3).item_text[:2]
+    rows = model.new_item_rows(new_text)
+    state = model.state_dict()
+    assert set(rows) == set(MODELS[family].ITEM_ROWS) & set(state)
+    n = N_ITEMS
+    bigger = {k: torch.cat([v[:n], rows[k].to(v.dtype), v[n:]]) if k in rows else v for k, v in state.items()}
+    grown = MODELS[family](model.config, n + 2, N_USERS)
+    grown.load_state_dict(bigger)
+    _, batch = tiny_batch()
+    padded = {**batch, "seq": batch["seq"].masked_fill(batch["seq"] == n, n + 2)}  # the padding index moves
+    with torch.no_grad():
+        scores = grown.eval().score(padded)
+        assert scores.shape == (N_USERS, n + 2) and torch.isfinite(scores).all()
+        assert torch.allclose(scores[:, :n], model.score(batch), atol=1e-5)  # the known items score as before
+
+
 @pytest.mark.parametrize("family", MODELS)
 def test_unknown_user_still_gets_finite_scores(family):
     _, batch = tiny_batch()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs
+from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs, rows_from_text
 from components.models.loss import sampled_or_full_ce
 
 _log = logging.getLogger(__name__)
@@ -218,35 +218,20 @@ class BERT(Family):
     def item_vectors(self) -> torch.Tensor:
         return self.item_table()
 
-    NEW_ITEM_NEIGHBOURS = 10
-    """A new item's id vector: the similarity-weighted mean of those of the known items whose
-    texts are nearest to its own (this many)."""
-
     @torch.no_grad()
     def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A new item is its text. Its id vector is borrowed from the known items with the
-        most similar texts (what the collaborative signal says about items like it; a zero
-        vector would leave it only the text half of every known item's vector); it has no
-        interactions, and its score offset is that of the rarest tenth of the training items
-        (a new item has no evidence of popularity either)."""
+        """A new item is its text: its id vector and score offset are borrowed
+        (:func:`~components.models.contract.rows_from_text`), and it has no interactions."""
         if self.config.fusion == "id":
             raise NotImplementedError("BERT with fusion='id' scores items by their ids alone")
         if self.config.finetune_layers:  # its text vectors come from its own fine-tuned layers
             raise NotImplementedError("BERT with finetune_layers scores text through layers a new item never passed")
         text = torch.as_tensor(text, dtype=self.text.dtype)
-        m, rows = len(text), {"text": text}
-        if self.ids is not None:
-            sims = nn.functional.normalize(text, dim=1) @ nn.functional.normalize(self.text, dim=1).T
-            near = sims.topk(min(self.NEW_ITEM_NEIGHBOURS, self.n_items), dim=1)
-            w = near.values.clamp(min=0) + 1e-6
-            rows["ids.weight"] = (w[:, :, None] * self.ids.weight[near.indices]).sum(1) / w.sum(1, keepdim=True)
-        if self.bias is not None:
-            rare = self.bias
-            if self.counts is not None and bool(self.counts.any()):
-                rare = self.bias[self.counts <= torch.quantile(self.counts, 0.1)]
-            rows["bias"] = torch.full((m,), float(rare.mean()))
+        ids = {"ids.weight": self.ids.weight} if self.ids is not None else {}
+        bias = {"bias": self.bias} if self.bias is not None else {}
+        rows = {"text": text, **rows_from_text(text, self.text, ids, bias, self.counts)}
         if self.counts is not None:
-            rows["counts"] = torch.zeros(m)
+            rows["counts"] = torch.zeros(len(text))
         return rows
 
     def id_weight(self) -> torch.Tensor:

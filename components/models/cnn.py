@@ -15,7 +15,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.contract import PAD_TYPE, Family, FamilyConfig, Search, SideInputs, TextProjection
+from components.models.contract import (
+    PAD_TYPE,
+    Family,
+    FamilyConfig,
+    Search,
+    SideInputs,
+    TextProjection,
+    rows_from_text,
+)
 from components.models.loss import sampled_or_full_ce
 
 
@@ -53,7 +61,7 @@ class CNNConfig(FamilyConfig):
 
 class CNN(Family):
     Config = CNNConfig
-    ITEM_ROWS = ("embed.weight", "items.weight", "bias")
+    ITEM_ROWS = ("embed.weight", "items.weight", "bias", "text.text")
     search_space = {  # Caser's own grid (Tang & Wang, WSDM 2018) around the defaults
         "dim": Search(32, 128, log=True),
         "window": Search(3, 8),
@@ -116,6 +124,15 @@ class CNN(Family):
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
         return q @ self.item_vectors().T + self.bias
+
+    def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """With ``text: true``, a new item is its text: its input and output id vectors and its
+        score offset are borrowed (:func:`~components.models.contract.rows_from_text`)."""
+        if self.text is None:
+            return super().new_item_rows(text)
+        text = torch.as_tensor(text, dtype=self.text.text.dtype)
+        ids = {"embed.weight": self.embed.weight[: self.n_items], "items.weight": self.items.weight}
+        return {"text.text": text, **rows_from_text(text, self.text.text, ids, {"bias": self.bias})}
 
     def item_vectors(self) -> torch.Tensor:
         text_out = self._text()[1]

@@ -403,6 +403,42 @@ class TextProjection(nn.Module):
         return self.proj(self.text)
 
 
+NEW_ITEM_NEIGHBOURS = 10
+"""A new item's id rows: the similarity-weighted mean of those of the known items whose texts
+are nearest to its own (this many)."""
+
+
+@torch.no_grad()
+def rows_from_text(
+    text: torch.Tensor,
+    known_text: torch.Tensor,
+    id_rows: dict[str, torch.Tensor],
+    offsets: dict[str, torch.Tensor],
+    counts: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """What a text-reading family's :meth:`Family.new_item_rows` borrows for new items with the
+    text vectors ``text`` (m, d). A new item is its text. Each id table in ``id_rows`` (name ->
+    the known items' rows) gains, per new item, the mean of the rows of the known items with
+    the most similar texts (``known_text``), weighted by that similarity: what the
+    collaborative signal says about items like it (a zero vector would leave it only the text
+    half of every known item's vector). It has no interactions, and each score offset in
+    ``offsets`` is that of the rarest tenth of the training items by ``counts`` (a new item
+    has no evidence of popularity either; without counts, the mean offset)."""
+    m, rows = len(text), {}
+    if id_rows:
+        sims = F.normalize(text, dim=1) @ F.normalize(known_text, dim=1).T
+        near = sims.topk(min(NEW_ITEM_NEIGHBOURS, len(known_text)), dim=1)
+        w = near.values.clamp(min=0) + 1e-6
+        for name, table in id_rows.items():
+            rows[name] = (w[:, :, None] * table[near.indices]).sum(1) / w.sum(1, keepdim=True)
+    for name, offset in offsets.items():
+        rare = offset
+        if counts is not None and bool(counts.any()):
+            rare = offset[counts <= torch.quantile(counts, 0.1)]
+        rows[name] = torch.full((m,), float(rare.mean()))
+    return rows
+
+
 class RepeatTerm(nn.Module):
     """A learned score for the user's own items: Σ over their events e with the item of
     ``weight[type(e), intent] · exp(-decay · steps since e)`` (RepeatNet's repeat mode, Ren

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from components.models.contract import Family, FamilyConfig, Search, SideInputs, TextProjection
+from components.models.contract import Family, FamilyConfig, Search, SideInputs, TextProjection, rows_from_text
 from components.models.loss import sampled_or_full_ce
 
 
@@ -49,7 +49,7 @@ class LSTMConfig(FamilyConfig):
 
 class LSTM(Family):
     Config = LSTMConfig
-    ITEM_ROWS = ("items.weight", "bias")
+    ITEM_ROWS = ("items.weight", "bias", "text.text")
     search_space = {
         "dim": Search(32, 128, log=True),
         "hidden": Search(64, 256, log=True),
@@ -94,6 +94,15 @@ class LSTM(Family):
 
     def logits(self, q: torch.Tensor) -> torch.Tensor:
         return q @ self.item_vectors().T + self.bias  # (N, n_items)
+
+    def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """With ``text: true``, a new item is its text: its id embedding and score offset are
+        borrowed (:func:`~components.models.contract.rows_from_text`)."""
+        if self.text is None:
+            return super().new_item_rows(text)
+        text = torch.as_tensor(text, dtype=self.text.text.dtype)
+        ids = {"items.weight": self.items.weight[: self.n_items]}
+        return {"text.text": text, **rows_from_text(text, self.text.text, ids, {"bias": self.bias})}
 
     def item_vectors(self) -> torch.Tensor:
         ids = self.items.weight[: self.n_items]
