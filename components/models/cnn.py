@@ -89,8 +89,12 @@ class CNN(Family):
         self.behaviour = self.behaviour_embedding(c.dim)
         self.repeat = self.repeat_term(enabled=not self.negatives)
         self.intent = self.intent_embedding(2 * c.dim)
-        # One projection for both: its first dim columns join the input vectors, the rest the output ones.
-        self.text = TextProjection(n_items, c.text_dim, 3 * c.dim, (side or SideInputs()).item_text) if c.text else None
+        # One projection for both: its first dim columns join the input vectors, the rest the output
+        # ones, each started at the spread of the id vectors it is added to.
+        self.text = None
+        if c.text:
+            self.text = TextProjection(n_items, c.text_dim, 3 * c.dim, (side or SideInputs()).item_text)
+            nn.init.normal_(self.text.proj.weight[c.dim :], std=1.0 / (2 * c.dim))
 
     @classmethod
     def reads_text(cls, config: CNNConfig) -> bool:

@@ -388,15 +388,19 @@ class TextProjection(nn.Module):
     its text shares with other items' instead of from noise, which helps most the items with
     few interactions (Hou et al., UniSRec, KDD 2022, feed text to a sequence model this way).
 
-    The text is a buffer, saved with the weights: a registered model needs no text encoder."""
+    The text is a buffer, saved with the weights: a registered model needs no text encoder.
+    ``std``: the projection's initial weights, so that a unit-length text vector starts with
+    the spread of the id embedding it is added to (the id half does not drown it at first)."""
 
-    def __init__(self, n_items: int, text_dim: int, dim: int, text: torch.Tensor | None = None):
+    def __init__(self, n_items: int, text_dim: int, dim: int, text: torch.Tensor | None = None, std: float = 1.0):
         super().__init__()
         t = torch.zeros(n_items, text_dim) if text is None else torch.as_tensor(text).float()
         if t.shape != (n_items, text_dim):
             raise ValueError(f"item_text must be ({n_items}, {text_dim}), got {tuple(t.shape)}")
         self.register_buffer("text", t)
         self.proj = nn.Linear(text_dim, dim)
+        nn.init.normal_(self.proj.weight, std=std)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self) -> torch.Tensor:
         """(n_items, dim) each item's projected text vector."""
