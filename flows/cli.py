@@ -314,8 +314,8 @@ def add_flow_options(parser: argparse.ArgumentParser, flow, exclude=(), defaults
             items = _resolve(spec.get("items", {}), defs)
             kw["nargs"] = "+"
             kw["type"] = _SCALARS.get(items.get("type"), _json_or_text)
-            if items.get("type") == "object":
-                kw["metavar"] = "JSON"
+            if items.get("type") == "object":  # a list of JSON objects, one per word
+                kw["type"], kw["metavar"] = _json_type(option, "object"), "JSON"
             if "enum" in items:
                 kw["choices"] = items["enum"]
         elif kind == "object":

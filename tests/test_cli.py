@@ -110,6 +110,17 @@ def test_options_not_given_leave_the_flows_own_defaults(parser):
     assert parse(parser, "nightly", "--dry-run")["dry_run"] is True
 
 
+def test_tune_takes_settings_to_enqueue_as_json_objects(parser, capsys):
+    args = parser[0].parse_args(
+        ["tune", "--family", "bert", "--enqueue", '{"dim": 128}', '{"dim": 64, "dropout": 0.3}']
+    )
+    kw = cli.flow_kwargs(args, args.flow_names)
+    assert kw["enqueue"] == [{"dim": 128}, {"dim": 64, "dropout": 0.3}] and kw["family"] == "bert"
+    with pytest.raises(SystemExit):
+        parse(parser, "tune", "--enqueue", "dim=128")
+    assert "--enqueue" in (err := capsys.readouterr().err) and "not valid JSON" in err
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
