@@ -1,5 +1,8 @@
 """Compare bert variants on validation: overall and cold-start NDCG@10 at the same budget.
 
+``--family`` compares another family's variants the same way (e.g. lstm with and without
+``text``); ``--precision bf16-mixed`` as the studies of bench/RESULTS.md ran.
+
 Trains the bert fold stage (every user's second-to-last item held out, early stopping on
 its NDCG@10) once per variant on full Beauty and prints each epoch's validation NDCG@10,
 the best epoch's NDCG@10 and its cold-start NDCG@10 (targets whose item has <= 5
@@ -24,7 +27,8 @@ OBJECTIVES = ['causal={"objective": "causal"}', 'masked={"objective": "masked"}'
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lake", required=True)
-    ap.add_argument("--variant", action="append", help="NAME=JSON of bert model settings (repeatable)")
+    ap.add_argument("--family", default="bert", help="the family whose variants are compared (default: bert)")
+    ap.add_argument("--variant", action="append", help="NAME=JSON of the family's model settings (repeatable)")
     ap.add_argument("--max-epochs", type=int, default=20)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -42,7 +46,7 @@ def main() -> None:
 
     ds = pipeline.data_path(str(ROOT / "specs" / "amazon_beauty.yaml"), lake, 1, 0)
     figures = {}
-    for spec in args.variant or OBJECTIVES:
+    for spec in args.variant or (OBJECTIVES if args.family == "bert" else ["defaults={}"]):
         name, _, settings = spec.partition("=")
         cfg = TrainConfig(
             max_epochs=args.max_epochs,
@@ -51,7 +55,7 @@ def main() -> None:
             precision=args.precision,
             model=json.loads(settings or "{}"),
         )
-        r = pipeline.train(ds, "bert", "fold", cfg, lake, fold=0)
+        r = pipeline.train(ds, args.family, "fold", cfg, lake, fold=0)
         m = r.metrics
         print(f"\n{name}: " + " ".join(f"{h['val_ndcg10']:.4f}" for h in r.history))
         print(
