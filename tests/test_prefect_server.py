@@ -217,15 +217,6 @@ def mlflow_ui(server):
     )
     try:
         wait_until_up(f"{url}/health", proc, root / "mlflow-ui.log")
-        # MLflow 3.18 race: the first runs search imports mlflow.server.auth (handlers.py,
-        # search_runs_impl) while a concurrent assistant-config request reads the half-imported
-        # module: a 500 "partially initialized module 'mlflow.server.auth'". One search first,
-        # alone, finishes that import before the browser's concurrent requests.
-        search = json.dumps({"experiment_ids": ["0"], "max_results": 1}).encode()
-        request = urllib.request.Request(
-            f"{url}/api/2.0/mlflow/runs/search", data=search, headers={"Content-Type": "application/json"}
-        )
-        urllib.request.urlopen(request, timeout=60).read()
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -245,10 +236,20 @@ class Pages:
         artifact views first ask for a presigned download URL (``.../presigned-download-url``,
         ``get-artifact?...&presigned=true``) and, by design, fall back to the proxied download
         on 400/404/501/503 (PRESIGNED_DOWNLOAD_FALLBACK_STATUSES, mlflow/mlflow#24748). A local
-        artifact store answers 501 Not Implemented; what the page falls back to is checked."""
+        artifact store answers 501 Not Implemented; what the page falls back to is checked.
+
+        Nor a 500 from MLflow's own assistant panel (``/ajax-api/3.0/mlflow/assistant/...``), an
+        MLflow 3.18 fault this stack cannot avoid: every GraphQL request imports
+        ``mlflow.server.auth`` (handlers.py, ``_get_graphql_auth_middleware``), which raises
+        ImportError without Flask-WTF (``mlflow[auth]``, not installed: no auth app here) and so
+        is imported again by the next one; a concurrent assistant request reads the
+        half-imported module from ``sys.modules`` (assistant/identity.py,
+        ``auth_plugin_active``): "partially initialized module 'mlflow.server.auth' has no
+        attribute 'is_auth_enabled'". The panel retries and the page is checked as usual."""
         parts = urlsplit(url)
         probe = parts.path.endswith("/presigned-download-url") or "presigned=true" in parts.query.split("&")
-        if status < 500 or "127.0.0.1" not in url or (status == 501 and probe):
+        assistant = parts.path.startswith("/ajax-api/3.0/mlflow/assistant/")
+        if status < 500 or "127.0.0.1" not in url or (status == 501 and probe) or (status == 500 and assistant):
             return None
         return f"{status} from {url}"
 
