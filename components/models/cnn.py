@@ -100,22 +100,30 @@ class CNN(Family):
     def reads_text(cls, config: CNNConfig) -> bool:
         return config.text
 
-    def _text(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """Each item's text vector for the input (n_items, dim) and the output (n_items, 2·dim)."""
+    def _tables(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """From one projection of the items' text: what it adds to each item's input vector
+        (n_items, dim; None without text) and the output item vectors (n_items, 2·dim)."""
         if self.text is None:
-            return None, None
+            return None, self.items.weight
         t = self.text()
-        return t[:, : self.config.dim], t[:, self.config.dim :]
+        return t[:, : self.config.dim], self.items.weight + t[:, self.config.dim :]
 
-    def forward(self, window: torch.Tensor, users: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query."""
+    def forward(
+        self,
+        window: torch.Tensor,
+        users: torch.Tensor,
+        types: torch.Tensor | None = None,
+        text_in: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, L) last-L item indices (and their event types) and (N,) users -> (N, 2·dim) query.
+        ``text_in``: the first of :meth:`_tables`, where the caller has it."""
         # The convolutions are computed as matmuls over unfolded windows with the Conv2d
         # modules' own weights (same result, same state dict): oneDNN's kernels for these
         # tiny (h, dim) filters made the backward pass 2.3x slower on CPU.
-        text_in = self._text()[0]
-        e = (
-            self.embed(window) if text_in is None else self.embed(window) + F.pad(text_in, (0, 0, 0, 1))[window]
-        )  # (N, L, d)
+        e = self.embed(window)  # (N, L, d)
+        if self.text is not None:
+            text_in = self._tables()[0] if text_in is None else text_in
+            e = e + F.pad(text_in, (0, 0, 0, 1))[window]  # the padding row adds nothing
         if types is not None:
             e = e + self.behaviour(types)
         v = torch.einsum("nlj,fl->nfj", e, self.vertical.weight[:, 0, :, 0]) + self.vertical.bias[None, :, None]
@@ -126,8 +134,8 @@ class CNN(Family):
         z = F.relu(self.fc(self.drop(torch.cat([v.flatten(1), *h], dim=1))))  # (N, d)
         return torch.cat([z, self.user(users)], dim=1)
 
-    def logits(self, q: torch.Tensor) -> torch.Tensor:
-        return q @ self.item_vectors().T + self.bias
+    def logits(self, q: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        return q @ (self.item_vectors() if table is None else table).T + self.bias
 
     def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """With ``text: true``, a new item is its text: its input and output id vectors and its
@@ -139,17 +147,17 @@ class CNN(Family):
         return {"text.text": text, **rows_from_text(text, self.text.text, ids, {"bias": self.bias})}
 
     def item_vectors(self) -> torch.Tensor:
-        text_out = self._text()[1]
-        return self.items.weight if text_out is None else self.items.weight + text_out
+        return self._tables()[1]
 
     def score(self, batch: dict) -> torch.Tensor:
         seq, types = batch["seq"], self.event_types(batch)
+        text_in, table = self._tables()
         windows = self._windows(seq, self.n_items)[:, -1]
         if types is None:
-            return self.logits(self(windows, batch["users"]))
+            return self.logits(self(windows, batch["users"], text_in=text_in), table)
         intent = self.ranking_intent(seq)
-        q = self(windows, batch["users"], self._windows(types, PAD_TYPE)[:, -1]) + self.intent(intent)
-        scores = self.logits(q)
+        q = self(windows, batch["users"], self._windows(types, PAD_TYPE)[:, -1], text_in) + self.intent(intent)
+        scores = self.logits(q, table)
         if self.repeat.active:
             scores = scores + self.repeat.dense(seq, types, intent, self.n_items)
         return scores
@@ -162,19 +170,18 @@ class CNN(Family):
 
     def loss(self, batch: dict) -> torch.Tensor:
         seq, users, types = batch["seq"], batch["users"], self.event_types(batch)
+        text_in, table = self._tables()
         windows = self._windows(seq[:, :-1], self.n_items)  # (B, T-1, L)
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
         if types is None:
-            q = self(windows[valid], users[:, None].expand_as(target)[valid])
-            return sampled_or_full_ce(
-                q, target[valid], self.item_vectors(), self.bias, self.negatives, log_q=self.log_q
-            )
+            q = self(windows[valid], users[:, None].expand_as(target)[valid], text_in=text_in)
+            return sampled_or_full_ce(q, target[valid], table, self.bias, self.negatives, log_q=self.log_q)
         valid &= self.predicted(types[:, 1:], target)
         intents = self.intents(types[:, 1:], target)
         tw = self._windows(types[:, :-1], PAD_TYPE)[valid]
-        q = self(windows[valid], users[:, None].expand_as(target)[valid], tw) + self.intent(intents[valid])
+        q = self(windows[valid], users[:, None].expand_as(target)[valid], tw, text_in) + self.intent(intents[valid])
         extra = (
             self.repeat.pairs(seq[:, :-1], types[:, :-1], intents, valid, self.n_items) if self.repeat.active else None
         )
-        return sampled_or_full_ce(q, target[valid], self.item_vectors(), self.bias, self.negatives, extra, self.log_q)
+        return sampled_or_full_ce(q, target[valid], table, self.bias, self.negatives, extra, self.log_q)

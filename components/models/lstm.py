@@ -80,20 +80,23 @@ class LSTM(Family):
     def reads_text(cls, config: LSTMConfig) -> bool:
         return config.text
 
-    def forward(self, seq: torch.Tensor, types: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, seq: torch.Tensor, types: torch.Tensor | None = None, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L) item indices (and their event types), left-padded -> (B, L, dim) next-item
-        query at every position."""
+        query at every position. ``table``: :meth:`item_vectors`, where the caller has it."""
         if self.text is None:
             x = self.items(seq)
         else:  # the padding row stays zero
-            x = torch.cat([self.item_vectors(), self.items.weight[self.n_items :]])[seq]
+            table = self.item_vectors() if table is None else table
+            x = torch.cat([table, self.items.weight[self.n_items :]])[seq]
         if types is not None:
             x = x + self.behaviour(types)
         h, _ = self.lstm(self.drop(x))  # (B, L, hidden); left padding is read first
         return self.out(self.drop(h))
 
-    def logits(self, q: torch.Tensor) -> torch.Tensor:
-        return q @ self.item_vectors().T + self.bias  # (N, n_items)
+    def logits(self, q: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        return q @ (self.item_vectors() if table is None else table).T + self.bias  # (N, n_items)
 
     def new_item_rows(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """With ``text: true``, a new item is its text: its id embedding and score offset are
@@ -109,22 +112,23 @@ class LSTM(Family):
         return ids if self.text is None else ids + self.text()
 
     def score(self, batch: dict) -> torch.Tensor:
-        seq, types = batch["seq"], self.event_types(batch)
-        q = self(seq, types)[:, -1]  # the most recent position is the last
+        seq, types, table = batch["seq"], self.event_types(batch), self.item_vectors()
+        q = self(seq, types, table)[:, -1]  # the most recent position is the last
         if types is None:
-            return self.logits(q)
+            return self.logits(q, table)
         intent = self.ranking_intent(seq)
-        scores = self.logits(q + self.intent(intent))
+        scores = self.logits(q + self.intent(intent), table)
         if self.repeat.active:
             scores = scores + self.repeat.dense(seq, types, intent, self.n_items)
         return scores
 
     def loss(self, batch: dict) -> torch.Tensor:
-        seq, types = batch["seq"], self.event_types(batch)
-        q = self(seq[:, :-1], None if types is None else types[:, :-1])  # (B, L-1, dim): item t+1 from events <= t
+        seq, types, table = batch["seq"], self.event_types(batch), self.item_vectors()
+        q = self(
+            seq[:, :-1], None if types is None else types[:, :-1], table
+        )  # (B, L-1, dim): item t+1 from events <= t
         target = seq[:, 1:]
         valid = (target != self.n_items) & (seq[:, :-1] != self.n_items)
-        table = self.item_vectors()
         if types is None:
             return sampled_or_full_ce(q[valid], target[valid], table, self.bias, self.negatives, log_q=self.log_q)
         valid &= self.predicted(types[:, 1:], target)
