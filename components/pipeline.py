@@ -911,8 +911,8 @@ def tune_trial(
     if deadline is not None and time.time() > deadline:
         return None
     study = tuning.open_study(tuning.study_name(dataset.spec, s.family), s.study)
-    trial = study.ask(tuning.distributions(s.family))
-    overrides = {**s.model, **trial.params}
+    trial = study.ask(tuning.distributions(s.family, s.model))
+    overrides = {**trial.params, **s.model}
     trial.set_user_attr(tuning.MODEL_ATTR, overrides)
     where = f"tune {s.family} trial {trial.number}"
     try:

@@ -97,14 +97,17 @@ class TuneSettings:
     study: StudyConfig = StudyConfig()
 
 
-def distributions(family: str) -> dict[str, BaseDistribution]:
+def distributions(family: str, fixed: dict | None = None) -> dict[str, BaseDistribution]:
     """The family's ``search_space`` as Optuna distributions; the config field's type (int or
-    float, from its default) decides which."""
+    float, from its default) decides which. A field in ``fixed`` (the overrides every trial
+    keeps, ``--model``) is not searched: the value given is the one every trial trains with."""
     defaults = MODELS[family].Config()
     out: dict[str, BaseDistribution] = {}
     for name, s in MODELS[family].search_space.items():
         if not hasattr(defaults, name):
             raise ValueError(f"{family}.search_space names {name!r}, which is not a field of {type(defaults).__name__}")
+        if name in (fixed or {}):
+            continue
         default = getattr(defaults, name)
         if s.choices:
             out[name] = CategoricalDistribution(s.choices)
@@ -171,8 +174,9 @@ def enqueue(study: optuna.Study, family: str, settings: tuple[dict, ...], fixed:
     never ends below them, or settings known to work on another log. Settings the study
     already has, run or queued, are not queued again. Raises ValueError, queuing nothing,
     for a field the family does not search, a value outside its range, or settings the
-    family refuses (with ``fixed``, the overrides every trial keeps). Returns those queued."""
-    space = distributions(family)
+    family refuses (with ``fixed``, the overrides every trial keeps, which are not searched).
+    Returns those queued."""
+    space = distributions(family, fixed)
     for p in settings:
         where = f"tune {family}: enqueued settings {json.dumps(p, sort_keys=True)}"
         if unknown := sorted(set(p) - set(space)):

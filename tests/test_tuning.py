@@ -63,6 +63,20 @@ def test_enqueued_settings_are_checked_queued_once_and_tried_first():
     assert (second.params["dim"], second.params["heads"]) == (256, 4)
 
 
+def test_a_field_fixed_by_the_model_overrides_is_not_searched():
+    """``--model '{"text": true}'`` keeps text on in every trial: the field leaves the search
+    space (a sampler drawing it would train text off), and an enqueued setting naming it is
+    refused."""
+    assert "text" in tuning.distributions("cnn")
+    space = tuning.distributions("cnn", {"text": True})
+    assert "text" not in space and set(space) == set(tuning.distributions("cnn")) - {"text"}
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(ValueError, match=r"\['text'\] not searched"):
+        tuning.enqueue(study, "cnn", ({"dim": 64, "text": False},), {"text": True})
+    assert tuning.enqueue(study, "cnn", ({"dim": 64},), {"text": True}) == [{"dim": 64}]
+    assert "text" not in study.ask(space).params
+
+
 # On the shipped Taobao log (purchase targets, viewed items rankable): GOOD's validation
 # NDCG@10 is about 0.12 from its second epoch; STUCK's stays 0 for four (2026-12-07).
 GOOD = {"dim": 64, "lr": 0.05, "alpha": 20.0, "reg": 0.2}
