@@ -1,12 +1,16 @@
 """Logit adjustment on trained models: overall and cold-start NDCG@10 for each tau.
 
-Ranks with ``score - tau * log(1 + n)`` (n: the item's training interactions) for each
-tau, using the models a quality run left in its lake (``bench/quality.py --lake DIR``):
+Ranks with ``score - tau * log(1 + min(n, c))`` (n: the item's training interactions, c:
+bert's ``popularity_cap``, 0 for none) for each tau and cap, using the models a quality run
+left in its lake (``bench/quality.py --lake DIR``):
 ``--stage fold`` scores fold 0's best checkpoint on its validation targets (where a
 default is chosen), ``--stage final`` the final model on the test targets. The same
 adjustment for every family, so the families are compared at equal settings.
 
     .venv/bin/python bench/popularity_adjust.py --lake bench/out/quality-bert --families bert --stage fold
+
+A study's trial (its lake holds one model folder per trial): ``--models`` names the folder
+and ``--model`` the trial's settings (a fold checkpoint holds weights only).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", required=True)
     ap.add_argument("--stage", choices=("fold", "final"), default="fold")
     ap.add_argument("--taus", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    ap.add_argument("--caps", nargs="+", type=int, default=[0], help="popularity_cap values (0: no cap)")
+    ap.add_argument("--model", type=json.loads, default={}, help="config overrides of the trained model (JSON)")
+    ap.add_argument("--models", help="the model folder under 05_models/<dataset>/ (default: the family's first)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     quiet_env()
@@ -34,6 +41,7 @@ def main() -> None:
     from components import text as text_
     from components.datasets import Dataset
     from components.models import MODELS
+    from components.models.bert import popularity_penalty
     from components.recommender import Recommender
     from components.training import side_inputs
 
@@ -41,7 +49,8 @@ def main() -> None:
     lake = Path(args.lake)
     out = []
     for family in args.families:
-        (models,) = [p for p in lake.glob(f"05_models/*/{family}-*") if p.is_dir()][:1] or [None]
+        pattern = f"05_models/*/{args.models or family + '-*'}"
+        (models,) = [p for p in lake.glob(pattern) if p.is_dir()][:1] or [None]
         if models is None:
             raise SystemExit(f"no trained {family} in {lake}/05_models")
         data = Dataset.load(lake_.open_dataset(str(lake), models.parent.name, text_.model_version()))
@@ -53,27 +62,29 @@ def main() -> None:
         else:
             state = torch.load(stage_dir / "best.ckpt", map_location="cpu", weights_only=False)["state_dict"]
             weights = {k.removeprefix("model."): v for k, v in state.items() if k != "model.counts"}
-            model = cls(cls.Config(), data.n_items, data.n_users, side_inputs(cls, data, view))
+            model = cls(cls.Config(**args.model), data.n_items, data.n_users, side_inputs(cls, data, view))
             model.load_state_dict(weights)
         model.eval()
-        log_n = torch.log1p(torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32))
+        counts = torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32)
         max_len = model.max_len
-        for tau in args.taus:
+        for tau, cap in [(t, c) for c in args.caps for t in args.taus if t or c == args.caps[0]]:
             # each model's own scores (before any popularity_adjust it ships with), then tau
-            scorer = torch.no_grad()(lambda b, tau=tau, model=model, log_n=log_n: model.fit_score(b) - tau * log_n)
+            penalty = popularity_penalty(counts, tau, cap)
+            scorer = torch.no_grad()(lambda b, model=model, penalty=penalty: model.fit_score(b) - penalty)
             ranks, _, _ = evaluation.rank_view(scorer, view, data.n_items, max_len=max_len)
             m, cold = metrics.rank_metrics(ranks, ks=(10,)), evaluation.cold_report(ranks, view, data.n_items)
             row = {
                 "family": family,
                 "stage": args.stage,
                 "tau": tau,
+                "cap": cap,
                 "ndcg10": round(m["ndcg10"], 4),
                 "hr10": round(m["hr10"], 4),
                 "cold_ndcg10": round(cold["cold_ndcg10"], 4),
                 "cold_n": cold["cold_n"],
             }
             print(
-                f"{family:6s} tau {tau:4.2f}  NDCG@10 {row['ndcg10']:.4f}  HR@10 {row['hr10']:.4f}  "
+                f"{family:6s} tau {tau:4.2f} cap {cap:3d}  NDCG@10 {row['ndcg10']:.4f}  HR@10 {row['hr10']:.4f}  "
                 f"cold NDCG@10 {row['cold_ndcg10']:.4f} ({row['cold_n']})",
                 flush=True,
             )

@@ -49,7 +49,7 @@ class Recommender:
 
     def __post_init__(self):
         cls = MODELS[self.family]
-        self.model = cls(cls.Config(**self.config), len(self.item_ids), len(self.user_ids))
+        self.model = cls(cls.Config.from_saved(self.config), len(self.item_ids), len(self.user_ids))
         self.model.load_state_dict(self.state_dict)
         self.model.eval()
         self.item_pos = {str(x): i for i, x in enumerate(self.item_ids)}

@@ -116,19 +116,50 @@ def test_popularity_adjust_lowers_each_score_by_tau_log_count_and_is_served():
     plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, SideInputs(item_text=text))
     torch.manual_seed(0)
     adjusted = BERT(
-        BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5, SideInputs(item_text=text, item_counts=counts)
+        BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7, popularity_cap=0),
+        N,
+        5,
+        SideInputs(item_text=text, item_counts=counts),
     )
     adjusted.load_state_dict({**plain.state_dict(), "counts": counts})
     batch = {"seq": torch.tensor([[5, 6, 7]])}
     diff = plain.eval().score(batch) - adjusted.eval().score(batch)
     assert torch.allclose(diff[0], 0.7 * torch.log1p(counts), atol=1e-5)
     assert torch.equal(plain.loss(batch), adjusted.loss(batch))  # training is unchanged
-    served = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5)
+    served = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7, popularity_cap=0), N, 5)
     served.load_state_dict(adjusted.state_dict())
     assert torch.equal(served.eval().score(batch), adjusted.score(batch))
-    older = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7), N, 5)
+    older = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7, popularity_cap=0), N, 5)
     older.load_state_dict(plain.state_dict())  # saved before counts were kept: ranks as then
     assert torch.equal(older.eval().score(batch), plain.score(batch))
+
+
+def test_popularity_cap_keeps_the_order_of_items_seen_cap_times_or_more():
+    """With popularity_cap c, an item's penalty is tau * log(1 + min(n, c)): items seen c
+    times or more are lowered alike (their order is tau = 0's), rarer ones by less."""
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(N, 384), dim=1)
+    counts = torch.arange(N, dtype=torch.float32)
+    side = SideInputs(item_text=text, item_counts=counts)
+    torch.manual_seed(0)
+    plain = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.0), N, 5, side).eval()
+    torch.manual_seed(0)
+    capped = BERT(BERTConfig(dim=16, dropout=0.0, popularity_adjust=0.7, popularity_cap=4), N, 5, side).eval()
+    batch = {"seq": torch.tensor([[5, 6, 7]])}
+    diff = (plain.score(batch) - capped.score(batch))[0]
+    assert torch.allclose(diff, 0.7 * torch.log1p(counts.clamp(max=4)), atol=1e-5)
+    assert torch.allclose(diff[4:], diff[4]) and bool((diff[:4] < diff[4]).all())
+
+
+def test_a_model_saved_before_the_cap_ranks_as_it_did():
+    """A registered bert's config is saved whole; one saved before ``popularity_cap`` existed
+    (tau 0.75, no cap) is rebuilt uncapped, a new one with today's defaults."""
+    from dataclasses import asdict
+
+    old = {k: v for k, v in asdict(BERTConfig(popularity_adjust=0.75)).items() if k != "popularity_cap"}
+    assert BERTConfig.from_saved(old).popularity_cap == 0
+    assert BERTConfig.from_saved(asdict(BERTConfig())) == BERTConfig()
+    assert BERTConfig().popularity_cap == 10
 
 
 def test_early_stopping_reads_scores_before_popularity_adjust():
@@ -205,6 +236,7 @@ def test_finetuning_trains_the_top_text_layer_and_serves_without_the_encoder_inp
         {"id_dropout": 1.0},
         {"id_dropout": 0.5, "fusion": "id"},
         {"popularity_adjust": -0.5},
+        {"popularity_cap": -1},
     ],
 )
 def test_bad_configs_are_rejected(bad):

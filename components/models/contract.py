@@ -88,6 +88,16 @@ class FamilyConfig:
     events, never a validation or test target's (components/datasets.py
     ``item_text_with_reviews``)."""
 
+    SAVED_BEFORE: ClassVar[dict] = {}
+    """Field -> the value a model saved before the field existed was trained and ranked with
+    (where it differs from today's default)."""
+
+    @classmethod
+    def from_saved(cls, saved: dict):
+        """The config of a saved model (its whole config, as a dict): a field it lacks takes
+        its value from before the field existed, so an earlier champion ranks as it did."""
+        return cls(**{**cls.SAVED_BEFORE, **saved})
+
     def __post_init__(self):
         if self.predict not in PREDICT:
             raise ValueError(f"{type(self).__name__}.predict must be one of {PREDICT}, got {self.predict!r}")
