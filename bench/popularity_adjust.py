@@ -33,6 +33,10 @@ def main() -> None:
     ap.add_argument("--models", help="the model folder under 05_models/<dataset>/ (default: the family's first)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    if (args.model or args.models) and len(args.families) > 1:
+        ap.error("--model and --models name one trained model: give one family")
+    if args.model and args.stage == "final":
+        ap.error("--model: a final model carries its own config (--stage fold only)")
     quiet_env()
     import torch
 

@@ -318,14 +318,21 @@ def warm_start_from(dataset: DatasetLayer, family: str, cfg: TrainConfig) -> War
             "warm start: %s v%s knows events later than today's log: %s trains from scratch", name, version, family
         )
         return None
-    today = asdict(MODELS[family].Config(**cfg.model))
-    training_only = {"lr", "weight_decay"}
-    if champion.family != family or {k: v for k, v in champion.config.items() if k not in training_only} != {
-        k: v for k, v in today.items() if k not in training_only
-    }:
+    if champion.family != family or not same_model(family, champion.config, cfg.model):
         log.info("warm start: %s v%s has other model settings: %s trains from scratch", name, version, family)
         return None
     return WarmStart(uri, f"{name} v{version}", shrink=WARM_SHRINK, model=champion)
+
+
+def same_model(family: str, saved: dict, overrides: dict) -> bool:
+    """Whether a saved model's config (whole, as registered) and today's ``overrides`` make
+    the same model: only settings that leave the weights as they are (training's lr and
+    weight decay, the family's ``RANKING_ONLY``) may differ. A field the saved model
+    predates takes its old value (``FamilyConfig.from_saved``)."""
+    Config = MODELS[family].Config
+    then, today = asdict(Config.from_saved(saved)), asdict(Config(**overrides))
+    free = {"lr", "weight_decay", *Config.RANKING_ONLY}
+    return {k: v for k, v in then.items() if k not in free} == {k: v for k, v in today.items() if k not in free}
 
 
 WARM_SHRINK = 0.7

@@ -36,6 +36,8 @@ REQUEST_BATCH = 1024  # users scored at once when serving a request frame
 class Recommender:
     family: str
     config: dict
+    """The family config, whole (``asdict``): a field missing is taken as older than the
+    field (``FamilyConfig.from_saved``), not as today's default."""
     state_dict: dict
     item_ids: np.ndarray
     user_ids: np.ndarray

@@ -585,8 +585,11 @@ def checkpoint_uri(
     name = f"fold{fold}" if stage == "fold" else f"{stage}-e{epochs}"
     if warm:
         name += "-warm-" + hashlib.sha256(warm.encode()).hexdigest()[:8]
-    # The protocol version is part of the key: a training evaluated under an older rule is not reused.
-    return lake.model_uri(root, dataset, family, {**asdict(cfg), "protocol": PROTOCOL_VERSION}, name)
+    # The whole family config is part of the key, defaults included: a training made before
+    # a default changed (bert's popularity_adjust, say) is not reused. So is the protocol
+    # version: a training evaluated under an older rule is not reused either.
+    model = asdict(MODELS[family].Config(**cfg.model))
+    return lake.model_uri(root, dataset, family, {**asdict(cfg), "model": model, "protocol": PROTOCOL_VERSION}, name)
 
 
 def finished(ckpt_uri: str) -> dict | None:

@@ -162,6 +162,21 @@ def test_a_model_saved_before_the_cap_ranks_as_it_did():
     assert BERTConfig().popularity_cap == 10
 
 
+def test_a_champion_saved_before_the_cap_warm_starts_tonight():
+    """The nightly warm start compares the champion's saved config with today's: a bert
+    saved before popularity_cap (tau 0.75) has the same weights as today's, and so does
+    one with another tau; another width does not."""
+    from dataclasses import asdict
+
+    from components.pipeline import same_model
+
+    old = {k: v for k, v in asdict(BERTConfig(popularity_adjust=0.75)).items() if k != "popularity_cap"}
+    assert same_model("bert", old, {})
+    assert same_model("bert", old, {"lr": 3e-3, "popularity_adjust": 0.0})
+    assert not same_model("bert", old, {"dim": 128})
+    assert not same_model("bert", {**old, "fusion": "concat"}, {})
+
+
 def test_early_stopping_reads_scores_before_popularity_adjust():
     """Validation (what early stopping and the best checkpoint read) ranks by fit_score, so
     popularity_adjust never changes what is trained; the served score is adjusted."""

@@ -159,3 +159,26 @@ def test_a_stopped_block_stops_its_own_trainings_only():
         stop = training._STOP.get()
         raise ValueError("a bug")
     assert not stop.is_set()
+
+
+def test_a_trainings_key_is_its_whole_model_config(monkeypatch):
+    """The checkpoint key hashes the family config with its defaults: naming a default is the
+    same training, and a changed default (bert's tau, say) is another one, not a reuse of a
+    training ranked under the old default."""
+    from types import SimpleNamespace
+
+    from components.models.bert import BERTConfig
+
+    ds = SimpleNamespace(uri="/lake/04_datasets/x")  # the key reads the layer's address only
+    key = lambda model: training.checkpoint_uri("/lake", ds, "bert", TrainConfig(model=model), "fold", 0)  # noqa: E731
+    assert key({}) == key({"popularity_adjust": BERTConfig().popularity_adjust})
+    before = key({})
+    monkeypatch.setattr(BERTConfig, "__init__", _with_default(BERTConfig.__init__, popularity_adjust=0.75))
+    assert key({}) != before
+
+
+def _with_default(init, **defaults):
+    def patched(self, *args, **kwargs):
+        init(self, *args, **{**defaults, **kwargs})
+
+    return patched

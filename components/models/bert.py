@@ -89,6 +89,7 @@ class BERTConfig(FamilyConfig):
     target came first: it is kept, the overall cost is given back)."""
 
     SAVED_BEFORE: ClassVar[dict] = {"popularity_cap": 0}
+    RANKING_ONLY: ClassVar[tuple[str, ...]] = ("popularity_adjust", "popularity_cap")
 
     def __post_init__(self):
         super().__post_init__()

@@ -88,6 +88,9 @@ class FamilyConfig:
     events, never a validation or test target's (components/datasets.py
     ``item_text_with_reviews``)."""
 
+    RANKING_ONLY: ClassVar[tuple[str, ...]] = ()
+    """Fields that change how the trained weights rank, not the weights (a nightly run
+    warm-starts from a champion that differs from today's settings in these only)."""
     SAVED_BEFORE: ClassVar[dict] = {}
     """Field -> the value a model saved before the field existed was trained and ranked with
     (where it differs from today's default)."""
