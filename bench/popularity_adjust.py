@@ -71,6 +71,7 @@ def main() -> None:
         model.eval()
         counts = torch.as_tensor(evaluation.item_counts(view, data.n_items), dtype=torch.float32)
         max_len = model.max_len
+        # every (tau, cap); tau 0 ranks alike under every cap, so it is scored once
         for tau, cap in [(t, c) for c in args.caps for t in args.taus if t or c == args.caps[0]]:
             # each model's own scores (before any popularity_adjust it ships with), then tau
             penalty = popularity_penalty(counts, tau, cap)
